@@ -1,0 +1,371 @@
+"""Benchmark report: report.json, PNG plots and one self-contained report.html.
+
+The report dict (JSON-able; non-finite numbers are written as null):
+
+    {
+      "title": str (optional), "block": int (optional), "generated": str (optional),
+      "competitions": {
+        "<competition id>": {
+          "models": [ {"label": str, "uid": int | None, "block": int | None,
+                       "kind": "chain" | "benchmark" | "candidate" (optional),
+                       "mean_loss_per_token": float,
+                       "losses_per_token": [float, ...],          # one per sample
+                       "win_rate": float, "win_rate_ci": [low, high], "weight": float}, ...],
+          "win_matrix": [[float]] aligned with "models", or
+                        {"labels": [...], "values": [[...]], "title": str},
+                        entry [i][j] = fraction of samples i wins against j alone,
+          "candidates": [ benchmark.stats.CandidateStats.to_dict(), ... ]   (optional)
+        }, ...
+      }
+    }
+
+``competition_section`` builds one competition's entry from arrays with the validator's
+ranking and benchmark.stats, so compare.py only gathers the losses.
+
+Plots are drawn on matplotlib ``Figure`` objects (Agg canvas), never through pyplot's
+global state, so this works headless and from threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+import constants
+from benchmark import stats as bstats
+from validator import ranking
+
+LABEL_MAX_CHARS = constants.REPORT_LABEL_MAX_CHARS
+ANNOTATE_MAX_MODELS = constants.REPORT_ANNOTATE_MAX_MODELS
+KIND_COLOURS = {"chain": "#4C72B0", "benchmark": "#8C8C8C", "candidate": "#DD8452"}
+DPI = constants.REPORT_DPI
+
+
+class ReportError(ValueError):
+    """The report dict does not have the documented shape."""
+
+
+# --- JSON ---------------------------------------------------------------------------------------
+
+def to_jsonable(value: Any) -> Any:
+    """numpy -> Python, tuples -> lists, non-finite floats -> None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+def _check(report: Any) -> dict[str, dict]:
+    if not isinstance(report, dict) or not isinstance(report.get("competitions"), dict):
+        raise ReportError("report: expected a dict with a 'competitions' object")
+    for comp, sec in report["competitions"].items():
+        if not isinstance(sec, dict) or not isinstance(sec.get("models"), list):
+            raise ReportError(f"report: competition {comp!r}: expected an object with a 'models' list")
+        for i, m in enumerate(sec["models"]):
+            if not isinstance(m, dict) or not isinstance(m.get("label"), str):
+                raise ReportError(f"report: competition {comp!r} model #{i}: needs a string 'label'")
+        matrix = _matrix(sec)
+        if matrix is not None:
+            values, labels = matrix
+            if values.shape != (len(labels), len(labels)):
+                raise ReportError(f"report: competition {comp!r}: win_matrix shape {values.shape} "
+                                  f"does not match {len(labels)} labels")
+    return report["competitions"]
+
+
+def _matrix(sec: dict) -> tuple[np.ndarray, list[str]] | None:
+    wm = sec.get("win_matrix")
+    if wm is None:
+        return None
+    if isinstance(wm, dict):
+        values, labels = wm.get("values"), wm.get("labels") or [m["label"] for m in sec["models"]]
+    else:
+        values, labels = wm, [m["label"] for m in sec["models"]]
+    arr = np.array([[math.nan if v is None else v for v in row] for row in values], dtype=np.float64) \
+        if len(values) else np.zeros((0, 0))
+    return arr, list(labels)
+
+
+def _num(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _short(label: str) -> str:
+    return label if len(label) <= LABEL_MAX_CHARS else label[: LABEL_MAX_CHARS - 1] + "…"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "_"
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+def _figure(n_rows: int, width: float = 8.0) -> Figure:
+    fig = Figure(figsize=(width, max(2.8, 0.42 * n_rows + 1.6)), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _colour(model: dict) -> str:
+    return KIND_COLOURS.get(model.get("kind") or "chain", KIND_COLOURS["chain"])
+
+
+def plot_losses(comp: str, models: list[dict], path: Path) -> Path:
+    """Horizontal box plot of the per-sample loss per token, one row per model."""
+    fig = _figure(len(models))
+    ax = fig.add_subplot(1, 1, 1)
+    data, positions, labels = [], [], []
+    for i, m in enumerate(models):
+        vals = np.array([_num(v) for v in m.get("losses_per_token") or []], dtype=np.float64)
+        vals = vals[np.isfinite(vals)]
+        labels.append(_short(m["label"]) + ("" if vals.size else " (no data)"))
+        if vals.size:
+            data.append(vals)
+            positions.append(i)
+    if data:
+        parts = ax.boxplot(data, positions=positions, orientation="horizontal", widths=0.6,
+                           patch_artist=True, showfliers=True, flierprops={"markersize": 2, "alpha": 0.4})
+        for box, pos in zip(parts["boxes"], positions):
+            box.set_facecolor(_colour(models[pos]))
+            box.set_alpha(0.75)
+    ax.set_yticks(range(len(models)), labels)
+    ax.set_ylim(-0.7, len(models) - 0.3)
+    ax.invert_yaxis()
+    ax.set_xlabel("loss per token (nats)")
+    ax.set_title(f"{comp}: loss per token per sample")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_win_rates(comp: str, models: list[dict], path: Path) -> Path:
+    """Win rate per model with its confidence interval as error bars."""
+    fig = _figure(len(models))
+    ax = fig.add_subplot(1, 1, 1)
+    rates = np.array([_num(m.get("win_rate")) for m in models])
+    ci = np.array([[_num(c) for c in (m.get("win_rate_ci") or [None, None])] for m in models]).reshape(-1, 2)
+    err = np.vstack([np.clip(rates - ci[:, 0], 0, None), np.clip(ci[:, 1] - rates, 0, None)])
+    err = np.nan_to_num(err, nan=0.0)
+    y = np.arange(len(models))
+    ax.barh(y, np.nan_to_num(rates), xerr=err, color=[_colour(m) for m in models], alpha=0.85,
+            capsize=4, error_kw={"elinewidth": 1.2})
+    for yi, r, hi in zip(y, rates, ci[:, 1]):
+        if math.isfinite(r):  # the number goes right of the error bar, never on it
+            x = max(r, hi) if math.isfinite(hi) else r
+            ax.text(x + 0.01, yi, f"{100 * r:.1f} %", va="center", ha="left", fontsize=8)
+    ax.set_yticks(y, [_short(m["label"]) for m in models])
+    ax.invert_yaxis()
+    ax.set_xlim(0, min(1.0, max(0.1, float(np.nanmax(np.append(ci[:, 1], rates), initial=0)) * 1.25)))
+    ax.set_xlabel("win rate (fraction of samples won, 95 % CI)")
+    ax.set_title(f"{comp}: win rate")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_win_matrix(comp: str, values: np.ndarray, labels: list[str], path: Path, title: str | None = None) -> Path:
+    """Heatmap: row i, column j = fraction of samples i wins against j alone."""
+    n = len(labels)
+    size = max(4.0, 0.5 * n + 2.5)
+    fig = Figure(figsize=(size + 1.2, size), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    masked = np.ma.masked_invalid(values)
+    im = ax.imshow(masked, cmap="RdBu", vmin=0.0, vmax=1.0 if np.nanmax(values, initial=0) <= 1 else None)
+    short = [_short(x) for x in labels]
+    ax.set_xticks(range(n), short, rotation=45, ha="right")
+    ax.set_yticks(range(n), short)
+    ax.set_xlabel("against (column)")
+    ax.set_ylabel("model (row)")
+    if n <= ANNOTATE_MAX_MODELS:
+        for i in range(n):
+            for j in range(n):
+                v = values[i, j]
+                if i != j and math.isfinite(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if abs(v - 0.5) > 0.3 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    heading = f"{comp}: fraction of samples row wins against column"
+    ax.set_title("\n".join([heading] + textwrap.wrap(title, 60)) if title else heading, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+# --- HTML ---------------------------------------------------------------------------------------
+
+def _fmt(x: Any, spec: str = ".4f") -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return "–" if not math.isfinite(x) else format(x, spec)
+    return html.escape(str(x))
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _html(report: dict, comps: dict[str, dict], images: dict[str, dict[str, Path]]) -> str:
+    title = report.get("title") or "coldint benchmark report"
+    out = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}td:first-child,th:first-child{text-align:left}"
+        "img{max-width:100%;display:block;margin:1em 0}li{margin:.4em 0}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    meta = [f"{k}: {html.escape(str(report[k]))}" for k in ("block", "generated") if report.get(k) is not None]
+    if meta:
+        out.append(f"<p>{' · '.join(meta)}</p>")
+    for comp, sec in comps.items():
+        out.append(f"<h2>Competition {html.escape(comp)}</h2>")
+        cands = sec.get("candidates") or []
+        if cands:
+            out.append("<h3>Candidates</h3><ul>")
+            out += [f"<li>{html.escape(str(c.get('verdict', c.get('label', ''))))}</li>" for c in cands]
+            out.append("</ul>")
+        out.append("<table><tr><th>model</th><th>kind</th><th>uid</th><th>block</th>"
+                   "<th>mean loss / token</th><th>win rate</th><th>95 % CI</th><th>weight</th></tr>")
+        for m in sec["models"]:
+            ci = m.get("win_rate_ci") or [None, None]
+            out.append(
+                f"<tr><td>{html.escape(m['label'])}</td><td>{_fmt(m.get('kind', 'chain'))}</td>"
+                f"<td>{_fmt(m.get('uid'))}</td><td>{_fmt(m.get('block'))}</td>"
+                f"<td>{_fmt(m.get('mean_loss_per_token'))}</td><td>{_fmt(m.get('win_rate'), '.3f')}</td>"
+                f"<td>{_fmt(ci[0], '.3f')} – {_fmt(ci[1], '.3f')}</td><td>{_fmt(m.get('weight'), '.3f')}</td></tr>")
+        out.append("</table>")
+        for key, alt in (("losses", "loss per token"), ("win_rates", "win rates"), ("win_matrix", "win matrix")):
+            if key in images[comp]:
+                out.append(_img(images[comp][key], f"{comp} {alt}"))
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+# --- entry points -------------------------------------------------------------------------------
+
+def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
+    """Write report.json, the PNGs and report.html into ``out_dir``; return what was written.
+
+    Keys: "json", "html", and "<competition>/losses", "<competition>/win_rates",
+    "<competition>/win_matrix" (the last only when the competition has a win matrix).
+    """
+    comps = _check(report)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    clean = to_jsonable(report)
+    json_path = out_dir / "report.json"
+    json_path.write_text(json.dumps(clean, indent=1, allow_nan=False))
+    written["json"] = json_path
+    images: dict[str, dict[str, Path]] = {}
+    for comp, sec in clean["competitions"].items():
+        images[comp] = {}
+        models = sec["models"]
+        stem = _safe(comp)
+        if models:
+            images[comp]["losses"] = plot_losses(comp, models, out_dir / f"{stem}_losses.png")
+            images[comp]["win_rates"] = plot_win_rates(comp, models, out_dir / f"{stem}_win_rates.png")
+        matrix = _matrix(sec)
+        if matrix is not None and matrix[0].size:
+            title = sec["win_matrix"].get("title") if isinstance(sec["win_matrix"], dict) else None
+            images[comp]["win_matrix"] = plot_win_matrix(comp, matrix[0], matrix[1],
+                                                          out_dir / f"{stem}_win_matrix.png", title)
+        written.update({f"{comp}/{k}": p for k, p in images[comp].items()})
+    html_path = out_dir / "report.html"
+    html_path.write_text(_html(clean, clean["competitions"], images), encoding="utf-8")
+    written["html"] = html_path
+    return written
+
+
+def competition_section(labels: Sequence[str], uids: Sequence[int | None], blocks: Any, losses: Any,
+                        n_tokens: Any, block_now: float, params: bstats.WinParams = bstats.WinParams(), *,
+                        candidate_labels: Sequence[str] = (), candidate_losses: Any = None,
+                        candidate_tokens: Any = None, kinds: Sequence[str] | None = None,
+                        n_boot: int = bstats.BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """One competition's report entry from the field's loss matrix (+ optional candidates).
+
+    ``losses``/``n_tokens`` are ``[M, S]`` summed losses and token counts of the field
+    (models without a uid are ranked but take no weight). Candidates are judged each alone
+    against the field (benchmark.stats.candidate_stats) and listed after the field.
+    The win matrix is the pairwise win rate under the advantage rule.
+    """
+    fl = np.asarray(losses, dtype=np.float64)
+    ft = np.asarray(n_tokens, dtype=np.float64)
+    fb = np.asarray(blocks, dtype=np.float64).reshape(-1)
+    if fl.shape != ft.shape:
+        raise ValueError(f"n_tokens: shape {ft.shape} differs from losses {fl.shape}")
+    m, s = fl.shape
+    eligible = np.array([u is not None for u in uids], dtype=bool)
+    fs = bstats.field_stats(fl, fb, block_now, params, field_labels=list(labels), eligible=eligible,
+                            n_boot=n_boot, seed=seed)
+    kinds = list(kinds) if kinds is not None else ["chain" if u is not None else "benchmark" for u in uids]
+
+    def per_token(loss_row: np.ndarray, tok_row: np.ndarray) -> tuple[np.ndarray, float]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pt = np.where(tok_row > 0, loss_row / tok_row, np.nan)
+        ok = np.isfinite(loss_row) & (tok_row > 0)
+        mean = float(loss_row[ok].sum() / tok_row[ok].sum()) if ok.any() else math.nan
+        return pt, mean
+
+    models = []
+    for i in range(m):
+        pt, mean = per_token(fl[i], ft[i])
+        iv = fs.win_rates[i]
+        models.append({"label": labels[i], "uid": uids[i], "block": None if math.isnan(fb[i]) else int(fb[i]),
+                       "kind": kinds[i], "mean_loss_per_token": mean, "losses_per_token": pt.tolist(),
+                       "win_rate": iv.value, "win_rate_ci": [iv.low, iv.high], "weight": fs.weights[i]})
+    candidates = []
+    if candidate_losses is not None and len(candidate_labels):
+        cl = np.asarray(candidate_losses, dtype=np.float64).reshape(len(candidate_labels), s)
+        ct = np.asarray(candidate_tokens, dtype=np.float64).reshape(cl.shape)
+        cstats = bstats.candidate_stats(fl, fb, cl, block_now, params, field_labels=list(labels),
+                                        field_uids=list(uids), candidate_labels=list(candidate_labels),
+                                        eligible=eligible, n_boot=n_boot, seed=seed)
+        for c, st in enumerate(cstats):
+            pt, mean = per_token(cl[c], ct[c])
+            candidates.append(st.to_dict())
+            models.append({"label": st.label, "uid": None, "block": None, "kind": "candidate",
+                           "mean_loss_per_token": mean, "losses_per_token": pt.tolist(),
+                           "win_rate": st.win_rate.value, "win_rate_ci": [st.win_rate.low, st.win_rate.high],
+                           "weight": st.weight})
+    # Pairwise matrix over field + candidates (candidates: newest, no advantage).
+    all_losses = np.vstack([fl] + ([cl] if candidates else []))
+    all_blocks = np.append(fb, np.full(len(candidates), np.nan))
+    wm = ranking.win_matrix(all_losses, all_blocks, block_now, params.advantage_initial,
+                            params.advantage_decay, params.epoch)
+    frac = wm["adv_wins"] / float(s) if s else np.zeros_like(wm["adv_wins"], dtype=float)
+    np.fill_diagonal(frac, np.nan)
+    return to_jsonable({
+        "models": models,
+        "win_matrix": {"labels": [mm["label"] for mm in models], "values": frac,
+                       "title": "each pair alone, under the advantage rule"},
+        "candidates": candidates,
+    })

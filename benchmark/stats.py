@@ -1,0 +1,335 @@
+"""Would my candidate win? Statistics of candidates against the live field (pure numpy).
+
+Each candidate is judged alone against the field, as if it were committed at the current
+block: it walks last and has no advantage, while the field models keep their real
+advantage. The win rule is the validator's own (validator.ranking.sample_winners).
+
+Confidence intervals are percentile bootstraps over samples: the per-sample outcome
+(who wins, the paired loss delta) is computed once; a resample only re-averages those
+per-sample numbers over resampled sample indices, so 1000+ resamples stay cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+import constants
+from validator import ranking
+
+BOOTSTRAP_RESAMPLES = constants.BENCH_BOOTSTRAP_RESAMPLES
+BOOTSTRAP_MIN_RESAMPLES = constants.BENCH_BOOTSTRAP_MIN_RESAMPLES
+CONFIDENCE = constants.BENCH_CONFIDENCE
+_CHUNK_ELEMENTS = constants.BENCH_BOOTSTRAP_CHUNK_ELEMENTS
+
+
+@dataclass(frozen=True)
+class WinParams:
+    """The competition numbers the win rule and the weights need."""
+
+    advantage_initial: float = constants.ADVANTAGE_INITIAL
+    advantage_decay: float = constants.ADVANTAGE_DECAY
+    weight_skew_factor: float = constants.WEIGHT_SKEW_FACTOR
+    epoch: int = constants.BLOCKS_PER_EPOCH
+
+    @classmethod
+    def from_competition(cls, competition: Any) -> "WinParams":
+        """From a validator.competitions.Competition (or anything with those attributes)."""
+        return cls(
+            advantage_initial=float(getattr(competition, "advantage_initial", constants.ADVANTAGE_INITIAL)),
+            advantage_decay=float(getattr(competition, "advantage_decay", constants.ADVANTAGE_DECAY)),
+            weight_skew_factor=float(getattr(competition, "weight_skew_factor", constants.WEIGHT_SKEW_FACTOR)),
+        )
+
+
+def _clean(value: Any) -> Any:
+    """JSON-able: numpy -> Python, non-finite floats -> None."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass
+class Interval:
+    """A point estimate with its bootstrap confidence interval."""
+
+    value: float
+    low: float
+    high: float
+    confidence: float = CONFIDENCE
+
+    def contains(self, x: float) -> bool:
+        return self.low <= x <= self.high
+
+    def to_dict(self) -> dict:
+        return _clean(asdict(self))
+
+
+@dataclass
+class CandidateStats:
+    """How one candidate would fare if committed now. Loss units are those of the input."""
+
+    label: str
+    n_samples: int
+    win_rate: Interval  # samples won against the whole field under the win rule
+    weight: float  # share of the competition's weight it would receive
+    leader_index: int | None  # row of the field leader (highest field win rate)
+    leader_label: str | None
+    leader_uid: int | None
+    leader_advantage: float  # the leader's advantage at block_now
+    required_ratio: float  # candidate loss / leader loss must be below this on a sample
+    loss_ratio: Interval | None  # summed candidate loss / summed leader loss, paired samples
+    mean_delta: Interval | None  # mean of candidate - leader loss over paired samples
+    n_paired: int  # samples where both losses are finite
+    head_to_head: Interval | None  # samples won against the leader alone
+    verdict: str
+    deltas: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # per-sample, nan if unpaired
+
+    def to_dict(self, include_deltas: bool = False) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "deltas"}
+        for key in ("win_rate", "loss_ratio", "mean_delta", "head_to_head"):
+            out[key] = out[key].to_dict() if out[key] is not None else None
+        if include_deltas:
+            out["deltas"] = self.deltas
+        return _clean(out)
+
+
+@dataclass
+class FieldStats:
+    """Win rates of the field alone (no candidate), with bootstrap CIs."""
+
+    labels: list[str]
+    win_rates: list[Interval]
+    weights: list[float]
+    leader_index: int | None
+
+    def to_dict(self) -> dict:
+        return _clean({"labels": self.labels, "win_rates": [w.to_dict() for w in self.win_rates],
+                       "weights": self.weights, "leader_index": self.leader_index})
+
+
+# --- bootstrap --------------------------------------------------------------------------------
+
+def _resample_chunks(n_samples: int, n_boot: int, seed: int):
+    """Yield ``[b, n_samples]`` arrays of resampled sample indices, ``n_boot`` rows in all."""
+    rng = np.random.default_rng(seed)
+    per_chunk = max(1, _CHUNK_ELEMENTS // max(n_samples, 1))
+    done = 0
+    while done < n_boot:
+        b = min(per_chunk, n_boot - done)
+        yield rng.integers(0, n_samples, size=(b, n_samples))
+        done += b
+
+
+def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return math.nan, math.nan
+    tail = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(finite, [tail, 1.0 - tail])
+    return float(lo), float(hi)
+
+
+def bootstrap_means(per_sample: dict[str, np.ndarray], weights: dict[str, np.ndarray] | None = None,
+                    n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                    confidence: float = CONFIDENCE) -> dict[str, Interval]:
+    """Percentile bootstrap CIs of ratio estimates ``sum(x[idx]) / sum(w[idx])`` per key.
+
+    All keys share the same resampled indices (one sample-level bootstrap). ``weights``
+    defaults to ones (a plain mean); nan entries of x must have weight 0.
+    """
+    if n_boot < BOOTSTRAP_MIN_RESAMPLES:
+        raise ValueError(f"n_boot: at least {BOOTSTRAP_MIN_RESAMPLES} resamples, got {n_boot}")
+    keys = list(per_sample)
+    n = len(next(iter(per_sample.values()))) if keys else 0
+    weights = weights or {}
+    xs = {k: np.nan_to_num(np.asarray(per_sample[k], dtype=np.float64), nan=0.0) for k in keys}
+    ws = {k: np.asarray(weights.get(k, np.ones(n)), dtype=np.float64) for k in keys}
+    out: dict[str, Interval] = {}
+    if n == 0:
+        return {k: Interval(math.nan, math.nan, math.nan, confidence) for k in keys}
+    boots = {k: [] for k in keys}
+    for idx in _resample_chunks(n, n_boot, seed):
+        for k in keys:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                boots[k].append(xs[k][idx].sum(axis=1) / ws[k][idx].sum(axis=1))
+    for k in keys:
+        wsum = ws[k].sum()
+        point = float(xs[k].sum() / wsum) if wsum > 0 else math.nan
+        lo, hi = _percentiles(np.concatenate(boots[k]), confidence)
+        out[k] = Interval(point, lo, hi, confidence)
+    return out
+
+
+def field_win_rate_intervals(losses: Any, blocks: Any, block_now: float, params: WinParams = WinParams(),
+                             n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                             confidence: float = CONFIDENCE) -> list[Interval]:
+    """Win rate of every model with a bootstrap CI, all models from one set of resamples."""
+    arr = np.asarray(losses, dtype=np.float64)
+    m, s = arr.shape
+    winners = ranking.sample_winners(arr, blocks, block_now, params.advantage_initial,
+                                     params.advantage_decay, params.epoch)
+    point = ranking.win_rates(np.bincount(winners[winners >= 0], minlength=m), s)
+    if s == 0:
+        return [Interval(0.0, math.nan, math.nan, confidence) for _ in range(m)]
+    if n_boot < BOOTSTRAP_MIN_RESAMPLES:
+        raise ValueError(f"n_boot: at least {BOOTSTRAP_MIN_RESAMPLES} resamples, got {n_boot}")
+    # Column m counts the samples nobody wins; one bincount per chunk with a row offset.
+    code = np.where(winners >= 0, winners, m)
+    rates = []
+    for idx in _resample_chunks(s, n_boot, seed):
+        b = idx.shape[0]
+        flat = (code[idx] + (m + 1) * np.arange(b)[:, None]).ravel()
+        rates.append(np.bincount(flat, minlength=b * (m + 1)).reshape(b, m + 1)[:, :m] / s)
+    rates_all = np.concatenate(rates)
+    return [Interval(float(point[i]), *_percentiles(rates_all[:, i], confidence), confidence) for i in range(m)]
+
+
+# --- candidates -------------------------------------------------------------------------------
+
+def _leader(win_rate: np.ndarray, blocks: np.ndarray) -> int | None:
+    """Highest win rate; ties -> the model that walks first (older block, then index)."""
+    if win_rate.size == 0:
+        return None
+    order = ranking.walk_order(blocks)
+    return int(order[np.argmax(win_rate[order])])
+
+
+def _name(label: str | None, uid: int | None) -> str:
+    if uid is not None:
+        return f"uid {uid}"
+    return label or "the leader"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.0f} %"
+
+
+def _ci_pct(iv: Interval) -> str:
+    if not (math.isfinite(iv.low) and math.isfinite(iv.high)):
+        return "no CI"
+    return f"{100 * iv.confidence:.0f} % CI {100 * iv.low:.0f}-{100 * iv.high:.0f} %"
+
+
+def _verdict(s: CandidateStats) -> str:
+    if s.leader_index is None:
+        return (f"{s.label}: no field to compare against; wins {_pct(s.win_rate.value)} of samples, "
+                f"would take ~{s.weight:.2f} of the competition's weight")
+    who = _name(s.leader_label, s.leader_uid)
+    parts = [f"{s.label}: wins {_pct(s.head_to_head.value)} of samples against {who} "
+             f"({_ci_pct(s.head_to_head)})"]
+    parts.append(f"{_pct(s.win_rate.value)} against the whole field ({_ci_pct(s.win_rate)})")
+    line = ", ".join(parts) + f", would take ~{s.weight:.2f} of the competition's weight"
+    if s.loss_ratio is not None and math.isfinite(s.loss_ratio.value):
+        line += (f"; loss ratio to {who} {s.loss_ratio.value:.4f} "
+                 f"(needs < {s.required_ratio:.4f} per sample to take it)")
+    if s.head_to_head.low > 0.5:
+        line += "; beats the leader"
+    elif s.head_to_head.high < 0.5:
+        line += "; does not beat the leader"
+    else:
+        line += "; too close to call against the leader"
+    return line
+
+
+def candidate_stats(field_losses: Any, field_blocks: Any, candidate_losses: Any, block_now: float,
+                    params: WinParams = WinParams(), *,
+                    field_labels: Sequence[str] | None = None,
+                    field_uids: Sequence[int | None] | None = None,
+                    candidate_labels: Sequence[str] | None = None,
+                    eligible: Any = None, n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                    confidence: float = CONFIDENCE) -> list[CandidateStats]:
+    """Judge each candidate row alone against the field.
+
+    ``field_losses [F, S]`` and ``candidate_losses [C, S]`` share sample columns.
+    ``eligible`` (default: field models with a uid, or all if ``field_uids`` is None)
+    says which field models can take weight; the candidate always can (as if committed).
+    """
+    fl = np.asarray(field_losses, dtype=np.float64)
+    cl = np.asarray(candidate_losses, dtype=np.float64)
+    if fl.ndim != 2:
+        raise ValueError(f"field_losses: expected [models, samples], got shape {fl.shape}")
+    if cl.ndim == 1:
+        cl = cl[None, :]
+    if cl.ndim != 2 or cl.shape[1] != fl.shape[1]:
+        raise ValueError(f"candidate_losses: expected [candidates, {fl.shape[1]}], got shape {cl.shape}")
+    f, s = fl.shape
+    fb = np.asarray(field_blocks, dtype=np.float64).reshape(-1)
+    if fb.shape[0] != f:
+        raise ValueError(f"field_blocks: expected {f} entries, got {fb.shape[0]}")
+    labels = list(field_labels) if field_labels is not None else [f"model {i}" for i in range(f)]
+    uids = list(field_uids) if field_uids is not None else [None] * f
+    clabels = list(candidate_labels) if candidate_labels is not None else [f"candidate {i}" for i in range(cl.shape[0])]
+    if len(labels) != f or len(uids) != f or len(clabels) != cl.shape[0]:
+        raise ValueError("field_labels/field_uids/candidate_labels: one entry per row expected")
+    if eligible is None:
+        elig = np.array([u is not None for u in uids]) if field_uids is not None else np.ones(f, dtype=bool)
+    else:
+        elig = np.asarray(eligible, dtype=bool).reshape(-1)
+    rule = (block_now, params.advantage_initial, params.advantage_decay, params.epoch)
+
+    field_wins = ranking.compute_wins(fl, fb, *rule) if f else np.zeros(0, dtype=np.int64)
+    lead = _leader(ranking.win_rates(field_wins, s), fb)
+    lead_adv = float(ranking.advantages(fb[[lead]], block_now, params.advantage_initial,
+                                        params.advantage_decay, params.epoch)[0]) if lead is not None else 0.0
+    blocks_all = np.append(fb, np.nan)  # the candidate: newest, no advantage
+    elig_all = np.append(elig, True)
+
+    results = []
+    for c in range(cl.shape[0]):
+        cand = cl[c]
+        full = np.vstack([fl, cand[None, :]])
+        winners = ranking.sample_winners(full, blocks_all, *rule)
+        won = (winners == f).astype(np.float64)
+        wr_all = ranking.win_rates(np.bincount(winners[winners >= 0], minlength=f + 1), s)
+        weight = float(ranking.weights_from_win_rates(wr_all, params.weight_skew_factor, elig_all)[f])
+        per_sample = {"win": won}
+        wts: dict[str, np.ndarray] = {}
+        deltas = np.full(s, np.nan)
+        if lead is not None:
+            ll = fl[lead]
+            paired = np.isfinite(cand) & np.isfinite(ll)
+            deltas[paired] = cand[paired] - ll[paired]
+            h2h = ranking.sample_winners(np.vstack([ll, cand]), np.array([fb[lead], np.nan]), *rule)
+            per_sample.update(h2h=(h2h == 1).astype(np.float64), delta=np.where(paired, deltas, 0.0),
+                              ratio=np.where(paired, cand, 0.0))
+            wts.update(delta=paired.astype(np.float64), ratio=np.where(paired, ll, 0.0))
+        ivs = bootstrap_means(per_sample, wts, n_boot, seed, confidence) if s else \
+            {k: Interval(math.nan, math.nan, math.nan, confidence) for k in per_sample}
+        n_paired = int(np.isfinite(deltas).sum())
+        st = CandidateStats(
+            label=clabels[c], n_samples=s, win_rate=ivs["win"], weight=weight,
+            leader_index=lead, leader_label=labels[lead] if lead is not None else None,
+            leader_uid=(None if lead is None or uids[lead] is None else int(uids[lead])),
+            leader_advantage=lead_adv, required_ratio=1.0 - lead_adv,
+            loss_ratio=ivs.get("ratio") if n_paired else None,
+            mean_delta=ivs.get("delta") if n_paired else None, n_paired=n_paired,
+            head_to_head=ivs.get("h2h"), verdict="", deltas=deltas)
+        st.verdict = _verdict(st)
+        results.append(st)
+    return results
+
+
+def field_stats(field_losses: Any, field_blocks: Any, block_now: float, params: WinParams = WinParams(), *,
+                field_labels: Sequence[str] | None = None, eligible: Any = None,
+                n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE) -> FieldStats:
+    """Win rates with CIs and weights of the field as the validator would rank it."""
+    fl = np.asarray(field_losses, dtype=np.float64)
+    fb = np.asarray(field_blocks, dtype=np.float64).reshape(-1)
+    ivs = field_win_rate_intervals(fl, fb, block_now, params, n_boot, seed, confidence)
+    rates = np.array([iv.value for iv in ivs])
+    weights = ranking.weights_from_win_rates(rates, params.weight_skew_factor, eligible)
+    labels = list(field_labels) if field_labels is not None else [f"model {i}" for i in range(fl.shape[0])]
+    return FieldStats(labels=labels, win_rates=ivs, weights=weights.tolist(), leader_index=_leader(rates, fb))
