@@ -1,0 +1,287 @@
+"""validator/evalcache.py: sample db, loss matrix, rechecks, first-seen, persistence."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import constants
+from validator.evalcache import (EvalCache, FirstSeen, LossCache, SampleDB, pick_eval_samples, pick_rechecks,
+                                 verify_rechecks)
+from validator.state import StateError
+
+
+class CountingSource:
+    """A SampleSource over an endless id space: sample(seed, n) gives n ids derived from seed."""
+
+    name = "counting"
+
+    def __init__(self):
+        self.calls = []
+
+    def sample(self, seed, n):
+        self.calls.append((seed, n))
+        return [(f"s{seed}-{i}", f"text {seed} {i}") for i in range(n)]
+
+
+def fake_losses(model_key, sample_ids):
+    """Deterministic stand-in for scoring: a loss per (model, sample)."""
+    return {sid: float(sum(map(ord, model_key + sid)) % 97) + 0.5 for sid in sample_ids}
+
+
+def make_db(**kw):
+    args = dict(min_samples=10, max_samples=25, extend_samples=5, extend_interval=100.0)
+    args.update(kw)
+    return SampleDB(**args)
+
+
+# --- SampleDB ---------------------------------------------------------------------------
+
+
+def test_db_fills_to_min_then_extends_on_interval_and_caps_dropping_oldest():
+    db, src = make_db(), CountingSource()
+    r = db.refresh(src, seed=1, now=0.0)
+    assert len(db) == 10 and len(r.added) == 10 and r.dropped == []
+    assert db.refresh(src, seed=2, now=50.0).added == []  # interval not over: nothing asked
+    assert src.calls == [(1, 10)]
+    db.refresh(src, seed=2, now=100.0)
+    assert len(db) == 15 and src.calls[-1] == (2, 5)
+    for i, now in enumerate((200.0, 300.0)):
+        db.refresh(src, seed=3 + i, now=now)
+    assert len(db) == 25
+    r = db.refresh(src, seed=9, now=400.0)
+    assert len(db) == 25  # capped
+    assert r.dropped == [f"s1-{i}" for i in range(5)]  # the five oldest
+    assert db.ids()[:5] == [f"s1-{i}" for i in range(5, 10)]
+    assert db.ids()[-5:] == [f"s9-{i}" for i in range(5)]
+    assert db.texts(["s9-0", "s2-4"]) == ["text 9 0", "text 2 4"]
+    assert db.samples(["s9-1"]) == [("s9-1", "text 9 1")]
+    with pytest.raises(KeyError, match="s1-0"):
+        db.texts(["s1-0"])
+
+
+def test_db_refresh_with_known_ids_adds_nothing_twice():
+    db = make_db()
+    db.refresh(CountingSource(), seed=1, now=0.0)
+    r = db.refresh(CountingSource(), seed=1, now=1000.0)  # same seed, same ids
+    assert r.added == [] and len(db) == 10
+
+
+def test_eval_cache_refresh_forgets_losses_of_dropped_samples():
+    ec = EvalCache(make_db(min_samples=5, max_samples=5, extend_samples=5))
+    ec.refresh(CountingSource(), 1, now=0.0)
+    old = ec.db.ids()
+    ec.losses.put("m", fake_losses("m", old))
+    r = ec.refresh(CountingSource(), 2, now=1000.0)
+    assert r.dropped == old
+    assert ec.losses.cached("m") == []
+
+
+# --- LossCache and picking ----------------------------------------------------------------
+
+
+def test_matrix_missing_and_reset():
+    c = LossCache()
+    c.put("a", {"x": 1.0, "y": math.inf}, {"x": 3, "y": 0})
+    c.put("b", {"y": 2.0}, {"y": 5})
+    m = c.get_matrix(["a", "b", "new"], ["x", "y"])
+    assert m.shape == (3, 2) and m.dtype == np.float64
+    assert m[0, 0] == 1.0 and m[0, 1] == math.inf and m[1, 1] == 2.0
+    assert np.isnan(m[1, 0]) and np.isnan(m[2]).all()
+    assert c.get_ntokens(["a", "b"], ["x", "y"]).tolist() == [[3, 0], [-1, 5]]
+    assert c.missing(["a", "b", "new"], ["x", "y"]) == {"a": [], "b": ["x"], "new": ["x", "y"]}
+    assert c.missing("b", ["y", "x", "z"]) == ["x", "z"]  # one key: its list
+    c.reset_model("a")
+    assert c.missing(["a"], ["x", "y"]) == {"a": ["x", "y"]}
+    with pytest.raises(ValueError, match="sample z"):
+        c.put("a", {"z": "1.0"})
+
+
+def test_pick_prefers_missing_and_is_deterministic():
+    db = make_db(min_samples=20, max_samples=20)
+    db.refresh(CountingSource(), 0, now=0.0)
+    ids = db.ids()
+    c = LossCache()
+    c.put("a", fake_losses("a", ids[:15]))
+    c.put("b", fake_losses("b", ids[5:]))
+    # missing for both: none; for one: ids[:5] (b) and ids[15:] (a); for none: ids[5:15]
+    picked = pick_eval_samples(db, c, ["a", "b"], 8, seed=7)
+    assert set(picked[:10]) <= set(ids[:5]) | set(ids[15:])
+    assert set(picked) <= set(ids[:5]) | set(ids[15:])
+    assert picked == pick_eval_samples(db, c, ["a", "b"], 8, seed=7)
+    assert picked != pick_eval_samples(db, c, ["a", "b"], 8, seed=8)  # ties broken by the seed
+    # a newcomer "n" is missing everything: the samples no one has come first
+    c.reset_model("b")
+    assert set(pick_eval_samples(db, c, ["a", "n"], 5, seed=1)) == set(ids[15:])
+
+
+def test_pick_does_not_depend_on_db_insertion_order():
+    items = [(f"id{i}", f"t{i}") for i in range(30)]
+    db1, db2 = make_db(min_samples=30, max_samples=30), make_db(min_samples=30, max_samples=30)
+    db1.add(items, now=0)
+    db2.add(items[::-1], now=0)
+    assert pick_eval_samples(db1, LossCache(), ["m"], 10, 3) == pick_eval_samples(db2, LossCache(), ["m"], 10, 3)
+
+
+def run_round(db, cache, models, n, seed):
+    """One validator step as the loop does it; returns how many losses were computed."""
+    sample_ids = pick_eval_samples(db, cache, models, n, seed)
+    computed = 0
+    for key in models:
+        missing = cache.missing([key], sample_ids)[key]
+        rechecks = pick_rechecks(cache, key, sample_ids, seed)
+        cache.put(key, fake_losses(key, missing), {s: 10 for s in missing})
+        computed += len(missing)
+        assert verify_rechecks(cache, key, fake_losses(key, rechecks))
+    return computed, sample_ids
+
+
+def test_second_round_needs_only_rechecks():
+    db = make_db(min_samples=100, max_samples=100)
+    db.refresh(CountingSource(), 0, now=0.0)
+    cache = LossCache()
+    models = ["m1", "m2", "m3"]
+    computed, ids = run_round(db, cache, models, 100, seed=1)
+    assert computed == 300
+    missing = cache.missing(models, pick_eval_samples(db, cache, models, 100, seed=2))
+    assert sum(map(len, missing.values())) == 0
+    assert [len(pick_rechecks(cache, k, ids, 2)) for k in models] == [2, 2, 2]  # 2 % of 100
+    computed, _ = run_round(db, cache, models, 100, seed=2)
+    assert computed == 0
+    # a newcomer costs exactly its own row
+    computed, _ = run_round(db, cache, models + ["m4"], 100, seed=3)
+    assert computed == 100
+
+
+def test_rechecks_count_and_cap():
+    c = LossCache()
+    ids = [f"s{i}" for i in range(1000)]
+    c.put("m", fake_losses("m", ids[:700]))
+    r = pick_rechecks(c, "m", ids, seed=5)
+    assert len(r) == constants.RECHECK_MAX and set(r) <= set(ids[:700])
+    assert r == pick_rechecks(c, "m", ids, seed=5)
+    assert len(pick_rechecks(c, "m", ids[:100], seed=5)) == 2
+    assert len(pick_rechecks(c, "m", ids[:10], seed=5)) == 1  # something cached: at least one
+    assert pick_rechecks(c, "m", ids[700:], seed=5) == []
+    assert pick_rechecks(c, "other", ids, seed=5) == []
+
+
+def test_tampered_loss_is_caught_and_row_reset():
+    c = LossCache()
+    ids = [f"s{i}" for i in range(50)]
+    truth = fake_losses("m", ids)
+    c.put("m", truth)
+    c.put("other", fake_losses("other", ids))
+    # within tolerance: accepted
+    near = {s: v * (1 + constants.RECHECK_TOLERANCE / 2) for s, v in truth.items()}
+    assert verify_rechecks(c, "m", near)
+    c._rows["m"]["s3"] = (truth["s3"] * 0.9, 0)  # tampered on disk, say
+    assert verify_rechecks(c, "m", {"s1": truth["s1"], "s2": truth["s2"]})  # not rechecked: unnoticed
+    assert not verify_rechecks(c, "m", {"s3": truth["s3"]})
+    assert c.cached("m") == []
+    assert len(c.cached("other")) == 50  # other models untouched
+
+
+def test_recheck_compares_inf_and_nan():
+    c = LossCache()
+    c.put("m", {"a": math.inf, "b": math.nan, "c": 0.0})
+    assert verify_rechecks(c, "m", {"a": math.inf, "b": math.nan, "c": 0.0})
+    assert not verify_rechecks(c, "m", {"a": 5.0})
+    c.put("m", {"b": math.nan})
+    assert not verify_rechecks(c, "m", {"b": 1.0})
+
+
+# --- FirstSeen --------------------------------------------------------------------------
+
+
+def test_first_seen_earliest_block_wins_and_survives_restart(tmp_path):
+    ec = EvalCache(make_db())
+    fs = ec.first_seen
+    assert fs.observe("h1", "alice", 100) == "alice"
+    assert fs.observe("h1", "bob", 150) == "alice"  # bob copied
+    assert fs.observe("h1", "carol", 90) == "carol"  # an earlier commitment seen late
+    assert fs.observe("h1", "alice", 100) == "carol"
+    assert fs.observe("h2", "zed", 5) == "zed"
+    assert fs.observe("h2", "amy", 5) == "amy"  # same block: smaller hotkey, on every validator
+    path = tmp_path / "cache.json"
+    ec.save(path)
+    fs2 = EvalCache.load(path).first_seen
+    assert fs2.get("h1") == ("carol", 90) and fs2.get("h2") == ("amy", 5)
+    assert fs2.observe("h1", "dave", 500) == "carol"
+
+
+# --- persistence ------------------------------------------------------------------------
+
+
+def test_save_forgets_losses_of_samples_outside_the_db(tmp_path):
+    ec = EvalCache(make_db(min_samples=5, max_samples=5, extend_samples=5))
+    ec.db.refresh(CountingSource(), 1, now=0.0)
+    old = ec.db.ids()
+    ec.losses.put("m", fake_losses("m", old))
+    ec.db.refresh(CountingSource(), 2, now=1000.0)  # straight on the db: the cache was not told
+    ec.save(tmp_path / "c.json")
+    back = EvalCache.load(tmp_path / "c.json", min_samples=5, max_samples=5)
+    assert back.losses.cached("m") == [] and back.db.ids() == ec.db.ids()
+
+
+def test_save_load_round_trip_and_missing_file(tmp_path):
+    ec = EvalCache(make_db())
+    ec.refresh(CountingSource(), 4, now=12.5)
+    ids = ec.db.ids()
+    ec.losses.put("m", {**fake_losses("m", ids[:4]), ids[4]: math.inf}, {s: 7 for s in ids})
+    path = tmp_path / "state" / "evalcache.json"
+    ec.save(path)
+    back = EvalCache.load(path, **dict(min_samples=10, max_samples=25, extend_samples=5, extend_interval=100.0))
+    assert back.db.ids() == ids and back.db.texts(ids) == ec.db.texts(ids)
+    assert back.db.last_extend == 12.5 and back.db.wanted(50.0) == 0
+    np.testing.assert_array_equal(back.losses.get_matrix(["m"], ids), ec.losses.get_matrix(["m"], ids))
+    np.testing.assert_array_equal(back.losses.get_ntokens(["m"], ids), ec.losses.get_ntokens(["m"], ids))
+    empty = EvalCache.load(tmp_path / "none.json")
+    assert len(empty.db) == 0 and empty.losses.models() == []
+
+
+def test_load_trims_to_a_smaller_cap(tmp_path):
+    ec = EvalCache(make_db())
+    ec.refresh(CountingSource(), 4, now=0)
+    ec.losses.put("m", fake_losses("m", ec.db.ids()))
+    ec.save(tmp_path / "c.json")
+    back = EvalCache.load(tmp_path / "c.json", min_samples=4, max_samples=4)
+    assert back.db.ids() == ec.db.ids()[-4:]
+    assert sorted(back.losses.cached("m")) == sorted(ec.db.ids()[-4:])
+
+
+@pytest.mark.parametrize("content", [b'{"version": 1, "db": ', b'{"version": 1, "db": {"samples": 3}}',
+                                     b'[1, 2]', b'{"version": 99}'])
+def test_corrupt_file_gives_clear_error(tmp_path, content):
+    path = tmp_path / "evalcache.json"
+    path.write_bytes(content)
+    with pytest.raises(StateError) as e:
+        EvalCache.load(path)
+    assert str(path) in str(e.value)
+
+
+finite_or_special = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just(math.inf))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), n_models=st.integers(1, 4), n_samples=st.integers(0, 8))
+def test_save_load_round_trip_property(tmp_path, data, n_models, n_samples):
+    """Any matrix of losses (inf, -inf, nan stored; some entries never computed) survives."""
+    models = [f"model-{i}" for i in range(n_models)]
+    sids = [f"d/f.parquet/{i}" for i in range(n_samples)]
+    ec = EvalCache(make_db(min_samples=max(n_samples, 1), max_samples=max(n_samples, 1)))
+    ec.db.add([(s, f"t{s}") for s in sids], now=1.0)
+    for m in models:
+        present = data.draw(st.lists(st.booleans(), min_size=n_samples, max_size=n_samples))
+        vals = data.draw(st.lists(finite_or_special, min_size=n_samples, max_size=n_samples))
+        toks = data.draw(st.lists(st.integers(0, 10**6), min_size=n_samples, max_size=n_samples))
+        ec.losses.put(m, {s: v for s, v, p in zip(sids, vals, present) if p},
+                      {s: t for s, t in zip(sids, toks)})
+    path = tmp_path / "prop.json"
+    ec.save(path)
+    back = EvalCache.load(path, min_samples=max(n_samples, 1), max_samples=max(n_samples, 1))
+    a, b = ec.losses.get_matrix(models, sids), back.losses.get_matrix(models, sids)
+    np.testing.assert_array_equal(a, b)  # equal_nan: nan positions must match too
+    assert back.losses.missing(models, sids) == ec.losses.missing(models, sids)
+    np.testing.assert_array_equal(back.losses.get_ntokens(models, sids), ec.losses.get_ntokens(models, sids))

@@ -1,0 +1,366 @@
+"""What was already computed: the sample database, the loss matrix, first-seen content.
+
+Losses are keyed by model *content* (the directory hash), not by hotkey or commit, so a
+model re-committed or copied is never scored twice, and by a stable sample id, so a
+sample scored in an earlier step is not scored again. A few cached losses are recomputed
+each step (rechecks); a mismatch means the cache, or the model, cannot be trusted and the
+model's row is dropped.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, overload
+
+import numpy as np
+
+import constants
+from validator.state import StateError, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+def _tiebreak(seed: int, *parts: str) -> bytes:
+    """A seeded, order-independent sort key: validators with the same seed agree even when
+    their databases were filled in a different order."""
+    return hashlib.sha256("\x00".join((str(seed),) + parts).encode()).digest()
+
+
+# --- the sample database -------------------------------------------------------------------
+
+
+@dataclass
+class Refresh:
+    added: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+
+class SampleDB:
+    """sample_id -> (text, time added), oldest first. Filled up to `min_samples` at once,
+    then extended by `extend_samples` every `extend_interval` seconds, capped at
+    `max_samples` by dropping the oldest (the evaluation slowly moves onto fresh text)."""
+
+    def __init__(self, min_samples: int = constants.DB_MIN_SAMPLES,
+                 max_samples: int = constants.DB_MAX_SAMPLES,
+                 extend_samples: int = constants.DB_EXTEND_SAMPLES,
+                 extend_interval: float = constants.DB_EXTEND_INTERVAL_S):
+        if not 0 < min_samples <= max_samples:
+            raise ValueError(f"SampleDB: need 0 < min_samples ({min_samples}) <= max_samples ({max_samples})")
+        self.min_samples, self.max_samples = min_samples, max_samples
+        self.extend_samples, self.extend_interval = extend_samples, extend_interval
+        self._items: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.last_extend: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, sample_id: object) -> bool:
+        return sample_id in self._items
+
+    def ids(self) -> list[str]:
+        return list(self._items)
+
+    def text(self, sample_id: str) -> str:
+        try:
+            return self._items[sample_id][0]
+        except KeyError:
+            raise KeyError(f"sample {sample_id!r} is not in the sample database") from None
+
+    def texts(self, ids: Iterable[str]) -> list[str]:
+        return [self.text(i) for i in ids]
+
+    def samples(self, ids: Iterable[str]) -> list[tuple[str, str]]:
+        """(sample_id, text) pairs, the form scoring takes."""
+        return [(i, self.text(i)) for i in ids]
+
+    def wanted(self, now: float) -> int:
+        """How many samples a refresh at `now` asks the source for."""
+        if len(self) < self.min_samples:
+            return self.min_samples - len(self)
+        if self.last_extend is None or now - self.last_extend >= self.extend_interval:
+            return self.extend_samples
+        return 0
+
+    def add(self, samples: Iterable[tuple[str, str]], now: float) -> Refresh:
+        """Add new samples (known ids are left alone: an id names one text forever), then
+        drop the oldest beyond the cap."""
+        result = Refresh()
+        for sid, text in samples:
+            if sid not in self._items:
+                self._items[sid] = (text, float(now))
+                result.added.append(sid)
+        while len(self._items) > self.max_samples:
+            result.dropped.append(self._items.popitem(last=False)[0])
+        return result
+
+    def refresh(self, source: Any, seed: int, now: float) -> Refresh:
+        """Pull what `wanted(now)` says from a SampleSource."""
+        k = self.wanted(now)
+        if k <= 0:
+            return Refresh()
+        result = self.add(source.sample(seed, k), now)
+        self.last_extend = float(now)
+        if len(result.added) < k:
+            log.info("sample db: asked %s for %d samples, %d were new", getattr(source, "name", source),
+                     k, len(result.added))
+        return result
+
+    def to_json(self) -> dict:
+        return {"last_extend": self.last_extend,
+                "samples": [[sid, text, added] for sid, (text, added) in self._items.items()]}
+
+    def load_json(self, data: dict) -> None:
+        self._items = OrderedDict((str(sid), (str(text), float(added))) for sid, text, added in data["samples"])
+        self.last_extend = None if data["last_extend"] is None else float(data["last_extend"])
+
+
+# --- the loss matrix ----------------------------------------------------------------------
+
+
+def _enc(x: float) -> float | str:
+    """JSON has no inf/nan: spell them out."""
+    if math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _dec(x: Any) -> float:
+    if isinstance(x, str):
+        if x not in ("inf", "-inf", "nan"):
+            raise ValueError(f"bad loss value {x!r}")
+        return float(x)
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ValueError(f"bad loss value {x!r}")
+    return float(x)
+
+
+def _same_loss(a: float, b: float, rel_tol: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return abs(a - b) <= rel_tol * max(abs(a), abs(b)) or a == b
+
+
+class LossCache:
+    """model key (content hash) -> sample id -> (summed loss, n_tokens). inf = the sample
+    failed for that model (e.g. tokenization); a present entry, whatever its value, is
+    computed and never asked for again."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, dict[str, tuple[float, int]]] = {}
+
+    def models(self) -> list[str]:
+        return list(self._rows)
+
+    def cached(self, model_key: str) -> list[str]:
+        return list(self._rows.get(model_key, {}))
+
+    def get(self, model_key: str, sample_id: str) -> float | None:
+        entry = self._rows.get(model_key, {}).get(sample_id)
+        return None if entry is None else entry[0]
+
+    @overload
+    def missing(self, model_keys: str, sample_ids: Iterable[str]) -> list[str]: ...
+
+    @overload
+    def missing(self, model_keys: Iterable[str], sample_ids: Iterable[str]) -> dict[str, list[str]]: ...
+
+    def missing(self, model_keys, sample_ids):
+        """For each model, the sample ids (in the given order) it has no loss for.
+        One model key (a str) gives that model's list directly."""
+        sample_ids = list(sample_ids)
+        if isinstance(model_keys, str):
+            return self.missing([model_keys], sample_ids)[model_keys]
+        out = {}
+        for key in model_keys:
+            row = self._rows.get(key, {})
+            out[key] = [s for s in sample_ids if s not in row]
+        return out
+
+    def put(self, model_key: str, losses: dict[str, float], n_tokens: dict[str, int] | None = None) -> None:
+        n_tokens = n_tokens or {}
+        row = self._rows.setdefault(model_key, {})
+        for sid, loss in losses.items():
+            if isinstance(loss, bool) or not isinstance(loss, (int, float, np.floating, np.integer)):
+                raise ValueError(f"loss of model {model_key} on sample {sid}: {loss!r} is not a number")
+            row[sid] = (float(loss), int(n_tokens.get(sid, 0)))
+
+    def get_matrix(self, model_keys: list[str], sample_ids: list[str]) -> np.ndarray:
+        """[M, S] float64 losses, nan where missing."""
+        m = np.full((len(model_keys), len(sample_ids)), np.nan)
+        for i, key in enumerate(model_keys):
+            row = self._rows.get(key)
+            if row:
+                for j, sid in enumerate(sample_ids):
+                    entry = row.get(sid)
+                    if entry is not None:
+                        m[i, j] = entry[0]
+        return m
+
+    def get_ntokens(self, model_keys: list[str], sample_ids: list[str]) -> np.ndarray:
+        """[M, S] int64 token counts, -1 where missing."""
+        m = np.full((len(model_keys), len(sample_ids)), -1, dtype=np.int64)
+        for i, key in enumerate(model_keys):
+            row = self._rows.get(key, {})
+            for j, sid in enumerate(sample_ids):
+                if sid in row:
+                    m[i, j] = row[sid][1]
+        return m
+
+    def reset_model(self, model_key: str) -> None:
+        self._rows.pop(model_key, None)
+
+    def drop_samples(self, sample_ids: Iterable[str]) -> None:
+        """Forget samples that left the database."""
+        gone = set(sample_ids)
+        if gone:
+            for row in self._rows.values():
+                for sid in gone & row.keys():
+                    del row[sid]
+
+    def keep_models(self, model_keys: Iterable[str]) -> list[str]:
+        """Forget every model not in `model_keys`; returns the dropped keys."""
+        keep = set(model_keys)
+        dropped = [k for k in self._rows if k not in keep]
+        for k in dropped:
+            del self._rows[k]
+        return dropped
+
+    def to_json(self) -> dict:
+        return {key: {sid: [_enc(loss), ntok] for sid, (loss, ntok) in row.items()}
+                for key, row in self._rows.items()}
+
+    def load_json(self, data: dict) -> None:
+        self._rows = {str(key): {str(sid): (_dec(v[0]), int(v[1])) for sid, v in row.items()}
+                      for key, row in data.items()}
+
+
+def pick_eval_samples(db: SampleDB, cache: LossCache, model_keys: list[str], n: int, seed: int) -> list[str]:
+    """n sample ids of the database, those missing for the most models in play first (the
+    computed part of the matrix grows until the database is covered, then stays free);
+    ties are broken by a seeded hash, so the choice does not depend on insertion order."""
+    ids = db.ids()
+    rows = [set(cache.cached(k)) for k in model_keys]
+    n_missing = {sid: sum(sid not in r for r in rows) for sid in ids}
+    ids.sort(key=lambda sid: (-n_missing[sid], _tiebreak(seed, sid)))
+    return ids[:max(n, 0)]
+
+
+def n_rechecks(n_cached: int) -> int:
+    return min(math.ceil(constants.RECHECK_FRACTION * n_cached), constants.RECHECK_MAX)
+
+
+def pick_rechecks(cache: LossCache, model_key: str, sample_ids: Iterable[str], seed: int) -> list[str]:
+    """Of `sample_ids`, the few already cached for the model that are recomputed anyway:
+    min(RECHECK_FRACTION of them, RECHECK_MAX), at least one if any is cached."""
+    cached = [s for s in dict.fromkeys(sample_ids) if cache.get(model_key, s) is not None]
+    cached.sort(key=lambda sid: _tiebreak(seed, model_key, sid))
+    return cached[:n_rechecks(len(cached))]
+
+
+def verify_rechecks(cache: LossCache, model_key: str, recomputed: dict[str, float],
+                    rel_tol: float = constants.RECHECK_TOLERANCE) -> bool:
+    """Compare recomputed losses with the cached ones. On any mismatch the model's row is
+    reset (every loss of it is recomputed next time) and False is returned."""
+    for sid, new in recomputed.items():
+        old = cache.get(model_key, sid)
+        if old is None:
+            continue
+        if not _same_loss(old, float(new), rel_tol):
+            log.warning("recheck failed for model %s on sample %s: cached %r, recomputed %r; "
+                        "dropping its %d cached losses", model_key, sid, old, new, len(cache.cached(model_key)))
+            cache.reset_model(model_key)
+            return False
+    return True
+
+
+# --- first seen content ---------------------------------------------------------------------
+
+
+class FirstSeen:
+    """content hash -> (hotkey, block) of its earliest commitment: a later commitment of
+    the same content is a copy and earns nothing."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[str, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def get(self, content_hash: str) -> tuple[str, int] | None:
+        return self._seen.get(content_hash)
+
+    def observe(self, content_hash: str, hotkey: str, block: int) -> str:
+        """Record a commitment; returns the hotkey that owns the content (the earliest block;
+        on the same block the smaller hotkey, so every validator picks the same one)."""
+        block = int(block)
+        prev = self._seen.get(content_hash)
+        if prev is None or (block, hotkey) < (prev[1], prev[0]):
+            self._seen[content_hash] = (hotkey, block)
+        return self._seen[content_hash][0]
+
+    def to_json(self) -> dict:
+        return {h: [hk, b] for h, (hk, b) in self._seen.items()}
+
+    def load_json(self, data: dict) -> None:
+        self._seen = {str(h): (str(hk), int(b)) for h, (hk, b) in data.items()}
+
+
+# --- all of it, persisted --------------------------------------------------------------------
+
+
+class EvalCache:
+    """SampleDB + LossCache + FirstSeen, saved to one JSON file atomically."""
+
+    def __init__(self, db: SampleDB | None = None, losses: LossCache | None = None,
+                 first_seen: FirstSeen | None = None):
+        # `is None`, not `or`: an empty SampleDB is falsy (len 0)
+        self.db = SampleDB() if db is None else db
+        self.losses = LossCache() if losses is None else losses
+        self.first_seen = FirstSeen() if first_seen is None else first_seen
+
+    def refresh(self, source: Any, seed: int, now: float) -> Refresh:
+        """Refresh the sample database and forget the losses of samples that left it."""
+        result = self.db.refresh(source, seed, now)
+        self.losses.drop_samples(result.dropped)
+        return result
+
+    def to_json(self) -> dict:
+        # losses of samples that left the db are useless (they can never be picked again);
+        # a caller that refreshed db directly, not through refresh(), left them behind
+        known = set(self.db.ids())
+        self.losses.drop_samples({s for k in self.losses.models() for s in self.losses.cached(k)} - known)
+        return {"version": FORMAT_VERSION, "db": self.db.to_json(), "losses": self.losses.to_json(),
+                "first_seen": self.first_seen.to_json()}
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path, **db_kwargs: Any) -> "EvalCache":
+        """Load a saved cache; a missing file gives an empty one, a corrupt one raises
+        StateError naming the file (the caller decides whether to start over)."""
+        data = read_json(path, None)
+        cache = cls(SampleDB(**db_kwargs))
+        if data is None:
+            return cache
+        try:
+            if data.get("version") != FORMAT_VERSION:
+                raise ValueError(f"format version {data.get('version')!r}, expected {FORMAT_VERSION}")
+            cache.db.load_json(data["db"])
+            cache.losses.load_json(data["losses"])
+            cache.first_seen.load_json(data["first_seen"])
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise StateError(path, f"not an evaluation cache: {type(e).__name__}: {e}") from e
+        cache.db.add([], now=0.0)  # trims to this run's max_samples, oldest first
+        # losses of samples no longer in the db (trimmed just now, or a hand-edited file)
+        known = set(cache.db.ids())
+        cache.losses.drop_samples({s for k in cache.losses.models() for s in cache.losses.cached(k)} - known)
+        return cache

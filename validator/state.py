@@ -1,0 +1,103 @@
+"""Persisted validator state: atomic writes and careful reads.
+
+A crash mid-write must never leave a half-written state file, so every write goes to a
+temporary file in the same directory, is fsynced, then renamed over the target (rename
+is atomic on POSIX within a filesystem), and the directory is fsynced so the rename
+itself survives a power cut.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_MISSING = object()
+
+
+class StateError(Exception):
+    """A state file exists but cannot be read or parsed."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"state file {self.path}: {reason}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        log.debug("fsync of directory %s failed: %s", directory, e)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old or the new content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Serialise `obj` as strict JSON (NaN/inf rejected: encode them explicitly) and write atomically."""
+    data = json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    atomic_write_bytes(path, data)
+
+
+def read_json(path: str | Path, default: Any = _MISSING) -> Any:
+    """Read a JSON file. A missing file gives `default` (or FileNotFoundError if none given);
+    an unreadable or corrupt file raises StateError naming the file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if default is _MISSING:
+            raise
+        return default
+    except OSError as e:
+        raise StateError(path, f"cannot read: {e}") from e
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StateError(path, f"corrupt JSON ({e})") from e
+
+
+def load_or_default(path: str | Path, default: Any) -> Any:
+    """Like read_json, but a corrupt file is kept aside as `<name>.bad` and `default` returned,
+    so the validator keeps running (it rebuilds the state) and the operator can inspect it."""
+    path = Path(path)
+    try:
+        return read_json(path, default)
+    except StateError as e:
+        bad = path.with_name(path.name + ".bad")
+        try:
+            shutil.copyfile(path, bad)
+            kept = f"kept a copy at {bad}"
+        except OSError as copy_err:
+            kept = f"could not keep a copy ({copy_err})"
+        log.warning("%s; starting from defaults, %s", e, kept)
+        return default
