@@ -1,0 +1,195 @@
+"""SubtensorChain: the Chain port on the real network, through bittensor >= 11.
+
+Thin on purpose: the SDK calls live in the adapter, the mapping from SDK records to our
+value types lives in pure functions (`metagraph_from_sdk`, `commitments_from_sdk`) that are
+tested without a node. `bittensor` is imported lazily (about a second to import).
+
+SDK surface used (bittensor 11.3):
+  bittensor.Subtensor(network)                    blocking client (SyncClient), connects lazily
+  client.block                                    head block number
+  client.at(block=None) -> SyncSnapshot           every read below pinned to one block
+  snapshot.subnets.metagraph(netuid)              bittensor.metagraph.Metagraph, commitments included
+  snapshot.weights.weights(netuid)                {validator uid: {uid: fraction}} in one map query
+  snapshot.block_info(block).hash                 the block hash
+  client.execute(bittensor.SetWeights(...), wallet)          weights (plain or commit-reveal)
+  client.submit_call(bittensor.calls.Commitments.set_commitment(...), wallet, signer="hotkey")
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import constants
+from validator.chain import ChainError, Commitment, Metagraph
+
+# A Raw<N> field of the Commitments pallet holds at most 128 bytes; longer texts are split
+# across fields, which the SDK's reader concatenates back (metagraph._decode_fields).
+RAW_FIELD_MAX_BYTES = 128
+
+
+def metagraph_from_sdk(record: Any, weights: dict[int, dict[int, float]], block_hash: str) -> Metagraph:
+    """Our Metagraph from a bittensor.metagraph.Metagraph and the `weights` read's rows."""
+    neurons = sorted(record.neurons, key=lambda n: n.uid)
+    uids = [int(n.uid) for n in neurons]
+    present = set(uids)
+    rows = {
+        int(v): {int(u): float(w) for u, w in row.items() if int(u) in present}
+        for v, row in (weights or {}).items()
+        if int(v) in present
+    }
+    return Metagraph(
+        block=int(record.block),
+        block_hash=str(block_hash),
+        uids=uids,
+        hotkeys=[str(n.hotkey) for n in neurons],
+        coldkeys=[str(n.coldkey) for n in neurons],
+        # total_stake is in the subnet's own units (alpha); `.amount` is that number as a float
+        stake=[float(n.total_stake.amount) for n in neurons],
+        incentive=[float(n.incentive) for n in neurons],
+        validator_permit=[bool(n.validator_permit) for n in neurons],
+        last_update=[int(n.last_update) for n in neurons],
+        weights={v: row for v, row in sorted(rows.items()) if row},
+    )
+
+
+def commitments_from_sdk(record: Any) -> dict[str, Commitment]:
+    """{hotkey: Commitment} for the registered hotkeys whose commitment is readable now.
+
+    A sealed (timelocked, not yet revealed) commitment has no visible value and is left out;
+    commitments of deregistered hotkeys (`record.unregistered_commitments`) are ignored.
+    """
+    out: dict[str, Commitment] = {}
+    for neuron in record.neurons:
+        commitment = (record.commitments or {}).get(neuron.uid) or neuron.commitment
+        if commitment is None:
+            continue
+        value = commitment.value
+        if not value:
+            continue
+        out[str(neuron.hotkey)] = Commitment(text=str(value), block=int(commitment.block))
+    return out
+
+
+def commitment_info(text: str) -> dict:
+    """The pallet's CommitmentInfo for plain text: Raw<N> fields of at most 128 bytes each."""
+    data = text.encode("utf-8")
+    if not data:
+        raise ChainError("commit: empty commitment text")
+    chunks = [data[i : i + RAW_FIELD_MAX_BYTES] for i in range(0, len(data), RAW_FIELD_MAX_BYTES)]
+    return {"fields": [{f"Raw{len(chunk)}": chunk} for chunk in chunks]}
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class SubtensorChain:
+    """The subnet on a subtensor network ("finney", "test", "local" or a ws(s):// URL).
+
+    `wallet` (a bittensor.Wallet) is the validator identity used by set_weights. `client`
+    lets a caller inject an already built bittensor client (or a test double).
+    """
+
+    def __init__(
+        self,
+        network: str = "finney",
+        netuid: int = constants.NETUID,
+        wallet: Any = None,
+        *,
+        client: Any = None,
+    ) -> None:
+        self.network = network
+        self.netuid = int(netuid)
+        self.wallet = wallet
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            try:
+                import bittensor  # lazy: slow to import, and only needed on the real network
+
+                self._client = bittensor.Subtensor(self.network)
+            except Exception as exc:  # bad network name, missing SDK pieces, ...
+                raise ChainError(f"subtensor {self.network}: cannot create a client ({_describe(exc)})") from exc
+        return self._client
+
+    @property
+    def block(self) -> int:
+        try:
+            return int(self.client.block)
+        except ChainError:
+            raise
+        except Exception as exc:
+            raise ChainError(f"subtensor {self.network}: cannot read the current block ({_describe(exc)})") from exc
+
+    def block_hash(self, block: int) -> str:
+        try:
+            info = self.client.block_info(block)
+        except Exception as exc:
+            raise ChainError(f"subtensor {self.network}: cannot read block {block} ({_describe(exc)})") from exc
+        if info is None or not info.hash:
+            raise ChainError(f"subtensor {self.network}: no block {block}")
+        return str(info.hash)
+
+    def sync(self) -> tuple[Metagraph, dict[str, Commitment]]:
+        # Three reads pinned to one block: the metagraph (with every commitment, one runtime
+        # call plus two map reads), the weight matrix (one map read), the block hash.
+        try:
+            view = self.client.at()
+            record = view.subnets.metagraph(self.netuid)
+            if record is None:
+                raise ChainError(f"subtensor {self.network}: subnet {self.netuid} does not exist")
+            weights = view.weights.weights(self.netuid)
+            info = view.block_info(view.block)
+        except ChainError:
+            raise
+        except Exception as exc:
+            raise ChainError(f"subtensor {self.network}: sync of netuid {self.netuid} failed ({_describe(exc)})") from exc
+        block_hash = info.hash if info is not None and info.hash else ""
+        return metagraph_from_sdk(record, weights, block_hash), commitments_from_sdk(record)
+
+    def commit(self, signer: Any, text: str) -> None:
+        """Publish `text` as the commitment of the wallet `signer`'s hotkey."""
+        if signer is None:
+            raise ChainError("commit: a bittensor Wallet is needed to sign the commitment")
+        info = commitment_info(text)
+        try:
+            import bittensor
+
+            call = bittensor.calls.Commitments.set_commitment(netuid=self.netuid, info=info)
+            result = self.client.submit_call(call, signer, signer="hotkey")
+            result.raise_for_failure()
+        except ChainError:
+            raise
+        except Exception as exc:
+            raise ChainError(f"subtensor {self.network}: commit on netuid {self.netuid} failed ({_describe(exc)})") from exc
+
+    def set_weights(self, uids: Sequence[int], weights: Sequence[float], version_key: int) -> None:
+        if self.wallet is None:
+            raise ChainError("set_weights: SubtensorChain was opened without a wallet")
+        uids, weights = [int(u) for u in uids], [float(w) for w in weights]
+        if len(uids) != len(weights):
+            raise ChainError(f"set_weights: {len(uids)} uids but {len(weights)} weights; lengths must match")
+        try:
+            import bittensor
+
+            intent = bittensor.SetWeights(
+                netuid=self.netuid, uids=uids, weights=weights, version_key=int(version_key)
+            )
+            result = self.client.execute(intent, self.wallet)
+            result.raise_for_failure()
+        except ChainError:
+            raise
+        except Exception as exc:
+            raise ChainError(
+                f"subtensor {self.network}: set_weights on netuid {self.netuid} failed ({_describe(exc)})"
+            ) from exc
+
+    def close(self) -> None:
+        """Close the connection (optional; the SDK also cleans up at exit)."""
+        if self._client is not None and hasattr(self._client, "close"):
+            try:
+                self._client.close()
+            except Exception as exc:
+                raise ChainError(f"subtensor {self.network}: close failed ({_describe(exc)})") from exc
+
