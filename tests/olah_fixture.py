@@ -1,0 +1,62 @@
+"""pytest fixtures: a local model hub (olah on 127.0.0.1) serving git mirrors made in the test.
+
+Use from any test module by importing the fixtures it uses AND the ones they depend on
+(pytest resolves fixtures by name in the test module; olah_hub needs olah_mirror,
+hf_endpoint needs olah_hub):
+
+    from tests.olah_fixture import olah_mirror, olah_hub, hf_endpoint, publish  # noqa: F401
+
+    def test_x(olah_mirror, olah_hub):
+        commit = publish(olah_mirror, "alice", "tiny", model_dir)   # git commit on main
+        path = ensure_model(..., endpoint=olah_hub.endpoint)
+
+Fixtures:
+- `olah_mirror` (module): an empty mirror dir; repos go to <mirror>/models/<org>/<name>
+  (publish() / validator.hub.publish_local write them; datasets/<org>/<name> likewise).
+- `olah_hub` (module): a running `LocalHub` over `olah_mirror`; `.endpoint` is
+  "http://127.0.0.1:<port>". One server per test module keeps the suite fast; repos
+  published after it started are served too.
+- `hf_endpoint` (function): sets HF_ENDPOINT to the hub for the test and yields the
+  endpoint. huggingface_hub reads HF_ENDPOINT once at import, so code should still pass
+  `endpoint=` explicitly (our functions read the variable at call time).
+
+olah quirks (see validator/localhub.py): always pass a revision; model_info sizes are None
+(use list_repo_tree or HEAD); no HTTP Range on mirrored files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from validator.hub import publish_local
+from validator.localhub import LocalHub
+
+
+def publish(mirror_dir: str | Path, namespace: str, name: str, model_dir: str | Path) -> str:
+    """Commit `model_dir`'s files as the new tree of <mirror>/models/<ns>/<name>; the sha."""
+    return publish_local(model_dir, mirror_dir, namespace, name)
+
+
+@pytest.fixture(scope="module")
+def olah_mirror(tmp_path_factory) -> Path:
+    mirror = tmp_path_factory.mktemp("olah_mirror")
+    (mirror / "models").mkdir()
+    (mirror / "datasets").mkdir()
+    return mirror
+
+
+@pytest.fixture(scope="module")
+def olah_hub(olah_mirror):
+    hub = LocalHub(olah_mirror)
+    hub.start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+@pytest.fixture
+def hf_endpoint(olah_hub, monkeypatch) -> str:
+    monkeypatch.setenv("HF_ENDPOINT", olah_hub.endpoint)
+    return olah_hub.endpoint

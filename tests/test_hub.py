@@ -1,0 +1,456 @@
+"""validator.hub against a real olah server on loopback serving git mirrors made here."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import filelock
+import pytest
+
+import constants
+from tests.factories import make_model, make_tokenizer
+from tests.olah_fixture import hf_endpoint, olah_hub, olah_mirror, publish  # noqa: F401
+from validator import hub
+from validator.competitions import Competition
+from validator.hub import FailureReason, HubError, ModelStore, ensure_model, snapshot_path
+from validator.identity import ModelId, dir_hash, secure_hash
+from validator.localhub import LocalHub
+
+HOTKEY = "5GoodHotkeyAAAA"
+
+
+def n_params_in(safetensors_dir: Path) -> int:
+    """Parameter count read from the weights themselves (independent of the config path)."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in safetensors_dir.glob("*.safetensors"):
+        with safe_open(f, "pt") as st:
+            for k in st.keys():
+                total += math.prod(st.get_slice(k).get_shape())
+    return total
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("src")
+    make_tokenizer(root / "tok")
+    return make_model(root / "good", tokenizer_dir=root / "tok")
+
+
+@pytest.fixture(scope="module")
+def comp(src) -> Competition:
+    size = sum(f.stat().st_size for f in src.iterdir())
+    return Competition(id="c00", reward=1.0, model_types=["LlamaForCausalLM"], parameters=n_params_in(src),
+                       model_size=size + 1000, dataset="local")
+
+
+def variant(src: Path, dst: Path, config_edit=None, extra: dict[str, bytes] | None = None,
+            drop: tuple[str, ...] = ()) -> Path:
+    shutil.copytree(src, dst)
+    for name in drop:
+        (dst / name).unlink()
+    if config_edit:
+        cfg = json.loads((dst / "config.json").read_text())
+        config_edit(cfg)
+        (dst / "config.json").write_text(json.dumps(cfg))
+    for name, data in (extra or {}).items():
+        (dst / name).write_bytes(data)
+    return dst
+
+
+def commit_of(mirror: Path, name: str, model_dir: Path, hotkey: str = HOTKEY, ns: str = "alice") -> ModelId:
+    sha = publish(mirror, ns, name, model_dir)
+    # The committed hash is computed from the source dir: what was published, file for file.
+    return ModelId(ns, name, sha, secure_hash(dir_hash(model_dir), hotkey), "c00")
+
+
+def assert_clean(model_dir: Path) -> None:
+    """Nothing half-written: no snapshot, no marker, no temp download."""
+    left = [p for p in model_dir.rglob("*")
+            if p.name.endswith(".verified") or p.name.startswith(constants.MODEL_STORE_TMP_PREFIX)
+            or p.parent.name == "snapshots" and p.is_dir()]
+    assert left == []
+
+
+@pytest.fixture
+def count_downloads(monkeypatch):
+    """Counts bulk snapshot downloads (config.json alone is fetched separately, before)."""
+    calls = []
+    real = hub._download_snapshot
+
+    def wrapped(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hub, "_download_snapshot", wrapped)
+    return calls
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    """huggingface_hub backs off for ~25 s on a dead server; the same path, without the sleeps."""
+    import huggingface_hub.file_download as fd
+    import huggingface_hub.utils._http as http
+
+    class NoSleep:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(_s):
+            return None
+
+    monkeypatch.setattr(fd, "time", NoSleep())
+    monkeypatch.setattr(http, "time", NoSleep())
+
+
+def test_good_model_downloads_and_verifies(src, comp, olah_mirror, olah_hub, tmp_path, count_downloads):
+    mid = commit_of(olah_mirror, "good", src)
+    path = ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
+    assert path == snapshot_path(tmp_path, HOTKEY, mid)
+    assert path == tmp_path / "models" / HOTKEY / "models--alice--good" / "snapshots" / mid.commit
+    # real files, byte for byte the published ones, nothing else in the snapshot
+    assert sorted(p.name for p in path.iterdir()) == sorted(p.name for p in src.iterdir())
+    for f in src.iterdir():
+        assert not (path / f.name).is_symlink()
+        assert (path / f.name).read_bytes() == f.read_bytes()
+    assert secure_hash(dir_hash(path), HOTKEY) == mid.hash
+    assert hub.verified_dir_hash(path) == dir_hash(src)
+    assert count_downloads == ["alice/good"]
+    assert_no_temp = [p for p in path.parent.parent.iterdir() if p.name.startswith(constants.MODEL_STORE_TMP_PREFIX)]
+    assert assert_no_temp == []
+
+
+def test_hf_endpoint_env_is_honoured(src, comp, olah_mirror, hf_endpoint, tmp_path):
+    mid = commit_of(olah_mirror, "viaenv", src)
+    assert hub.resolve_endpoint() == hf_endpoint
+    path = ensure_model(mid, HOTKEY, comp, tmp_path, progress=False)
+    assert secure_hash(dir_hash(path), HOTKEY) == mid.hash
+
+
+def test_wrong_hash_is_refused_and_removed(src, comp, olah_mirror, olah_hub, tmp_path):
+    mid = commit_of(olah_mirror, "wronghash", src, hotkey="5SomeoneElse")  # hash bound to another hotkey
+    with pytest.raises(HubError) as err:
+        ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
+    assert err.value.reason is FailureReason.hash_mismatch
+    assert mid.hash in err.value.detail
+    assert_clean(tmp_path)
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("pickle_only", FailureReason.unsafe_format),
+    ("pickle_beside_safetensors", FailureReason.unsafe_format),
+    ("auto_map", FailureReason.remote_code),
+    ("python_file", FailureReason.remote_code),
+    ("ten_x_parameters", FailureReason.constraint),
+    ("wrong_architecture", FailureReason.constraint),
+    ("unknown_model_type", FailureReason.constraint),
+])
+def test_bad_repos_refused_before_weights(case, reason, src, comp, olah_mirror, olah_hub, tmp_path,
+                                          count_downloads):
+    def ten_x(cfg):
+        cfg["num_hidden_layers"] = 40
+
+    builders = {
+        "pickle_only": dict(drop=("model.safetensors",), extra={"pytorch_model.bin": b"\x80\x04fake pickle"}),
+        "pickle_beside_safetensors": dict(extra={"training_args.bin": b"\x80\x04fake pickle"}),
+        "auto_map": dict(config_edit=lambda c: c.update(auto_map={"AutoModelForCausalLM": "modeling_x.XForCausalLM"})),
+        "python_file": dict(extra={"modeling_x.py": b"import os\nos.system('echo pwned')\n"}),
+        "ten_x_parameters": dict(config_edit=ten_x),
+        "wrong_architecture": dict(config_edit=lambda c: c.update(architectures=["GPT2LMHeadModel"])),
+        "unknown_model_type": dict(config_edit=lambda c: c.update(model_type="my_secret_arch")),
+    }
+    model = variant(src, tmp_path / "src", **builders[case])
+    if case == "ten_x_parameters":  # the config, built on the meta device, declares >= 10x the limit
+        arch, n = hub.count_parameters(json.loads((model / "config.json").read_text()))
+        assert arch == "LlamaForCausalLM" and n >= 10 * comp.parameters
+    name = case.replace("_", "-")
+    mid = commit_of(olah_mirror, name, model)
+    with pytest.raises(HubError) as err:
+        ensure_model(mid, HOTKEY, comp, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
+    assert err.value.reason is reason, err.value.detail
+    assert count_downloads == []  # refused before any weight byte was fetched
+    assert_clean(tmp_path / "store")
+
+
+def test_oversized_repo_refused_before_download(src, comp, olah_mirror, olah_hub, tmp_path, count_downloads):
+    mid = commit_of(olah_mirror, "big", src)
+    small = comp.model_copy(update={"model_size": (src / "model.safetensors").stat().st_size})
+    with pytest.raises(HubError) as err:
+        ensure_model(mid, HOTKEY, small, tmp_path, endpoint=olah_hub.endpoint, progress=False)
+    assert err.value.reason is FailureReason.too_large
+    total = sum(f.stat().st_size for f in src.iterdir())  # sizes came through olah (HEAD / tree)
+    assert str(total) in err.value.detail
+    assert count_downloads == []
+    assert_clean(tmp_path)
+
+
+def test_not_enough_disk_is_disk_full(src, comp, olah_mirror, olah_hub, tmp_path, monkeypatch, count_downloads):
+    mid = commit_of(olah_mirror, "nodisk", src)
+    monkeypatch.setattr(constants, "DISK_MARGIN_BYTES", 1 << 62)
+    with pytest.raises(HubError) as err:
+        ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
+    assert err.value.reason is FailureReason.disk_full and err.value.transient
+    assert count_downloads == []
+    assert_clean(tmp_path)
+
+
+def test_symlink_escaping_the_snapshot_is_refused(src, comp, olah_mirror, olah_hub, tmp_path, monkeypatch):
+    mid = commit_of(olah_mirror, "symlink", src)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not part of any model")
+    real = hub._download_snapshot
+
+    def planting(*args, **kwargs):  # a hub (or cache) handing back a link out of the download
+        snap = real(*args, **kwargs)
+        os.symlink(secret, snap / "extra.json")
+        return snap
+
+    monkeypatch.setattr(hub, "_download_snapshot", planting)
+    with pytest.raises(HubError) as err:
+        ensure_model(mid, HOTKEY, comp, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
+    assert err.value.reason is FailureReason.unsafe_format
+    assert "extra.json" in err.value.detail
+    assert secret.read_text() == "not part of any model"
+    assert_clean(tmp_path / "store")
+
+
+def test_git_symlink_is_served_as_text_not_followed(src, comp, olah_mirror, olah_hub, tmp_path):
+    """A symlink committed to the repo reaches the client as a file holding the link text."""
+    model = variant(src, tmp_path / "src")
+    os.symlink("/etc/hostname", model / "notes.txt")
+    sha = publish(olah_mirror, "alice", "gitlink", model)  # copies the target's content...
+    repo = olah_mirror / "models" / "alice" / "gitlink"
+    (repo / "notes.txt").unlink()
+    os.symlink("../../../../../../etc/hostname", repo / "notes.txt")  # ...so commit a real link
+    hub._git(["add", "-A"], repo)
+    hub._git(["commit", "-q", "-m", "link"], repo)
+    sha = hub._git(["rev-parse", "HEAD"], repo)
+    link_text = b"../../../../../../etc/hostname"
+    expected = variant(src, tmp_path / "expected", extra={"notes.txt": link_text})
+    mid = ModelId("alice", "gitlink", sha, secure_hash(dir_hash(expected), HOTKEY), "c00")
+    path = ensure_model(mid, HOTKEY, comp, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
+    assert (path / "notes.txt").read_bytes() == link_text and not (path / "notes.txt").is_symlink()
+
+
+@pytest.mark.parametrize("what", ["commit", "repo"])
+def test_missing_commit_or_repo_is_not_found(what, src, comp, olah_mirror, olah_hub, tmp_path):
+    good = commit_of(olah_mirror, "exists", src)
+    if what == "commit":
+        mid = ModelId("alice", "exists", "0123456789abcdef" * 2 + "01234567", good.hash, "c00")
+    else:
+        mid = ModelId("alice", "no-such-repo", good.commit, good.hash, "c00")
+    with pytest.raises(HubError) as err:
+        ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
+    assert err.value.reason is FailureReason.not_found
+    assert_clean(tmp_path)
+
+
+def test_present_model_needs_no_network_and_stopped_download_recovers(src, comp, olah_mirror, tmp_path,
+                                                                        monkeypatch, fast_retries):
+    import huggingface_hub._snapshot_download as sd
+
+    first = commit_of(olah_mirror, "offline-a", src)
+    second = commit_of(olah_mirror, "offline-b", variant(src, tmp_path / "b", extra={"README.md": b"b"}))
+    server = LocalHub(olah_mirror).start()
+    try:
+        path = ensure_model(first, HOTKEY, comp, tmp_path / "store", endpoint=server.endpoint, progress=False)
+        # the server goes away in the middle of the second model's download
+        real = sd.hf_hub_download
+
+        def dying(repo_id, filename, **kwargs):
+            if filename == "model.safetensors":
+                server.kill()
+            return real(repo_id, filename, **kwargs)
+
+        monkeypatch.setattr(sd, "hf_hub_download", dying)
+        with pytest.raises(HubError) as err:
+            ensure_model(second, HOTKEY, comp, tmp_path / "store", endpoint=server.endpoint, progress=False)
+        assert err.value.reason is FailureReason.network and err.value.transient
+        assert not snapshot_path(tmp_path / "store", HOTKEY, second).exists()
+        assert not list(snapshot_path(tmp_path / "store", HOTKEY, second).parent.parent.glob(".tmp-*"))
+        monkeypatch.setattr(sd, "hf_hub_download", real)
+        # present and verified: served with the server down
+        assert ensure_model(first, HOTKEY, comp, tmp_path / "store", endpoint=server.endpoint) == path
+    finally:
+        server.stop()
+    with LocalHub(olah_mirror) as again:  # a later ensure, with the hub back, succeeds
+        path2 = ensure_model(second, HOTKEY, comp, tmp_path / "store", endpoint=again.endpoint, progress=False)
+    assert secure_hash(dir_hash(path2), HOTKEY) == second.hash
+
+
+def test_snapshot_without_marker_is_rechecked_locally(src, comp, olah_mirror, olah_hub, tmp_path, count_downloads):
+    mid = commit_of(olah_mirror, "remark", src)
+    path = ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
+    (path.parent / f"{mid.commit}.verified").unlink()  # e.g. a crash between rename and marker
+    assert ensure_model(mid, HOTKEY, comp, tmp_path, endpoint="http://127.0.0.1:9", progress=False) == path
+    (path / "model.safetensors").write_bytes(b"tampered")
+    (path.parent / f"{mid.commit}.verified").unlink()
+    assert ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False) == path
+    assert count_downloads == ["alice/remark", "alice/remark"]  # tampered copy replaced by a fresh download
+    assert secure_hash(dir_hash(path), HOTKEY) == mid.hash
+
+
+def test_limits_tightened_after_verification_apply_without_network(src, comp, olah_mirror, olah_hub, tmp_path):
+    mid = commit_of(olah_mirror, "tighten", src)
+    ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
+    tighter = comp.model_copy(update={"parameters": comp.parameters - 1})
+    with pytest.raises(HubError) as err:
+        ensure_model(mid, HOTKEY, tighter, tmp_path, endpoint="http://127.0.0.1:9", progress=False)
+    assert err.value.reason is FailureReason.constraint
+
+
+def test_concurrent_ensures_download_once(src, comp, olah_mirror, olah_hub, tmp_path, count_downloads):
+    mid = commit_of(olah_mirror, "concurrent", src)
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False))
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(set(results)) == 1 and len(results) == 3
+    assert count_downloads == ["alice/concurrent"]
+
+
+def test_busy_lock_times_out_with_network_reason(src, comp, olah_mirror, olah_hub, tmp_path):
+    mid = commit_of(olah_mirror, "busy", src)
+    snap = snapshot_path(tmp_path, HOTKEY, mid)
+    snap.parent.mkdir(parents=True)
+    with filelock.FileLock(str(snap.parent / f"{mid.commit}.lock")):  # someone else downloading
+        done = []
+        t = threading.Thread(target=lambda: done.append(_capture(lambda: ensure_model(
+            mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False, lock_timeout_s=0.2))))
+        t.start()
+        t.join()
+    err = done[0]
+    assert isinstance(err, HubError) and err.reason is FailureReason.network and "busy" in err.detail
+    assert_clean(tmp_path)
+
+
+def _capture(fn):
+    try:
+        return fn()
+    except Exception as exc:  # returned for the assertion
+        return exc
+
+
+def test_cleanup_keeps_in_use_and_removes_least_recently_used(src, comp, olah_mirror, olah_hub, tmp_path):
+    store_dir = tmp_path / "store"
+    paths = {}
+    for i, key in enumerate(["5KeyOld", "5KeyMid", "5KeyNew", "5KeyInUse"]):
+        mid = commit_of(olah_mirror, "lru", src, hotkey=key)
+        paths[key] = ensure_model(mid, key, comp, store_dir, endpoint=olah_hub.endpoint, progress=False)
+    now = time.time()
+    ages = {"5KeyInUse": 10_000, "5KeyOld": 9_000, "5KeyMid": 8_000, "5KeyNew": 10}  # seconds since last use
+    for key, age in ages.items():
+        os.utime(paths[key].parent / f"{paths[key].name}.verified", (now - age, now - age))
+    size = sum(f.stat().st_size for f in paths["5KeyOld"].iterdir())
+    # room for two snapshots: the one in use (oldest of all) and the newest stay
+    store = ModelStore(store_dir, budget_gb=2.5 * size / hub.GIB, grace_s=60)
+    removed = store.cleanup({paths["5KeyInUse"]}, now=now)
+    assert removed == [paths["5KeyOld"], paths["5KeyMid"]]
+    assert not paths["5KeyOld"].exists() and not paths["5KeyMid"].exists()
+    assert paths["5KeyInUse"].is_dir() and paths["5KeyNew"].is_dir()
+    assert not (paths["5KeyOld"].parent / f"{paths['5KeyOld'].name}.verified").exists()
+    # a tiny budget still never removes what is in use or younger than the grace period
+    assert ModelStore(store_dir, budget_gb=1e-9, grace_s=60).cleanup({paths["5KeyInUse"]}, now=now) == []
+    # the kept ones are still served without a download
+    mid_new = ModelId("alice", "lru", paths["5KeyNew"].name, secure_hash(dir_hash(src), "5KeyNew"), "c00")
+    assert ensure_model(mid_new, "5KeyNew", comp, store_dir, endpoint="http://127.0.0.1:9") == paths["5KeyNew"]
+
+
+def test_cleanup_free_space_mode_and_stale_temp(tmp_path):
+    stale = tmp_path / "models" / "5K" / "models--a--b" / f"{constants.MODEL_STORE_TMP_PREFIX}{'a' * 40}-1-x"
+    stale.mkdir(parents=True)
+    (stale / "part").write_bytes(b"x" * 10)
+    old = time.time() - 10_000
+    os.utime(stale, (old, old))
+    # -N: keep N GiB free; asking for less than is free removes nothing but stale downloads
+    assert ModelStore(tmp_path, budget_gb=-1e-6, grace_s=60).cleanup(set()) == []
+    assert not stale.exists()
+
+
+def test_retry_after_backoff():
+    b = constants.DOWNLOAD_RETRY_BACKOFF_S
+    assert [hub.retry_after("network", n) for n in range(1, len(b) + 3)] == [*b, b[-1], b[-1]]
+    assert hub.retry_after(FailureReason.disk_full, 1) == b[0]
+    for reason in ("too_large", "unsafe_format", "remote_code", "hash_mismatch", "constraint"):
+        assert hub.retry_after(reason, 1) is None
+    # a repo is private until its commitment lands: a few tries, then permanent
+    assert hub.retry_after("not_found", 1) == b[0]
+    assert hub.retry_after("not_found", hub.NOT_FOUND_RETRIES) is None
+    assert hub.retry_after("copy", 1) is None
+    assert hub.TRANSIENT_REASONS == {FailureReason.network, FailureReason.disk_full}
+
+
+def test_check_model_constraints_on_a_local_dir(src, comp, tmp_path):
+    hub.check_model_constraints(src, comp)
+    with pytest.raises(HubError) as err:
+        hub.check_model_constraints(src, comp.model_copy(update={"parameters": comp.parameters - 1}))
+    assert err.value.reason is FailureReason.constraint and str(comp.parameters) in err.value.detail
+    with pytest.raises(HubError) as err:
+        hub.check_model_constraints(src, comp.model_copy(update={"model_size": 100}))
+    assert err.value.reason is FailureReason.too_large
+    linked = variant(src, tmp_path / "linked")
+    os.symlink(src / "config.json", linked / "other.json")
+    with pytest.raises(HubError) as err:
+        hub.check_model_constraints(linked, comp)
+    assert err.value.reason is FailureReason.unsafe_format
+    tok_code = variant(src, tmp_path / "tokcode")
+    cfg = json.loads((tok_code / "tokenizer_config.json").read_text())
+    cfg["auto_map"] = {"AutoTokenizer": ["tok.T", None]}
+    (tok_code / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(HubError) as err:
+        hub.check_model_constraints(tok_code, comp)
+    assert err.value.reason is FailureReason.remote_code
+
+
+def test_count_parameters_matches_the_weights(src):
+    arch, n = hub.count_parameters(json.loads((src / "config.json").read_text()))
+    assert arch == "LlamaForCausalLM" and n == n_params_in(src)
+
+
+def test_fetch_tokenizer(src, olah_mirror, olah_hub, tmp_path):
+    assert hub.fetch_tokenizer(str(src), tmp_path) == src
+    sha = publish(olah_mirror, "alice", "tokrepo", src)
+    for spec in (f"alice/tokrepo@{sha}", "alice/tokrepo"):
+        path = hub.fetch_tokenizer(spec, tmp_path / "cache", endpoint=olah_hub.endpoint)
+        names = {p.name for p in path.iterdir()}
+        assert "tokenizer.json" in names and "model.safetensors" not in names and "config.json" not in names
+        assert (path / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+    with pytest.raises(HubError) as err:
+        hub.fetch_tokenizer("alice/missing-tok", tmp_path / "cache", endpoint=olah_hub.endpoint)
+    assert err.value.reason is FailureReason.not_found
+
+
+def test_publish_local_replaces_the_tree(src, olah_mirror, tmp_path):
+    first = publish(olah_mirror, "bob", "versions", src)
+    smaller = variant(src, tmp_path / "v2", drop=("generation_config.json",))
+    second = publish(olah_mirror, "bob", "versions", smaller)
+    assert first != second and len(second) == 40
+    repo = olah_mirror / "models" / "bob" / "versions"
+    assert hub._git(["rev-parse", "--abbrev-ref", "HEAD"], repo) == "main"
+    files = set(hub._git(["ls-tree", "-r", "--name-only", second], repo).splitlines())
+    assert files == {p.name for p in smaller.iterdir()}
+    with pytest.raises(Exception):
+        hub.publish_local(src, olah_mirror, "bad--ns", "x")
+
+
+def test_hotkey_must_be_a_safe_dir_name(src, comp, tmp_path):
+    mid = ModelId("alice", "x", "a" * 40, secure_hash("x", "y"), "c00")
+    with pytest.raises(ValueError):
+        snapshot_path(tmp_path, "../evil", mid)

@@ -1,0 +1,184 @@
+"""scripts/upload_model.py end to end: local mirror + olah on loopback + LocalChain."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from scripts import upload_model
+from tests.factories import make_model, make_tokenizer
+from tests.olah_fixture import olah_hub, olah_mirror  # noqa: F401
+from validator.chain import Commitment
+from validator.chain.local import LocalChain
+from validator.hub import ensure_model
+from validator.identity import ModelId, dir_hash, secure_hash
+
+HOTKEY = "5MinerHotkeyUpload"
+
+
+@pytest.fixture(scope="module")
+def model_src(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("upload_src")
+    make_tokenizer(root / "tok")
+    return make_model(root / "model", tokenizer_dir=root / "tok")
+
+
+@pytest.fixture(scope="module")
+def competitions_file(tmp_path_factory, model_src) -> Path:
+    from validator.hub import count_parameters
+
+    _arch, n = count_parameters(json.loads((model_src / "config.json").read_text()))
+    path = tmp_path_factory.mktemp("comps") / "competitions.json"
+    path.write_text(json.dumps({
+        "default": {"dataset": "local", "model_size": 10_000_000},
+        "c00": {"reward": 1.0, "model_types": ["LlamaForCausalLM"], "parameters": n},
+        "c01": {"reward": 1.0, "model_types": ["GPT2LMHeadModel"], "parameters": n},
+    }))
+    return path
+
+
+@pytest.fixture
+def chain(tmp_path) -> LocalChain:
+    c = LocalChain(tmp_path / "chain.sqlite")
+    c.register(HOTKEY)
+    return c
+
+
+def base_args(model_dir, competitions_file, mirror, chain, repo="carol/tiny", competition="c00"):
+    return [str(model_dir), "--competition", competition, "--competitions", str(competitions_file),
+            "--hub", f"local:{mirror}", "--repo", repo, "--hotkey", HOTKEY, "--network", "local",
+            "--chain-db", str(chain.path), "--readback-wait", "0"]
+
+
+def test_publish_commit_and_validator_download_reproduce_the_hash(model_src, competitions_file, olah_mirror,
+                                                                  olah_hub, chain, tmp_path, capsys):
+    rc = upload_model.main(base_args(model_src, competitions_file, olah_mirror, chain)
+                           + ["--endpoint", olah_hub.endpoint])
+    assert rc == 0, capsys.readouterr().err
+    _mg, commitments = chain.sync()
+    text = commitments[HOTKEY].text
+    assert capsys.readouterr().out.strip().splitlines()[-1] == text
+    mid = ModelId.from_commitment(text)
+    assert (mid.namespace, mid.name, mid.competition) == ("carol", "tiny", "c00")
+    repo = olah_mirror / "models" / "carol" / "tiny"
+    assert (repo / ".git").is_dir()
+    # the hash committed is that of the published files, bound to the hotkey
+    assert mid.hash == secure_hash(dir_hash(model_src), HOTKEY)
+    # a validator's fresh download at that commit verifies
+    from validator.competitions import load_competitions
+
+    comp = load_competitions(str(competitions_file))["c00"]
+    path = ensure_model(mid, HOTKEY, comp, tmp_path / "validator", endpoint=olah_hub.endpoint, progress=False)
+    assert secure_hash(dir_hash(path), HOTKEY) == mid.hash
+    assert (path / "tokenizer.json").read_bytes() == (model_src / "tokenizer.json").read_bytes()
+
+
+def test_commit_existing_upload_through_a_temporary_olah(model_src, competitions_file, olah_mirror, chain,
+                                                         tmp_path, capsys):
+    from validator.hub import publish_local
+
+    sha = publish_local(model_src, olah_mirror, "carol", "existing")
+    chain.register("5SecondHotkey")
+    args = ["--competition", "c00", "--competitions", str(competitions_file), "--hub", f"local:{olah_mirror}",
+            "--model-id", f"carol:existing:{sha}", "--hotkey", "5SecondHotkey", "--network", "local",
+            "--chain-db", str(chain.path), "--readback-wait", "0"]
+    assert upload_model.main(args) == 0, capsys.readouterr().err
+    text = chain.sync()[1]["5SecondHotkey"].text
+    assert text == f"carol:existing:{sha}:{secure_hash(dir_hash(model_src), '5SecondHotkey')}:c00"
+    # no new commit was made
+    from validator.hub import _git
+
+    assert _git(["rev-parse", "HEAD"], olah_mirror / "models" / "carol" / "existing") == sha
+
+
+def test_model_outside_the_competition_is_not_uploaded(model_src, competitions_file, olah_mirror, chain, capsys):
+    rc = upload_model.main(base_args(model_src, competitions_file, olah_mirror, chain, repo="carol/wrongarch",
+                                     competition="c01"))
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "constraint" in err and "LlamaForCausalLM" in err and "c01" in err
+    assert not (olah_mirror / "models" / "carol" / "wrongarch").exists()
+    assert chain.sync()[1] == {}
+
+
+def test_pickle_weights_are_not_uploaded(model_src, competitions_file, olah_mirror, chain, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(model_src, bad)
+    (bad / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    assert upload_model.main(base_args(bad, competitions_file, olah_mirror, chain, repo="carol/pickled")) == 1
+    assert "unsafe_format" in capsys.readouterr().err
+    assert not (olah_mirror / "models" / "carol" / "pickled").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.__setitem__(a.index("c00"), "c99"), "c99"),
+    (lambda a: a.__setitem__(a.index(HOTKEY), "5NotRegistered"), "5NotRegistered is not registered"),
+    (lambda a: a.__setitem__(a.index("carol/badinput"), "no-slash"), "--repo"),
+    (lambda a: a.__setitem__(a.index("--chain-db") + 1, "/nonexistent/chain.sqlite"), "no local chain"),
+])
+def test_bad_input_fails_with_a_clear_message(change, message, model_src, competitions_file, olah_mirror, chain,
+                                              capsys):
+    args = base_args(model_src, competitions_file, olah_mirror, chain, repo="carol/badinput")
+    change(args)
+    assert upload_model.main(args) == 1
+    assert message in capsys.readouterr().err
+    assert chain.sync()[1] == {}
+    assert not (olah_mirror / "models" / "carol" / "badinput").exists()  # failed before uploading
+
+
+def test_commitment_not_read_back_is_a_failure(model_src, competitions_file, olah_mirror, olah_hub, tmp_path):
+    class LostChain:  # accepts the commit, never shows it
+        netuid = 29
+
+        def commit(self, signer, text):
+            self.text = text
+
+        def sync(self):
+            return None, {HOTKEY: Commitment("someone:else:" + "0" * 40 + ":x:c00", 1)}
+
+    from validator.competitions import load_competitions
+
+    comp = load_competitions(str(competitions_file))["c00"]
+    with pytest.raises(upload_model.UploadError) as err:
+        upload_model.publish_and_commit(model_src, comp, hub_spec=f"local:{olah_mirror}", chain=LostChain(),
+                                        signer=HOTKEY, hotkey=HOTKEY, repo="carol/lost",
+                                        endpoint=olah_hub.endpoint, readback_tries=3, readback_wait_s=0,
+                                        log=lambda _m: None)
+    assert "read back" in str(err.value) and "3 reads" in str(err.value)
+
+
+def test_hf_token_sources(monkeypatch, tmp_path):
+    for key in ("HF_TOKEN", "HF_ACCESS_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no cached login
+    monkeypatch.chdir(tmp_path)
+    assert upload_model.load_token() is None
+    (tmp_path / ".env").write_text("HF_ACCESS_TOKEN=hf_from_dotenv\n")
+    assert upload_model.load_token() == "hf_from_dotenv"
+    monkeypatch.setenv("HF_ACCESS_TOKEN", "hf_from_env")
+    assert upload_model.load_token() == "hf_from_env"
+    monkeypatch.setenv("HF_TOKEN", "hf_token_wins")
+    assert upload_model.load_token() == "hf_token_wins"
+
+
+def test_hf_upload_without_token_is_refused_before_anything(model_src, competitions_file, chain, capsys,
+                                                            monkeypatch, tmp_path):
+    monkeypatch.setattr(upload_model, "load_token", lambda: None)
+    args = base_args(model_src, competitions_file, tmp_path, chain)
+    args[args.index(f"local:{tmp_path}")] = "hf"
+    assert upload_model.main(args) == 1
+    assert "token" in capsys.readouterr().err
+
+
+def test_register_creates_the_local_chain_and_commits(model_src, competitions_file, olah_mirror, olah_hub, tmp_path):
+    db = tmp_path / "fresh" / "chain.sqlite"
+    args = [str(model_src), "--competition", "c00", "--competitions", str(competitions_file),
+            "--hub", f"local:{olah_mirror}", "--endpoint", olah_hub.endpoint, "--repo", "carol/registered",
+            "--hotkey", "5NewMiner", "--network", "local", "--chain-db", str(db), "--register",
+            "--readback-wait", "0"]
+    assert upload_model.main(args) == 0
+    metagraph, commitments = LocalChain(db).sync()
+    assert metagraph.uid_of("5NewMiner") is not None
+    assert ModelId.from_commitment(commitments["5NewMiner"].text).name == "registered"
