@@ -1,0 +1,320 @@
+"""Run one job ("package.module:function"(**kwargs)) in a fresh, isolated child process.
+
+Why a process per job: scoring a miner's model can segfault, hang, exhaust memory or
+poison the CUDA context; none of that may take the validator down. A job is minutes of
+work, so the ~0.1 s (plus imports) of starting a fresh interpreter is negligible.
+
+Protocol: the parent starts `python -m validator.worker` in a new session (its own process
+group, so a timeout kills grandchildren too), writes the job as JSON on its stdin, and
+reads the result as JSON from a file in a private temp dir. Nothing is ever unpickled.
+The child's stdout and stderr (its logging included) go to a log file whose tail is kept
+in `WorkerResult.detail`.
+
+Reasons a job fails (`WorkerResult.reason`):
+  "timeout"  ran past timeout_s; the whole process group was killed
+  "crashed"  died from a signal (segfault, SIGKILL, abort) or exited without a result
+  "oom"      MemoryError, torch.OutOfMemoryError / "out of memory", or memory_limit_bytes hit
+  "cuda"     a CUDA error (device-side assert, illegal memory access, ...)
+  "error"    any other exception, including a return value that is not JSON
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+REASONS = ("timeout", "crashed", "oom", "cuda", "error")
+DETAIL_TAIL_CHARS = 4000  # the last characters of the child's output kept in `detail`
+TRACEBACK_TAIL_LINES = 12
+_RESULT_FILE = "result.json"
+_LOG_FILE = "output.log"
+_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+@dataclass
+class WorkerResult:
+    ok: bool
+    value: Any  # the job's return value after a JSON round trip (None when not ok)
+    reason: str | None  # one of REASONS when not ok
+    seconds: float  # wall clock seen by the parent, interpreter start-up included
+    detail: str = ""  # exception / signal description, traceback tail, child output tail
+
+    def describe(self) -> str:
+        """One line for logs and the leaderboard, e.g. "error: ValueError: bad vocab"."""
+        if self.ok:
+            return f"ok in {self.seconds:.1f}s"
+        first = self.detail.strip().splitlines()[0] if self.detail.strip() else ""
+        return f"{self.reason}: {first}" if first else str(self.reason)
+
+
+# --- classification (pure, used in the child) ----------------------------------------------
+
+_CUDA_MARKERS = ("cuda error", "cublas_status", "cudnn_status", "cudnn error", "nccl error",
+                 "device-side assert", "illegal memory access", "cuda driver", "no cuda gpus")
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory",
+                "defaultcpuallocator: not enough memory")
+
+
+def classify_exception(exc: BaseException) -> str:
+    """Map an exception raised by a job to "oom", "cuda" or "error".
+
+    Matches on class names and messages rather than importing torch, so the child never
+    pays for (or depends on) torch just to report a failure.
+    """
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    message = str(exc).lower()
+    if "MemoryError" in names or "OutOfMemoryError" in names:
+        return "oom"
+    if any(m in message for m in _OOM_MARKERS):
+        return "oom"  # e.g. RuntimeError from torch's CPU allocator, or CUDA OOM from older torch
+    if "AcceleratorError" in names or "CudaError" in names or any(m in message for m in _CUDA_MARKERS):
+        return "cuda"
+    return "error"
+
+
+def _format_exception(exc: BaseException) -> str:
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    tail = "".join(lines).rstrip().splitlines()[-TRACEBACK_TAIL_LINES:]
+    return f"{type(exc).__name__}: {exc}\n" + "\n".join(tail)
+
+
+# --- the parent side ---------------------------------------------------------------------
+
+
+def _check_fn_path(fn_path: str) -> None:
+    module, sep, func = fn_path.partition(":") if isinstance(fn_path, str) else ("", "", "")
+    if not sep or not module or not func or ":" in func:
+        raise ValueError(f"fn_path {fn_path!r}: expected 'package.module:function'")
+
+
+def _tail(path: Path, limit: int = DETAIL_TAIL_CHARS) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return ("..." + text) if size > limit else text
+
+
+def _kill_group(pgid: int) -> None:
+    # The child leads its own session, so its pid is the process group id of everything
+    # it started; SIGKILL leaves no handler a hung job could block in.
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return  # the group is already gone: nothing left to kill
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def run_isolated(fn_path: str, kwargs: dict, timeout_s: float,
+                 memory_limit_bytes: int | None = None) -> WorkerResult:
+    """Run fn_path(**kwargs) in a fresh child process and return what happened.
+
+    kwargs must be JSON-able (ValueError otherwise: that is a bug of the caller, not a job
+    failure). memory_limit_bytes caps the child's address space (RLIMIT_AS) once the job's
+    module is imported; it counts virtual memory, so leave room for the interpreter and
+    libraries (torch reserves several GiB of address space; do not use it with CUDA).
+    Never raises because of anything the child does.
+    """
+    _check_fn_path(fn_path)
+    if isinstance(timeout_s, bool) or not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+        raise ValueError(f"timeout_s {timeout_s!r}: must be a positive number of seconds")
+    if memory_limit_bytes is not None and (isinstance(memory_limit_bytes, bool) or not (
+            isinstance(memory_limit_bytes, int) and memory_limit_bytes > 0)):
+        raise ValueError(f"memory_limit_bytes {memory_limit_bytes!r}: must be a positive int or None")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"kwargs for {fn_path}: must be a dict, got {type(kwargs).__name__}")
+    try:
+        kwargs_json = json.dumps(kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"kwargs for {fn_path}: not JSON-able ({e})") from e
+
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="coldint-worker-") as tmp:
+        tmpdir = Path(tmp)
+        result_path = tmpdir / _RESULT_FILE
+        log_path = tmpdir / _LOG_FILE
+        job = {
+            "fn": fn_path,
+            "kwargs_json": kwargs_json,
+            "result_path": str(result_path),
+            "memory_limit_bytes": memory_limit_bytes,
+            # the child imports like the parent does (as multiprocessing's spawn would)
+            "sys_path": [p for p in sys.path if isinstance(p, str)],
+            "parent_pid": os.getpid(),
+            "log_level": logging.getLogger().getEffectiveLevel(),
+        }
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([_PROJECT_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        try:
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "validator.worker"],
+                    stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                    env=env, start_new_session=True, close_fds=True,
+                )
+        except OSError as e:  # e.g. out of processes or file descriptors: this job fails, we don't
+            logger.warning("worker %s could not start: %s", fn_path, e)
+            return WorkerResult(False, None, "error", time.monotonic() - start,
+                                f"could not start the worker process: {type(e).__name__}: {e}")
+        timed_out = False
+        try:
+            _send_job(proc, job)
+            try:
+                proc.wait(timeout=max(0.0, timeout_s - (time.monotonic() - start)))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+        finally:
+            # Always leave nothing behind: the child on timeout (or if we are interrupted),
+            # and any grandchildren it left running after it exited.
+            _kill_group(proc.pid)
+            proc.wait()
+        seconds = time.monotonic() - start
+        output = _tail(log_path)
+        result = _read_result(result_path) if not timed_out else None
+
+    if timed_out:
+        res = WorkerResult(False, None, "timeout", seconds,
+                           f"killed after {timeout_s:g}s (process group {proc.pid})\n{output}")
+    elif result is not None:
+        if result.get("ok"):
+            res = WorkerResult(True, result.get("value"), None, seconds, output)
+        else:
+            res = WorkerResult(False, None, result.get("reason", "error"), seconds,
+                               f"{result.get('detail', '')}\n--- output ---\n{output}")
+    elif proc.returncode < 0:
+        sig = _signal_name(-proc.returncode)
+        hint = " (the kernel's OOM killer sends SIGKILL)" if sig == "SIGKILL" else ""
+        res = WorkerResult(False, None, "crashed", seconds, f"killed by {sig}{hint}\n{output}")
+    else:
+        res = WorkerResult(False, None, "crashed", seconds,
+                           f"exited with status {proc.returncode} without a result\n{output}")
+    if not res.ok:
+        logger.warning("worker %s failed after %.1fs: %s", fn_path, seconds, res.describe())
+        logger.debug("worker %s detail:\n%s", fn_path, res.detail)
+    return res
+
+
+def _send_job(proc: subprocess.Popen, job: dict) -> None:
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(json.dumps(job).encode())
+        proc.stdin.close()
+    except BrokenPipeError:
+        # The child died before reading its job; its exit status tells the caller why.
+        logger.debug("worker %d exited before reading its job", proc.pid)
+
+
+def _read_result(path: Path) -> dict | None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None  # a half-written file: the child died while writing it
+    return data if isinstance(data, dict) else None
+
+
+# --- the child side ----------------------------------------------------------------------
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: get SIGKILL if the parent dies, so an orphaned job never runs on unseen."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)  # the parent never sees a half-written result
+
+
+def _write_result(path: str, payload: dict) -> None:
+    _write_text(path, json.dumps(payload))
+
+
+def _child_main() -> None:
+    job = json.loads(sys.stdin.read())
+    _die_with_parent(job["parent_pid"])
+    for p in reversed(job["sys_path"]):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    logging.basicConfig(level=job.get("log_level", logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result_path = job["result_path"]
+    fn_path = job["fn"]
+    try:
+        import importlib
+
+        module_name, _, func_name = fn_path.partition(":")
+        fn = getattr(importlib.import_module(module_name), func_name)
+        kwargs = json.loads(job["kwargs_json"])
+        if job.get("memory_limit_bytes"):
+            import resource
+
+            soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+            limit = job["memory_limit_bytes"]
+            if hard != resource.RLIM_INFINITY:
+                limit = min(limit, hard)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+        value = fn(**kwargs)
+    except BaseException as e:  # noqa: BLE001 - every failure of the job is reported, typed
+        reason = classify_exception(e)
+        if reason == "oom" and job.get("memory_limit_bytes"):
+            detail = f"{_format_exception(e)}\n(memory limit {job['memory_limit_bytes']} bytes)"
+        else:
+            detail = _format_exception(e)
+        del e  # drop the traceback's frames (and the memory they hold) before writing
+        _write_result(result_path, {"ok": False, "reason": reason, "detail": detail})
+        return
+    try:
+        payload = json.dumps({"ok": True, "value": value})
+    except (TypeError, ValueError) as e:
+        _write_result(result_path, {
+            "ok": False, "reason": "error",
+            "detail": f"return value of {fn_path} is not JSON-able: {type(value).__name__} ({e})",
+        })
+        return
+    _write_text(result_path, payload)
+
+
+if __name__ == "__main__":
+    _child_main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: a job's threads or CUDA context must not hang or crash the
+    # exit once the result is safely on disk.
+    os._exit(0)
