@@ -64,3 +64,65 @@ LOSS_CHUNK_TOKENS = 4_096  # hidden-state rows per logsumexp chunk
 # --- text source -------------------------------------------------------------------------
 FINEWEB_REPO = "HuggingFaceFW/fineweb-edu-score-2"
 LOCAL_CHAIN_DB = "chain.sqlite"
+
+# --- data (validator/data.py) -------------------------------------------------------------
+FINEWEB_TIMEOUT_S = 120  # one shard read (ranged) or download (whole shard)
+FINEWEB_RETRIES = 3  # attempts per shard read before giving up
+FINEWEB_RETRY_BACKOFF_S = 2.0  # doubled after each failed attempt
+FINEWEB_ROWS_PER_GROUP = 50  # rows taken from one row group (fewer reads, still spread out)
+
+# --- validator/competitions.py, validator/chain/local.py, validator/chain/cli.py --------
+COMPETITIONS_TIMEOUT_S = 30  # fetching competitions.json from a URL
+COMPETITIONS_MAX_BYTES = 1_000_000  # a larger competitions.json is refused
+CHAIN_DB_DEFAULT = ".coldint/chain.sqlite"  # `coldint-validator chain --chain-db` default
+LOCAL_CHAIN_BUSY_TIMEOUT_S = 30  # SQLite waits this long for another process's write lock
+
+# --- scoring (validator/scoring.py) ------------------------------------------------------
+# Logits elements one loss chunk may hold: chunk rows = min(LOSS_CHUNK_TOKENS, this // vocab).
+# On CPU 2**25 fp32 elements (128 MiB) keep peak memory low at a 128k vocab (256 rows).
+LOSS_CHUNK_ELEMENTS_CPU = 1 << 25
+LOSS_CHUNK_ELEMENTS_GPU = 1 << 30
+# After a batched run the engine re-scores one sample with the reference path and falls back
+# to the reference for the whole model when they disagree (a guard against a head it misreads).
+ENGINE_VERIFY_MIN_TOKENS = 32  # the probe is the shortest sample at least this long
+ENGINE_VERIFY_RTOL_FP32 = 1e-4
+ENGINE_VERIFY_RTOL_LOWP = 2e-2  # bf16/fp16: batched vs single-sample kernels differ more
+# Files whose content defines a tokenizer (hashed for the tokenization cache key).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model")
+
+# --- hub (validator/hub.py, validator/localhub.py, scripts/upload_model.py) --------------
+MODEL_LOCK_TIMEOUT_S = 1_800  # wait this long for another process downloading the same model
+LOCAL_HUB_STARTUP_S = 30  # olah must answer on loopback within this
+HUB_METADATA_RETRIES = 2  # extra tries of a metadata call that failed on the connection
+MODEL_STORE_TMP_PREFIX = ".tmp-"  # downloads in progress, beside the snapshots they become
+UPLOAD_CHAIN_READBACK_TRIES = 5  # upload_model: read the commitment back this many times
+UPLOAD_CHAIN_READBACK_WAIT_S = 12  # ... waiting this long between reads (one block)
+
+# --- demo field (validator/demofield.py): the embedded default's corpus, tokenizer, models ---
+DEMO_MAX_DOCS = 4_000  # stdlib docstrings kept (train + eval)
+DEMO_MIN_DOC_CHARS = 100  # shorter docstrings ("Return self==value.") are dropped
+DEMO_MAX_DOC_CHARS = 2_000  # longer ones are cut at a space, keeping samples short on CPU
+DEMO_EVAL_FRACTION = 0.1  # of the documents, held out in eval.jsonl
+DEMO_VOCAB_SIZE = 2_048
+DEMO_FIELD_STEPS = (0, 20, 60, 150)  # AdamW steps of each demo model
+DEMO_WARMUP_STEPS = 10  # linear lr warm-up, then constant (snapshots equal separate runs)
+DEMO_HIDDEN = 64
+DEMO_LAYERS = 2
+DEMO_HEADS = 4
+DEMO_SEQ_LEN = 128
+DEMO_BATCH = 16
+DEMO_LR = 3e-3
+
+# --- benchmark statistics and report (benchmark/stats.py, benchmark/report.py) -----------
+BENCH_BOOTSTRAP_RESAMPLES = 2_000  # percentile bootstrap over samples, default resamples
+BENCH_BOOTSTRAP_MIN_RESAMPLES = 1_000  # fewer give CIs too noisy to act on; refused
+BENCH_CONFIDENCE = 0.95  # two-sided confidence of every interval in the benchmark
+BENCH_BOOTSTRAP_CHUNK_ELEMENTS = 4_000_000  # resampled indices held at once (bounds memory)
+REPORT_LABEL_MAX_CHARS = 40  # longer model labels are cut in plots (the HTML table shows them whole)
+REPORT_ANNOTATE_MAX_MODELS = 16  # numbers are written into win-matrix cells up to this many models
+REPORT_DPI = 110
+
+# --- benchmark command (benchmark/compare.py) -----------------------------------------------
+BENCH_TOP_MODELS = 10  # field of `coldint-validator benchmark`: top uids per competition by incentive
+BENCH_SEED = 0  # default seed of the benchmark's samples and bootstrap (same seed, same numbers)

@@ -1,0 +1,201 @@
+"""The `coldint-validator` command: run, demo, leaderboard, benchmark, chain."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import constants
+
+DEFAULT_STATE_DIR = Path(".coldint")
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("chain")
+    g.add_argument("--network", default="local",
+                   help="local (an SQLite chain in the state dir) | finney | test | ws://host:port")
+    g.add_argument("--netuid", type=int, default=constants.NETUID)
+    g.add_argument("--chain-db", type=Path, help="LocalChain file (default: <state-dir>/chain.sqlite)")
+    g.add_argument("--hotkey", help="LocalChain: the validator's hotkey (weights are set as it)")
+    g.add_argument("--wallet.name", dest="wallet_name", default="default")
+    g.add_argument("--wallet.hotkey", dest="wallet_hotkey", default="default")
+    g.add_argument("--wallet.path", dest="wallet_path", default="~/.bittensor/wallets")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda when available)")
+    g.add_argument("--competitions", default=None,
+                   help=f"competitions.json: a file or an https URL (default: {constants.COMPETITIONS_URL})")
+    g.add_argument("--benchmark", type=Path, default=None, help="benchmark.json of local candidates to inject")
+    g.add_argument("--hall-of-fame", type=Path, default=None, help="hall_of_fame.json")
+    g.add_argument("--eval-samples", type=int, default=constants.EVAL_SAMPLES)
+    g.add_argument("--hf-endpoint", default=None, help="hub endpoint (default: $HF_ENDPOINT or huggingface.co)")
+    g.add_argument("--no-isolation", action="store_true",
+                   help="score in this process instead of a worker per model (debugging only)")
+    g = p.add_argument_group("storage")
+    g.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    g.add_argument("--model-dir", type=Path, default=None, help="model store (default: <state-dir>/models)")
+    g.add_argument("--model-store-gb", type=float, default=None,
+                   help="N: keep the store under N GB; -N: keep N GB of the disk free")
+    g = p.add_argument_group("behaviour")
+    g.add_argument("--offline", action="store_true", help="never set weights, never reach a network chain")
+    g.add_argument("--dont-set-weights", action="store_true")
+    g.add_argument("--steps", type=int, default=None, help="run N steps, then exit")
+    g.add_argument("--step-interval", type=float, default=constants.STEP_MIN_INTERVAL_S,
+                   help="minimum seconds between step starts")
+    g.add_argument("--save-step-json", type=Path, default=None, help="also write each step's data here")
+    g.add_argument("--wandb", action="store_true", help="log each step's table to Weights & Biases")
+    g.add_argument("--log-level", default="INFO")
+
+
+def make_chain(args: argparse.Namespace):
+    if args.network == "local" or args.offline and args.network in ("finney", "test") and args.chain_db:
+        from validator.chain.local import LocalChain
+
+        db = args.chain_db or args.state_dir / constants.LOCAL_CHAIN_DB
+        return LocalChain(db, netuid=args.netuid, hotkey=args.hotkey)
+    from validator.chain.subtensor import SubtensorChain
+
+    wallet = None
+    if not args.offline:
+        import bittensor as bt
+
+        wallet = bt.Wallet(name=args.wallet_name, hotkey=args.wallet_hotkey, path=args.wallet_path)
+    return SubtensorChain(args.network, netuid=args.netuid, wallet=wallet)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_validator(args: argparse.Namespace, console=None):
+    """Wire the adapters named by the flags into a Validator."""
+    from validator import data, hub
+    from validator.competitions import CompetitionsConfig
+    from validator.identity import dir_hash
+    from validator.leaderboard import StepProgress
+    from validator.loop import Settings, Validator
+    from validator.scorer import make_score_fn
+
+    endpoint = args.hf_endpoint or os.environ.get("HF_ENDPOINT")
+    model_dir = args.model_dir or args.state_dir / "models"
+    chain = make_chain(args)
+    comps = CompetitionsConfig(args.competitions or constants.COMPETITIONS_URL)
+
+    def competitions():
+        comps.maybe_reload()  # every COMPETITIONS_REFRESH_S; keeps the last good config on failure
+        if comps.competitions is None:
+            raise SystemExit(f"competitions: {comps.last_error}")
+        return comps.competitions
+
+    def fetch(model_id, hotkey, competition):
+        path = hub.ensure_model(model_id, hotkey, competition, model_dir, endpoint=endpoint)
+        return path, hub.verified_dir_hash(path) or dir_hash(path)
+
+    score = make_score_fn(device=args.device or default_device(), cache_dir=args.state_dir / "tokenizers",
+                          endpoint=endpoint, isolate=not args.no_isolation)
+    store = hub.ModelStore(model_dir, args.model_store_gb) if args.model_store_gb is not None else None
+    settings = Settings(state_dir=args.state_dir, offline=args.offline, dont_set_weights=args.dont_set_weights,
+                        benchmark_path=args.benchmark, hall_of_fame_path=args.hall_of_fame,
+                        eval_samples=args.eval_samples, save_step_json=args.save_step_json,
+                        step_interval_s=args.step_interval)
+    hotkey = args.hotkey if args.network == "local" else None
+    return Validator(chain, competitions, fetch, score, lambda name: data.source_for(name, endpoint=endpoint),
+                     settings, hotkey=hotkey, retry_after=hub.retry_after,
+                     cleanup=store.cleanup if store else None, progress=StepProgress(console))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from validator.leaderboard import print_report
+
+    console = Console()
+    validator = build_validator(args, console)
+    wandb_run = _wandb_init(args) if args.wandb else None
+    for report in validator.run(args.steps):
+        validator.progress.stop()
+        print_report(report, console)
+        if wandb_run is not None:
+            _wandb_log(wandb_run, report)
+    return 0
+
+
+def _wandb_init(args):
+    try:
+        import wandb
+    except ImportError:
+        raise SystemExit("--wandb needs the wandb extra: pip install 'coldint-validator[wandb]'")
+    return wandb.init(project="coldint-validator", name=f"validator-{args.hotkey or args.wallet_hotkey}",
+                      config={k: str(v) for k, v in vars(args).items() if k != "func"})
+
+
+def _wandb_log(run, report: dict) -> None:
+    import wandb
+
+    for cid, comp in report["competitions"].items():
+        cols = ["label", "uid", "win_rate", "loss_per_token", "weight", "status"]
+        table = wandb.Table(columns=cols, data=[[m.get(c) for c in cols] for m in comp["models"]])
+        run.log({f"{cid}/leaderboard": table, "block": report["block"]}, step=report["step"])
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from validator.leaderboard import load_report, print_report
+
+    path = args.step_json or args.state_dir / "last_step.json"
+    try:
+        print_report(load_report(path))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from validator.demo import run_demo
+
+    return run_demo(args.dir, steps=args.steps, eval_samples=args.eval_samples)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from validator.chain.cli import register_commands
+
+    parser = argparse.ArgumentParser(prog="coldint-validator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the validator")
+    add_run_flags(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="build a local field (chain, hub, models, text) and run two steps on it")
+    p.add_argument("--dir", type=Path, default=Path("demo"), help="where the field is built (default: ./demo)")
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--eval-samples", type=int, default=200, help="samples per step (default 200)")
+    p.add_argument("--log-level", default="WARNING")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("leaderboard", help="re-render the last saved step")
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    p.add_argument("--step-json", type=Path, default=None, help="a file written by --save-step-json")
+    p.add_argument("--log-level", default="WARNING")
+    p.set_defaults(func=cmd_leaderboard)
+
+    register_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if hasattr(args, "func"):
+        return args.func(args)
+    from validator.chain.cli import run_chain_command
+
+    return run_chain_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

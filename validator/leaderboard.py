@@ -1,0 +1,148 @@
+"""Rich tables of a validator step, rendered from the step's JSON-able report.
+
+The same report is saved each step, so `coldint-validator leaderboard` re-renders the last
+step without running anything.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+import constants
+
+STATUS_STYLE = {"scored": "green", "cached": "cyan", "failed": "red", "skipped": "yellow", "pending": "dim"}
+
+
+def _num(v, fmt: str = "{:.4f}") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return fmt.format(v)
+
+
+def competition_table(cid: str, comp: dict) -> Table:
+    t = Table(title=f"competition {cid}: {comp.get('n_samples', 0)} samples, block {comp.get('block', '-')}",
+              title_justify="left", header_style="bold")
+    for col, just in [("#", "right"), ("uid / label", "left"), ("hotkey", "left"), ("block", "right"),
+                      ("age", "right"), ("adv %", "right"), ("loss/token", "right"), ("loss/sample", "right"),
+                      ("win rate", "right"), ("abs win", "right"), ("weight", "right"), ("status", "left")]:
+        t.add_column(col, justify=just)
+    for rank, m in enumerate(comp["models"], 1):
+        is_bench = m.get("uid") is None
+        label = Text(m["label"], style="magenta" if is_bench else "")
+        status = m["status"] + (f": {m['reason']}" if m.get("reason") else "")
+        lpt = m.get("loss_per_token")
+        lpt_s = "-" if lpt is None else f"{_num(lpt)} ± {_num(m.get('loss_per_token_std'), '{:.3f}')}"
+        t.add_row(
+            str(rank) if m.get("win_rate") is not None else "-",
+            label,
+            (m.get("hotkey") or "benchmark")[:8],
+            _num(m.get("block"), "{:d}"),
+            _num(m.get("age_blocks"), "{:d}"),
+            _num(None if m.get("advantage") is None else 100 * m["advantage"], "{:.3f}"),
+            lpt_s,
+            _num(m.get("loss_per_sample"), "{:.2f}"),
+            _num(m.get("win_rate"), "{:.3f}"),
+            _num(m.get("abs_win_rate"), "{:.3f}"),
+            "n/a" if is_bench else _num(m.get("weight"), "{:.4f}"),
+            Text(status[:60], style=STATUS_STYLE.get(m["status"], "")),
+        )
+    return t
+
+
+def win_matrix_table(cid: str, matrix: dict) -> Table | None:
+    labels = matrix.get("labels") or []
+    if len(labels) < 2:
+        return None
+    t = Table(title=f"{cid}: samples won by row against column (with the row's advantage, head to head)",
+              title_justify="left", header_style="bold")
+    t.add_column("")
+    for lab in labels:
+        t.add_column(lab[:12], justify="right")
+    for i, lab in enumerate(labels):
+        cells = []
+        for j in range(len(labels)):
+            if i == j:
+                cells.append("·")
+            else:
+                cells.append(f"{matrix['adv_wins'][i][j]:d}")
+        t.add_row(lab[:12], *cells)
+    return t
+
+
+def weights_table(weights: dict[str, float], hotkeys: dict[str, str]) -> Table:
+    t = Table(title=f"weights above {constants.WEIGHT_MIN_DISPLAY}", title_justify="left", header_style="bold")
+    t.add_column("uid", justify="right")
+    t.add_column("hotkey")
+    t.add_column("weight", justify="right")
+    for uid, w in sorted(weights.items(), key=lambda kv: -kv[1]):
+        if w > constants.WEIGHT_MIN_DISPLAY:
+            t.add_row(str(uid), hotkeys.get(str(uid), "")[:8], f"{w:.4f}")
+    return t
+
+
+def render(report: dict) -> Group:
+    parts: list = [Text(f"step {report.get('step')} at block {report.get('block')}  "
+                        f"({report.get('seconds', 0):.1f} s; "
+                        + ", ".join(f"{k} {v:.1f} s" for k, v in report.get("stage_seconds", {}).items())
+                        + ")", style="bold")]
+    for cid, comp in report.get("competitions", {}).items():
+        parts.append(competition_table(cid, comp))
+        wm = win_matrix_table(cid, comp.get("win_matrix", {}))
+        if wm is not None:
+            parts.append(wm)
+    parts.append(weights_table(report.get("weights", {}), report.get("hotkeys", {})))
+    ws = report.get("weights_set")
+    if ws:
+        parts.append(Text(f"weights: {ws}", style="green" if ws.startswith("set") else "yellow"))
+    for p in report.get("problems", []):
+        parts.append(Text(f"! {p}", style="yellow"))
+    return Group(*parts)
+
+
+def print_report(report: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    # a log file or pipe gets rich's 80 columns by default: too narrow for the table
+    width = None if console.is_terminal else max(console.width, 150)
+    console.print(render(report), width=width)
+
+
+def load_report(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no saved step at {path}: run `coldint-validator run` first")
+    return json.loads(path.read_text())
+
+
+class StepProgress:
+    """Progress bars for the long stages of a step (downloads, scoring)."""
+
+    def __init__(self, console: Console | None = None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(TextColumn("{task.fields[stage]:>8}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), TextColumn("{task.description}"),
+                                  console=console or Console(stderr=True), transient=True)
+        self._tasks: dict[str, int] = {}
+
+    def start(self, stage: str, total: int) -> None:
+        if not self._progress.live.is_started:
+            self._progress.start()
+        if stage in self._tasks:
+            self._progress.remove_task(self._tasks[stage])
+        self._tasks[stage] = self._progress.add_task("", total=total, stage=stage)
+
+    def advance(self, stage: str, description: str = "") -> None:
+        if stage in self._tasks:
+            self._progress.update(self._tasks[stage], advance=1, description=description[:60])
+
+    def stop(self) -> None:
+        if self._progress.live.is_started:
+            self._progress.stop()
+        self._tasks.clear()

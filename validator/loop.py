@@ -1,0 +1,626 @@
+"""The Validator: one step = sync -> fetch -> score -> rank -> weigh.
+
+Each stage is a function of its inputs; `Validator.step` wires them. The loop depends on
+ports only: a `Chain`, a `fetch` function (the hub), a `score` function (a scoring worker)
+and a `source_for` function (sample sources), all injected by `cli.py` or a test.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+import constants
+from benchmark.config import BenchmarkError, load_benchmark
+from validator import ranking
+from validator.chain import Chain, ChainError, Commitment, Metagraph
+from validator.competitions import Competition
+from validator.data import seed_from_block_hash
+from validator.evalcache import EvalCache, pick_eval_samples, pick_rechecks, verify_rechecks
+from validator.identity import InvalidCommitment, ModelId, dir_hash
+from validator.state import StateError, atomic_write_json, load_or_default, read_json
+
+log = logging.getLogger(__name__)
+
+# fetch(model_id, hotkey, competition) -> (verified snapshot dir, its directory hash); raises hub.HubError
+FetchFn = Callable[[ModelId, str, Competition], tuple[Path, str]]
+# score(model_path, samples, competition) -> {"losses": {sid: float}, "n_tokens": {sid: int}, "failure": str|None}
+ScoreFn = Callable[[Path, list[tuple[str, str]], Competition], dict]
+
+
+@dataclass
+class Entry:
+    """One model in the field: a chain uid's commitment or a benchmark.json candidate."""
+
+    key: str  # "uid:<uid>" or "bench:<id>"; stable across steps
+    competition: str
+    label: str
+    uid: int | None = None
+    hotkey: str | None = None
+    block: int | None = None  # commitment block; None for benchmark entries (no advantage)
+    commitment: str | None = None
+    model_id: ModelId | None = None
+    path: Path | None = None
+    content_hash: str | None = None
+    status: str = "pending"  # pending | scored | cached | failed | skipped
+    reason: str | None = None
+
+    @property
+    def cache_key(self) -> str:
+        # the same content scored under another competition's tokenization is another row
+        return f"{self.competition}:{self.content_hash}"
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path) if self.path else None
+        d["model_id"] = self.model_id.to_commitment() if self.model_id else None
+        return d
+
+
+# --- stage 1: chain ---------------------------------------------------------------------------
+
+
+def sync_chain(chain: Chain, last: tuple[Metagraph, dict[str, Commitment]] | None):
+    """(metagraph, commitments, error): the last good sync is kept when the chain fails."""
+    try:
+        meta, commitments = chain.sync()
+        return meta, commitments, None
+    except (ChainError, OSError, TimeoutError) as e:
+        if last is None:
+            return None, {}, f"chain sync failed and no earlier sync to fall back on: {e}"
+        return last[0], last[1], f"chain sync failed, using the sync of block {last[0].block}: {e}"
+
+
+# --- stage 2: commitments ---------------------------------------------------------------------
+
+
+def parse_commitments(
+    meta: Metagraph, commitments: dict[str, Commitment], competitions: dict[str, Competition]
+) -> tuple[dict[str, Entry], dict[str, str]]:
+    """Chain entries by hotkey, and a reason per hotkey whose commitment was dropped.
+
+    Identical commitment text under two hotkeys: the older block wins (ties: lower uid)."""
+    entries: dict[str, Entry] = {}
+    problems: dict[str, str] = {}
+    owner_of_text: dict[str, Entry] = {}
+    for hotkey, c in sorted(commitments.items(), key=lambda kv: (kv[1].block, meta.uid_of(kv[0]) or 0)):
+        uid = meta.uid_of(hotkey)
+        if uid is None:
+            continue  # deregistered hotkeys keep stale commitments on chain
+        try:
+            mid = ModelId.from_commitment(c.text)
+        except InvalidCommitment as e:
+            problems[hotkey] = f"uid {uid}: invalid commitment: {e}"
+            continue
+        if mid.competition not in competitions:
+            problems[hotkey] = f"uid {uid}: unknown competition {mid.competition!r}"
+            continue
+        if c.text in owner_of_text:
+            problems[hotkey] = f"uid {uid}: same commitment as uid {owner_of_text[c.text].uid}, which committed first"
+            continue
+        e = Entry(key=f"uid:{uid}", competition=mid.competition, label=f"uid {uid}", uid=uid, hotkey=hotkey,
+                  block=c.block, commitment=c.text, model_id=mid)
+        owner_of_text[c.text] = e
+        entries[hotkey] = e
+    return entries, problems
+
+
+def other_validators_top(meta: Metagraph, self_hotkey: str | None, n: int) -> list[int]:
+    """Uids most weighted by other validators, by stake-weighted weight."""
+    score: dict[int, float] = {}
+    for vuid, row in meta.weights.items():
+        hk = meta.hotkey_of(vuid)
+        if hk is None or hk == self_hotkey:
+            continue
+        stake = meta.stake[meta.uids.index(vuid)] if vuid in meta.uids else 0.0
+        for uid, w in row.items():
+            score[uid] = score.get(uid, 0.0) + stake * w
+    return [uid for uid, s in sorted(score.items(), key=lambda kv: -kv[1]) if s > 0][:n]
+
+
+def revisit_slice(uids: Iterable[int], now: float, period_s: float = constants.REVISIT_PERIOD_S,
+                  slices: int = 16) -> set[int]:
+    """A wall-clock slot -> a slice of uids, so all validators revisit the same uids together."""
+    slot = int(now // (period_s / slices)) % slices
+    return {uid for uid in uids if uid % slices == slot}
+
+
+def choose_visits(
+    entries: dict[str, Entry],
+    pools: dict[str, list[str]],
+    evaluated: dict[str, str],
+    competitions: dict[str, Competition],
+    top_uids: list[int],
+    revisit: set[int],
+) -> set[str]:
+    """Hotkeys whose models are evaluated this step.
+
+    Per competition: the current pool (unchanged commitments), up to `pend_size` pending
+    commitments (new or changed, oldest first), plus top miners and the revisit slice.
+    `evaluated` maps hotkey -> the commitment text last evaluated."""
+    visit: set[str] = set()
+    for cid, comp in competitions.items():
+        mine = {hk: e for hk, e in entries.items() if e.competition == cid}
+        pool = [hk for hk in pools.get(cid, []) if hk in mine and evaluated.get(hk) == mine[hk].commitment]
+        visit.update(pool)
+        pending = sorted((e for hk, e in mine.items() if evaluated.get(hk) != e.commitment),
+                         key=lambda e: (e.block, e.uid))
+        visit.update(e.hotkey for e in pending[: comp.pend_size])
+        visit.update(hk for hk, e in mine.items() if e.uid in top_uids or e.uid in revisit)
+    return visit
+
+
+# --- stage 3: models on disk ----------------------------------------------------------------
+
+
+@dataclass
+class FetchRecord:
+    """What happened the last time a hotkey's commitment was fetched (persisted)."""
+
+    commitment: str
+    reason: str | None = None  # a hub FailureReason value, "copy", or None when fine
+    detail: str = ""
+    attempts: int = 0
+    retry_at: float | None = 0.0  # None: permanent, wait for a new commitment
+    path: str | None = None
+    content_hash: str | None = None
+
+
+def fetch_models(
+    entries: list[Entry],
+    fetch: FetchFn,
+    competitions: dict[str, Competition],
+    records: dict[str, FetchRecord],
+    first_seen: Callable[[str, str, int], str],
+    now: float,
+    deadline: float,
+    retry_after: Callable[[str, int], float | None],
+    on_progress: Callable[[Entry], None] | None = None,
+) -> None:
+    """Ensure each entry's model is on disk and verified; sets entry.path / status in place.
+
+    A failure is recorded per hotkey: transient ones are retried after a backoff, permanent
+    ones wait for a new commitment. Content first seen under another hotkey is a copy."""
+    for e in entries:
+        rec = records.get(e.hotkey)
+        if rec is None or rec.commitment != e.commitment:
+            rec = records[e.hotkey] = FetchRecord(commitment=e.commitment)
+        if rec.reason is not None and (rec.retry_at is None or now < rec.retry_at):
+            e.status, e.reason = "failed", f"{rec.reason}: {rec.detail}"
+            continue
+        if time.monotonic() > deadline:
+            e.status, e.reason = "skipped", "download time budget of this step used up"
+            continue
+        try:
+            path, content = fetch(e.model_id, e.hotkey, competitions[e.competition])
+        except Exception as exc:  # noqa: BLE001 - one bad model never stops the loop
+            reason = getattr(getattr(exc, "reason", None), "value", None) or "network"
+            rec.attempts += 1
+            wait = retry_after(reason, rec.attempts)
+            rec.reason, rec.detail = reason, str(getattr(exc, "detail", "") or exc)[:300]
+            rec.retry_at = None if wait is None else now + wait
+            e.status, e.reason = "failed", f"{reason}: {rec.detail}"
+            log.warning("uid %s: %s", e.uid, e.reason)
+            if on_progress:
+                on_progress(e)
+            continue
+        original = first_seen(content, e.hotkey, e.block)
+        rec.path, rec.content_hash = str(path), content
+        if original != e.hotkey:
+            rec.reason, rec.detail, rec.retry_at = "copy", f"same content as {original[:8]}, seen first", None
+            e.status, e.reason = "failed", f"copy: {rec.detail}"
+        else:
+            rec.reason, rec.detail, rec.attempts = None, "", 0
+            e.path, e.content_hash = path, content
+        if on_progress:
+            on_progress(e)
+
+
+def benchmark_entries(path: Path | None, competitions: dict[str, Competition]) -> tuple[list[Entry], list[str]]:
+    """benchmark.json entries (re-read every step); bad entries are reported and skipped."""
+    if path is None:
+        return [], []
+    try:
+        parsed, errors = load_benchmark(path)
+    except BenchmarkError as e:
+        return [], [str(e)]
+    problems = [f"benchmark entry {k!r}: {v}" for k, v in errors.items()]
+    out = []
+    for bid, b in parsed.items():
+        if b.competition not in competitions:
+            problems.append(f"benchmark entry {bid!r}: unknown competition {b.competition!r}")
+            continue
+        try:
+            content = dir_hash(b.path)
+        except OSError as e:
+            problems.append(f"benchmark entry {bid!r}: cannot read {b.path}: {e}")
+            continue
+        out.append(Entry(key=f"bench:{bid}", competition=b.competition, label=b.label or bid, block=b.block,
+                         path=b.path, content_hash=content))
+    return out, problems
+
+
+# --- stage 5: scoring ---------------------------------------------------------------------
+
+
+def score_entries(
+    entries: list[Entry],
+    comp: Competition,
+    cache: "EvalCache",
+    sample_ids: list[str],
+    score: ScoreFn,
+    seed: int,
+    should_stop: Callable[[], bool],
+    on_scored: Callable[[Entry, int], None],
+) -> int:
+    """Compute the missing losses (and a few re-checks) of each entry; returns forward-pass count.
+
+    `on_scored(entry, n)` runs after each model, so the caller can save the cache: a kill
+    between two models loses at most the model being scored."""
+    forwards = 0
+    for e in entries:
+        if e.path is None or should_stop():
+            continue
+        missing = cache.losses.missing(e.cache_key, sample_ids)
+        rechecks = pick_rechecks(cache.losses, e.cache_key, [s for s in sample_ids if s not in set(missing)], seed)
+        todo = list(missing) + list(rechecks)
+        if not todo:
+            e.status = "cached"
+            on_scored(e, 0)
+            continue
+        result = score(e.path, list(zip(todo, cache.db.texts(todo))), comp)
+        forwards += len(todo)
+        if result.get("failure"):
+            e.status, e.reason = "failed", result["failure"]
+            on_scored(e, len(todo))
+            continue
+        losses, ntoks = result["losses"], result["n_tokens"]
+        if rechecks and not verify_rechecks(cache.losses, e.cache_key, {s: losses[s] for s in rechecks}):
+            # the model's cached row was wrong (nondeterminism or tampering): it was reset,
+            # so score every eval sample again
+            e.reason = "re-check mismatch: cached losses reset"
+            again = score(e.path, list(zip(sample_ids, cache.db.texts(sample_ids))), comp)
+            forwards += len(sample_ids)
+            if again.get("failure"):
+                e.status, e.reason = "failed", again["failure"]
+                on_scored(e, len(todo))
+                continue
+            losses, ntoks = again["losses"], again["n_tokens"]
+        cache.losses.put(e.cache_key, {s: losses[s] for s in losses}, {s: ntoks[s] for s in ntoks})
+        e.status = "scored" if missing else "cached"
+        on_scored(e, len(todo))
+    return forwards
+
+
+# --- stage 6: ranking and weights ---------------------------------------------------------------
+
+
+def rank_competition(entries: list[Entry], comp: Competition, cache: "EvalCache", sample_ids: list[str],
+                     block_now: int, seed: int) -> dict:
+    """The competition's table: per model stats, win rates and the head-to-head matrix.
+
+    `win_rate` ranks every entry, benchmark candidates included; `chain_win_rate` is the
+    same rule over chain models only, so a candidate never takes weight from a uid."""
+    ok = [e for e in entries if e.status in ("scored", "cached")]
+    blocks = np.array([np.nan if e.block is None else float(e.block) for e in ok])
+    adv = ranking.advantages(blocks, block_now, comp.advantage_initial, comp.advantage_decay)
+    on_chain = np.array([e.uid is not None for e in ok], dtype=bool)
+    matrix: dict = {"labels": [e.label for e in ok]}
+    table = []
+    if ok and sample_ids:
+        losses = cache.losses.get_matrix([e.cache_key for e in ok], sample_ids)
+        ntok = cache.losses.get_ntokens([e.cache_key for e in ok], sample_ids)
+        grouped = ranking.group_samples(losses, comp.group_samples, seed)
+        n = grouped.shape[1]
+        rule = (block_now, comp.advantage_initial, comp.advantage_decay)
+        win_rate = ranking.win_rates(ranking.compute_wins(grouped, blocks, *rule), n)
+        chain_rate = np.zeros(len(ok))
+        if on_chain.any():
+            chain_rate[on_chain] = ranking.win_rates(
+                ranking.compute_wins(grouped[on_chain], blocks[on_chain], *rule), n)
+        abs_rate = ranking.absolute_win_rates(grouped)
+        wm = ranking.win_matrix(grouped, blocks, *rule)
+        matrix.update({k: np.asarray(v).tolist() for k, v in wm.items()})
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_tok = losses / np.where(ntok > 0, ntok, np.nan)
+        for i, e in enumerate(ok):
+            finite_tok = per_tok[i][np.isfinite(per_tok[i])]
+            finite = losses[i][np.isfinite(losses[i])]
+            table.append({
+                **_entry_row(e, block_now), "advantage": float(adv[i]),
+                "win_rate": float(win_rate[i]), "chain_win_rate": float(chain_rate[i]) if on_chain[i] else None,
+                "abs_win_rate": float(abs_rate[i]),
+                "loss_per_token": float(finite_tok.mean()) if finite_tok.size else None,
+                "loss_per_token_std": float(finite_tok.std()) if finite_tok.size else None,
+                "loss_per_sample": float(finite.mean()) if finite.size else None,
+            })
+    table.sort(key=lambda r: -r["win_rate"])
+    table += [_entry_row(e, block_now) for e in entries if e not in ok]
+    return {"models": table, "win_matrix": matrix, "n_samples": len(sample_ids), "block": block_now}
+
+
+def _entry_row(e: Entry, block_now: int) -> dict:
+    return {"key": e.key, "label": e.label, "uid": e.uid, "hotkey": e.hotkey, "block": e.block,
+            "age_blocks": None if e.block is None else block_now - e.block, "status": e.status,
+            "reason": e.reason, "content_hash": e.content_hash, "commitment": e.commitment,
+            "win_rate": None, "weight": None}
+
+
+def competition_weights(table: dict, comp: Competition) -> dict[int, float]:
+    """uid -> normalised weight inside one competition; benchmark entries get none."""
+    scored = [m for m in table["models"] if m.get("chain_win_rate") is not None]
+    if not scored:
+        return {}
+    w = ranking.weights_from_win_rates(np.array([m["chain_win_rate"] for m in scored]), comp.weight_skew_factor)
+    for m, wi in zip(scored, w):
+        m["weight"] = float(wi)
+    return {m["uid"]: float(wi) for m, wi in zip(scored, w) if wi > 0}
+
+
+def step_weights(per_comp: dict[str, dict[int, float]], competitions: dict[str, Competition], n_uids: int,
+                 hof: dict, hotkey_to_uid: dict[str, int], block_now: int,
+                 prev: np.ndarray | None) -> np.ndarray:
+    """Competitions mixed by reward, hall-of-fame shares added, EMA with the previous step."""
+    mixed = ranking.mix_competitions(
+        {cid: (np.array(list(w.keys()), dtype=int), np.array(list(w.values()))) for cid, w in per_comp.items() if w},
+        {cid: c.reward for cid, c in competitions.items()}, n_uids)
+    if hof:
+        shares = ranking.hall_of_fame_weights(hof, hotkey_to_uid, block_now)
+        mixed = ranking.apply_hall_of_fame(mixed, shares)
+    if prev is not None and prev.shape == mixed.shape and prev.sum() > 0:
+        mixed = ranking.ema(prev, mixed)
+    return mixed
+
+
+# --- the Validator --------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    state_dir: Path
+    offline: bool = False  # no weight setting (and no network chain; the cli picks the chain)
+    dont_set_weights: bool = False
+    benchmark_path: Path | None = None
+    hall_of_fame_path: Path | None = None
+    eval_samples: int = constants.EVAL_SAMPLES
+    download_budget_s: float = constants.TTL_DOWNLOADS_S
+    weights_interval_blocks: int = constants.MIN_WEIGHT_SET_INTERVAL_BLOCKS
+    version_key: int = constants.WEIGHTS_VERSION_KEY
+    save_step_json: Path | None = None
+    step_interval_s: float = constants.STEP_MIN_INTERVAL_S
+
+
+@dataclass
+class ValidatorState:
+    """What survives a restart, besides the eval caches."""
+
+    step: int = 0
+    ema: list[float] = field(default_factory=list)
+    last_weights_block: int | None = None
+    pools: dict[str, list[str]] = field(default_factory=dict)  # competition -> hotkeys
+    evaluated: dict[str, str] = field(default_factory=dict)  # hotkey -> commitment text last evaluated
+    records: dict[str, dict] = field(default_factory=dict)  # hotkey -> FetchRecord fields
+
+    @classmethod
+    def load(cls, path: Path) -> "ValidatorState":
+        data = load_or_default(path, None)
+        if not isinstance(data, dict):
+            return cls()
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        try:
+            return cls(**known)
+        except TypeError as e:
+            log.warning("state file %s unusable (%s): starting fresh", path, e)
+            return cls()
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, asdict(self))
+
+
+class Validator:
+    def __init__(self, chain: Chain, competitions: Callable[[], dict[str, Competition]], fetch: FetchFn,
+                 score: ScoreFn, source_for: Callable[[str], Any], settings: Settings,
+                 hotkey: str | None = None, retry_after: Callable[[str, int], float | None] | None = None,
+                 cleanup: Callable[[set[Path]], Any] | None = None, progress: Any = None):
+        self.chain, self.competitions, self.fetch, self.score = chain, competitions, fetch, score
+        self.source_for, self.settings, self.hotkey, self.cleanup = source_for, settings, hotkey, cleanup
+        self.retry_after = retry_after or (lambda reason, attempts: constants.DOWNLOAD_RETRY_BACKOFF_S[0])
+        self.progress = progress
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_path = settings.state_dir / "validator_state.json"
+        self.state = ValidatorState.load(self.state_path)
+        self.caches: dict[str, EvalCache] = {}
+        self.last_sync: tuple[Metagraph, dict[str, Commitment]] | None = None
+        self.stopping = False
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def cache_for(self, dataset: str) -> "EvalCache":
+        if dataset not in self.caches:
+            self.caches[dataset] = EvalCache.load(self._cache_path(dataset))
+        return self.caches[dataset]
+
+    def _cache_path(self, dataset: str) -> Path:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in dataset)[-80:]
+        return self.settings.state_dir / "evalcache" / f"{safe}.json"
+
+    def save(self) -> None:
+        for dataset, cache in self.caches.items():
+            cache.save(self._cache_path(dataset))
+        self.state.save(self.state_path)
+
+    def request_stop(self, *_: Any) -> None:
+        self.stopping = True
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def step(self) -> dict:
+        t0 = time.monotonic()
+        stages: dict[str, float] = {}
+        problems: list[str] = []
+
+        def stage(name: str, t: float) -> float:
+            stages[name] = time.monotonic() - t
+            return time.monotonic()
+
+        t = time.monotonic()
+        competitions = self.competitions()
+        meta, commitments, err = sync_chain(self.chain, self.last_sync)
+        if err:
+            problems.append(err)
+        if meta is None:
+            return self._finish({"step": self.state.step, "block": None, "competitions": {}, "weights": {},
+                                 "problems": problems, "weights_set": "not set: no metagraph"}, t0, stages)
+        self.last_sync = (meta, commitments)
+        block_now = meta.block
+        now = time.time()
+        t = stage("sync", t)
+
+        entries, bad = parse_commitments(meta, commitments, competitions)
+        problems += list(bad.values())
+        visit = choose_visits(entries, self.state.pools, self.state.evaluated, competitions,
+                              other_validators_top(meta, self.hotkey, constants.TOP_MINERS_TO_VISIT),
+                              revisit_slice(meta.uids, now))
+        chosen = sorted((entries[hk] for hk in visit), key=lambda e: (e.block, e.uid))
+        records = {hk: FetchRecord(**r) for hk, r in self.state.records.items()}
+        cache_of = {cid: self.cache_for(c.dataset) for cid, c in competitions.items()}
+
+        def first_seen(content: str, hotkey: str, block: int) -> str:
+            cache = cache_of[entries[hotkey].competition]
+            return cache.first_seen.observe(content, hotkey, block)
+
+        deadline = time.monotonic() + self.settings.download_budget_s
+        if self.progress:
+            self.progress.start("download", len(chosen))
+        fetch_models(chosen, self.fetch, competitions, records, first_seen, now, deadline, self.retry_after,
+                     on_progress=(lambda e: self.progress.advance("download", e.label)) if self.progress else None)
+        self.state.records = {hk: asdict(r) for hk, r in records.items() if hk in entries}
+        bench, bench_problems = benchmark_entries(self.settings.benchmark_path, competitions)
+        problems += bench_problems
+        t = stage("fetch", t)
+
+        # samples: seeded by the hash of the last epoch boundary, so validators agree
+        seed_block = block_now - block_now % constants.BLOCKS_PER_EPOCH
+        try:
+            seed = seed_from_block_hash(self.chain.block_hash(seed_block))
+        except (ChainError, OSError) as e:
+            seed = seed_block
+            problems.append(f"block hash of {seed_block} unavailable ({e}); seeding with the block number")
+        in_play: dict[str, list[Entry]] = {cid: [] for cid in competitions}
+        for e in chosen + bench:
+            in_play[e.competition].append(e)
+        sample_ids: dict[str, list[str]] = {}
+        for cid, comp in competitions.items():
+            cache = cache_of[cid]
+            try:
+                cache.refresh(self.source_for(comp.dataset), seed, now)
+            except Exception as e:  # noqa: BLE001 - a dead text source must not stop the step
+                problems.append(f"competition {cid}: sample source {comp.dataset!r} failed: {e}")
+            keys = [e.cache_key for e in in_play[cid] if e.path is not None]
+            sample_ids[cid] = pick_eval_samples(cache.db, cache.losses, keys, self.settings.eval_samples, seed)
+        t = stage("samples", t)
+
+        n_models = sum(1 for es in in_play.values() for e in es if e.path is not None)
+        if self.progress:
+            self.progress.start("score", n_models)
+        forwards = 0
+        for cid, comp in competitions.items():
+            def scored(e: Entry, n: int, cid: str = cid) -> None:
+                # save after every model: a kill mid-step loses at most the model in flight
+                cache_of[cid].save(self._cache_path(competitions[cid].dataset))
+                if self.progress:
+                    self.progress.advance("score", f"{e.label}: {e.status}")
+            forwards += score_entries(in_play[cid], comp, cache_of[cid], sample_ids[cid], self.score, seed,
+                                      lambda: self.stopping, scored)
+        t = stage("score", t)
+
+        tables, per_comp = {}, {}
+        for cid, comp in competitions.items():
+            tables[cid] = rank_competition(in_play[cid], comp, cache_of[cid], sample_ids[cid], block_now, seed)
+            per_comp[cid] = competition_weights(tables[cid], comp)
+            ranked = [m["hotkey"] for m in tables[cid]["models"] if m["uid"] is not None and m["win_rate"] is not None]
+            self.state.pools[cid] = ranked[: comp.pool_size]
+        for e in chosen:
+            if e.status in ("scored", "cached") or (e.status == "failed" and e.path is None):
+                self.state.evaluated[e.hotkey] = e.commitment
+        n_uids = max(meta.uids, default=-1) + 1
+        prev = np.array(self.state.ema) if self.state.ema else None
+        weights = step_weights(per_comp, competitions, n_uids, self._hall_of_fame(problems),
+                               {hk: meta.uid_of(hk) for hk in meta.hotkeys}, block_now, prev)
+        t = stage("rank", t)
+
+        weights_set = self._set_weights(weights, block_now)
+        if weights.sum() > 0:
+            self.state.ema = weights.tolist()
+        if self.cleanup:
+            try:
+                self.cleanup({e.path for es in in_play.values() for e in es if e.path is not None})
+            except OSError as e:
+                problems.append(f"model store cleanup failed: {e}")
+        self.state.step += 1
+        self.save()
+        stage("save", t)
+        report = {"step": self.state.step, "block": block_now, "seed": seed, "forward_samples": forwards,
+                  "competitions": tables, "problems": problems, "weights_set": weights_set,
+                  "weights": {str(u): float(w) for u, w in enumerate(weights) if w > 0},
+                  "hotkeys": {str(u): hk for u, hk in zip(meta.uids, meta.hotkeys)}}
+        return self._finish(report, t0, stages)
+
+    def _finish(self, report: dict, t0: float, stages: dict) -> dict:
+        report["seconds"] = time.monotonic() - t0
+        report["stage_seconds"] = stages
+        atomic_write_json(self.settings.state_dir / "last_step.json", report)
+        if self.settings.save_step_json:
+            atomic_write_json(self.settings.save_step_json, report)
+        return report
+
+    def _hall_of_fame(self, problems: list[str]) -> dict:
+        path = self.settings.hall_of_fame_path
+        if path is None or not Path(path).exists():
+            return {}
+        try:
+            return ranking.parse_hall_of_fame(read_json(path))
+        except (ValueError, StateError) as e:
+            problems.append(f"hall of fame {path} ignored: {e}")
+            return {}
+
+    def _set_weights(self, weights: np.ndarray, block_now: int) -> str:
+        if self.settings.offline or self.settings.dont_set_weights:
+            return "not set: " + ("--offline" if self.settings.offline else "--dont-set-weights")
+        if not np.isfinite(weights).all() or weights.sum() <= 0:
+            return "not set: no model has weight this step"
+        last = self.state.last_weights_block
+        if last is not None and block_now - last < self.settings.weights_interval_blocks:
+            return f"not set: last set at block {last}, interval {self.settings.weights_interval_blocks} blocks"
+        uids = [int(u) for u in np.nonzero(weights)[0]]
+        try:
+            final = ranking.finalize_weights(weights[uids])
+            self.chain.set_weights(uids, final.tolist(), self.settings.version_key)
+        except (ChainError, OSError, ValueError) as e:
+            return f"not set: {e} (retried next step)"
+        self.state.last_weights_block = block_now
+        return f"set at block {block_now} for {len(uids)} uids"
+
+    def run(self, steps: int | None = None) -> Iterator[dict]:
+        """Yield each step's report until `steps` are done or SIGINT/SIGTERM; state is saved
+        after every step and on the way out."""
+        old = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            done = 0
+            while not self.stopping and (steps is None or done < steps):
+                started = time.monotonic()
+                report = self.step()
+                done += 1
+                yield report
+                while (not self.stopping and (steps is None or done < steps)
+                       and time.monotonic() - started < self.settings.step_interval_s):
+                    time.sleep(0.5)
+        finally:
+            self.save()
+            for s, h in old.items():
+                signal.signal(s, h)
