@@ -160,6 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from benchmark.compare import register_benchmark_command
     from validator.chain.cli import register_commands
 
     parser = argparse.ArgumentParser(prog="coldint-validator", description=__doc__)
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="WARNING")
     p.set_defaults(func=cmd_leaderboard)
 
+    register_benchmark_command(sub)
     register_commands(sub)
     return parser
 

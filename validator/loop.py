@@ -280,6 +280,7 @@ def score_entries(
             on_scored(e, len(todo))
             continue
         losses, ntoks = result["losses"], result["n_tokens"]
+        keep = list(missing)  # a passing re-check keeps the cached value: reruns stay bit-identical
         if rechecks and not verify_rechecks(cache.losses, e.cache_key, {s: losses[s] for s in rechecks}):
             # the model's cached row was wrong (nondeterminism or tampering): it was reset,
             # so score every eval sample again
@@ -291,7 +292,8 @@ def score_entries(
                 on_scored(e, len(todo))
                 continue
             losses, ntoks = again["losses"], again["n_tokens"]
-        cache.losses.put(e.cache_key, {s: losses[s] for s in losses}, {s: ntoks[s] for s in ntoks})
+            keep = list(sample_ids)
+        cache.losses.put(e.cache_key, {s: losses[s] for s in keep}, {s: ntoks[s] for s in keep})
         e.status = "scored" if missing else "cached"
         on_scored(e, len(todo))
     return forwards
@@ -554,7 +556,12 @@ class Validator:
                                {hk: meta.uid_of(hk) for hk in meta.hotkeys}, block_now, prev)
         t = stage("rank", t)
 
-        weights_set = self._set_weights(weights, block_now)
+        if self.stopping:
+            weights_set = "not set: shutting down mid-step"
+        elif err:
+            weights_set = "not set: the chain sync failed, the metagraph is stale"
+        else:
+            weights_set = self._set_weights(weights, block_now)
         if weights.sum() > 0:
             self.state.ema = weights.tolist()
         if self.cleanup:

@@ -57,8 +57,11 @@ def make_score_fn(device: str, cache_dir: Path, endpoint: str | None = None, iso
             from validator.scoring import score_model_job
 
             value = score_model_job(**kwargs)
+        failure = value.get("failure")
+        if failure and value.get("detail"):
+            failure = f"{failure}: {value['detail']}"[:300]
         return {"losses": {k: decode_loss(v) for k, v in value["losses"].items()},
                 "n_tokens": {k: int(v) for k, v in value["n_tokens"].items()},
-                "failure": value.get("failure")}
+                "failure": failure}
 
     return score

@@ -1,0 +1,545 @@
+"""`coldint-validator benchmark`: would my candidate win against the field?
+
+The field is what a candidate would have to beat:
+
+- online (default): the top ``--top`` uids per competition by incentive on the chain
+  (``--network``), downloaded at their committed revision and verified through the hub
+  code, exactly as the validator does (validator.loop.fetch_models + hub.ensure_model);
+- ``--offline``: no chain and no hub at all. The field is the benchmark.json entries that
+  have a ``block`` (treated as incumbents committed at that block, with its advantage).
+
+In both modes a benchmark.json entry WITH a ``block`` is an incumbent (it joins the field
+and takes weight as if it had been committed at that block) and an entry WITHOUT a block
+is a candidate. Each candidate is judged alone against the field, as if committed at the
+current block (no advantage for it; incumbents keep theirs): win rate against the field
+under the validator's win rule, the weight it would receive, the paired per-sample loss
+delta against the field's leader, and the loss ratio it needs per sample to take one from
+the leader. 95 % intervals are percentile bootstraps over samples (benchmark.stats).
+
+Every model is scored on the same seeded samples (``--samples``, ``--seed``) with the
+validator's scoring engine; losses go into an EvalCache under ``--state-dir``, keyed by
+model content and sample id, so a rerun with the same seed only re-checks a few losses.
+
+Layers: `compare_field` is pure (loss matrices + metadata -> the report dict that
+benchmark.report writes), `render` / `print_report` draw it with rich, and
+`run_benchmark` does the I/O (chain, hub, samples, scoring).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field as dc_field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+import constants
+from benchmark import report as breport
+from benchmark import stats as bstats
+from validator import ranking
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = Path(".coldint") / "benchmark"
+DEFAULT_BENCHMARK = Path("benchmark.json")
+# --network local without --chain-db: the chain the validator's `run` uses by default
+DEFAULT_LOCAL_CHAIN = Path(".coldint") / constants.LOCAL_CHAIN_DB
+
+OUTCOME_STYLE = {"beats the leader": "bold green", "does not beat the leader": "red",
+                 "too close to call": "yellow", "no field": "cyan", "failed": "red"}
+
+
+# --- inputs of the pure part -------------------------------------------------------------------
+
+
+@dataclass
+class ScoredModel:
+    """One model's losses on the competition's samples (aligned with the sample ids)."""
+
+    label: str
+    losses: Sequence[float]  # summed cross-entropy per sample; inf = the sample failed
+    n_tokens: Sequence[int]
+    uid: int | None = None
+    block: int | None = None  # commitment block; None for candidates
+    kind: str = "chain"  # chain | benchmark (a local incumbent) | candidate
+    hotkey: str | None = None
+    path: str | None = None
+    content_hash: str | None = None  # dir_hash: a candidate with a field model's content is a copy
+
+
+@dataclass
+class CompetitionField:
+    """What `compare_field` needs of one competition."""
+
+    field: list[ScoredModel]
+    candidates: list[ScoredModel]
+    sample_ids: list[str]
+    params: bstats.WinParams = dc_field(default_factory=bstats.WinParams)
+    group_samples: int = 1
+    failed: list[dict] = dc_field(default_factory=list)  # {"label", "kind", "uid", "reason"}
+
+
+# --- the pure part ---------------------------------------------------------------------------
+
+
+def _matrix(models: list[ScoredModel], attr: str, s: int) -> np.ndarray:
+    rows = [np.asarray(getattr(m, attr), dtype=np.float64).reshape(-1) for m in models]
+    for m, r in zip(models, rows):
+        if r.shape[0] != s:
+            raise ValueError(f"model {m.label!r}: {attr} has {r.shape[0]} entries, expected {s} (one per sample)")
+    return np.vstack(rows) if rows else np.zeros((0, s))
+
+
+def outcome(candidate: dict) -> str:
+    """The short call of a candidate dict (CandidateStats.to_dict): same rule as its verdict."""
+    if candidate.get("leader_index") is None:
+        return "no field"
+    h2h = candidate.get("head_to_head") or {}
+    low, high = h2h.get("low"), h2h.get("high")
+    if low is not None and low > 0.5:
+        return "beats the leader"
+    if high is not None and high < 0.5:
+        return "does not beat the leader"
+    return "too close to call"
+
+
+def compare_competition(cf: CompetitionField, block_now: int, *, seed: int = constants.BENCH_SEED,
+                        n_boot: int = bstats.BOOTSTRAP_RESAMPLES) -> dict:
+    """One competition's report section (benchmark.report format, plus candidate details).
+
+    Every field model can take weight (chain uids and local incumbents alike); candidates
+    walk last with no advantage. Samples are grouped like the validator groups them
+    (competition.group_samples) before any statistic.
+    """
+    s = len(cf.sample_ids)
+    f, c = len(cf.field), len(cf.candidates)
+    fl, ft = _matrix(cf.field, "losses", s), _matrix(cf.field, "n_tokens", s)
+    cl, ct = _matrix(cf.candidates, "losses", s), _matrix(cf.candidates, "n_tokens", s)
+    # one call: the same seeded permutation for every row (losses and token counts alike)
+    grouped = ranking.group_samples(np.vstack([fl, cl, ft, ct]), cf.group_samples, seed) if f + c else \
+        np.zeros((0, -(-s // cf.group_samples)))
+    fl, cl, ft, ct = np.split(grouped, np.cumsum([f, c, f]))
+    n = grouped.shape[1]
+    ids = list(cf.sample_ids) if cf.group_samples == 1 else [f"group {i}" for i in range(n)]
+    fb = np.array([np.nan if m.block is None else float(m.block) for m in cf.field], dtype=np.float64)
+    labels = [m.label for m in cf.field]
+    uids = [m.uid for m in cf.field]
+    clabels = [m.label for m in cf.candidates]
+    p = cf.params
+
+    section = breport.competition_section(
+        labels, uids, fb, fl, ft, block_now, p, candidate_labels=clabels, candidate_losses=cl if c else None,
+        candidate_tokens=ct if c else None, kinds=[m.kind for m in cf.field], n_boot=n_boot, seed=seed)
+    # competition_section lets only uids take weight; here every incumbent can (a local
+    # incumbent stands for a committed model), so weights and candidates are recomputed
+    # with an explicit eligibility. Same seed, so every interval is the same as there.
+    eligible = np.ones(f, dtype=bool)
+    adv = ranking.advantages(fb, block_now, p.advantage_initial, p.advantage_decay, p.epoch)
+    rates = np.array([mm["win_rate"] if mm["win_rate"] is not None else 0.0 for mm in section["models"][:f]])
+    field_weights = ranking.weights_from_win_rates(rates, p.weight_skew_factor, eligible) if f else np.zeros(0)
+    for i, (mm, m) in enumerate(zip(section["models"][:f], cf.field)):
+        mm.update(weight=float(field_weights[i]), advantage=float(adv[i]), hotkey=m.hotkey, path=m.path)
+    candidates = []
+    if c:
+        cstats = bstats.candidate_stats(fl, fb, cl, block_now, p, field_labels=labels, field_uids=uids,
+                                        candidate_labels=clabels, eligible=eligible, n_boot=n_boot, seed=seed)
+        for st, mm, m in zip(cstats, section["models"][f:], cf.candidates):
+            d = st.to_dict(include_deltas=True)
+            d.update(kind=m.kind, path=m.path, mean_loss_per_token=mm["mean_loss_per_token"], outcome="")
+            d["outcome"] = outcome(d)
+            twin = next((fm.label for fm in cf.field if m.content_hash and fm.content_hash == m.content_hash), None)
+            d["copy_of"] = twin
+            if twin is not None:  # on chain, first-seen content keeps it: a copy earns nothing
+                d["verdict"] += f" (same content as {twin}: a copy)"
+            mm.update(weight=d["weight"], advantage=0.0, hotkey=None, path=m.path)
+            candidates.append(d)
+    section["candidates"] = candidates
+    lead = next((d["leader_index"] for d in candidates), None)
+    if lead is None and f:
+        lead = bstats.field_stats(fl, fb, block_now, p, n_boot=n_boot, seed=seed).leader_index
+    leader = None
+    if lead is not None:
+        mm = section["models"][lead]
+        leader = {"index": lead, "label": mm["label"], "uid": mm["uid"], "block": mm["block"],
+                  "advantage": float(adv[lead]), "required_ratio": 1.0 - float(adv[lead])}
+    section.update(block_now=int(block_now), n_field=f, n_samples=n, group_samples=cf.group_samples,
+                   sample_ids=ids, leader=leader, failed=list(cf.failed))
+    return breport.to_jsonable(section)
+
+
+def compare_field(competitions: dict[str, CompetitionField], block_now: int, *, seed: int = constants.BENCH_SEED,
+                  n_boot: int = bstats.BOOTSTRAP_RESAMPLES, title: str | None = None,
+                  extra: dict | None = None) -> dict:
+    """The whole report dict (benchmark.report's format): one section per competition.
+
+    Pure: the same inputs and seed give the same dict (but for "generated")."""
+    if n_boot < bstats.BOOTSTRAP_MIN_RESAMPLES:
+        raise ValueError(f"bootstrap resamples: at least {bstats.BOOTSTRAP_MIN_RESAMPLES}, got {n_boot}")
+    report = {"title": title or "coldint benchmark: candidates against the field", "block": int(block_now),
+              "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": int(seed),
+              "bootstrap_resamples": int(n_boot), "confidence": bstats.CONFIDENCE,
+              "competitions": {cid: compare_competition(cf, block_now, seed=seed, n_boot=n_boot)
+                               for cid, cf in competitions.items()}}
+    report.update(extra or {})
+    return breport.to_jsonable(report)
+
+
+# --- rich rendering --------------------------------------------------------------------------
+
+
+def _f(x: Any, spec: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def _ci(iv: dict | None, spec: str = ".4f", scale: float = 1.0) -> str:
+    if not iv or iv.get("low") is None or iv.get("high") is None:
+        return "-"
+    return f"[{format(scale * iv['low'], spec)}, {format(scale * iv['high'], spec)}]"
+
+
+def _iv(iv: dict | None, spec: str, scale: float = 1.0) -> str:
+    return "-" if not iv or iv.get("value") is None else format(scale * iv["value"], spec)
+
+
+def _cell(iv: dict | None, spec: str, scale: float = 1.0, unit: str = "") -> Text:
+    """The estimate over its 95 % interval, stacked: keeps the table narrow enough for a terminal."""
+    if not iv or iv.get("value") is None:
+        return Text("-")
+    return Text.assemble(_iv(iv, spec, scale) + unit, "\n", (_ci(iv, spec, scale), "dim"))
+
+
+def candidate_table(cid: str, sec: dict) -> Table:
+    """Candidate rows, each estimate over its 95 % interval, and the call; every number is in the section."""
+    lead = sec.get("leader")
+    who = "no field" if lead is None else (f"leader {lead['label']}, advantage {100 * lead['advantage']:.3f} %")
+    t = Table(title=f"{cid}: candidates vs a field of {sec.get('n_field', 0)} on {sec.get('n_samples', 0)} samples "
+                    f"at block {sec.get('block_now', '-')} ({who})", title_justify="left", header_style="bold",
+              caption="value over [95 % CI]; Δ and ratio: candidate vs the leader on paired samples; "
+                      "needs <: loss ratio per sample that takes it from the leader", caption_justify="left")
+    for col in ("candidate", "loss/tok", "win rate\nvs field", "win rate\nvs leader", "Δ loss\nper sample",
+                "loss ratio", "needs <", "weight", "call"):
+        t.add_column(col, justify="left" if col in ("candidate", "call") else "right")
+    for d in sec.get("candidates") or []:
+        t.add_row(Text(d["label"], style="bold"), _f(d.get("mean_loss_per_token"), ".4f"),
+                  _cell(d["win_rate"], ".1f", 100, " %"), _cell(d.get("head_to_head"), ".1f", 100, " %"),
+                  _cell(d.get("mean_delta"), ".3f"), _cell(d.get("loss_ratio"), ".4f"),
+                  _f(d.get("required_ratio") if lead else None, ".4f"), _f(d.get("weight"), ".3f"),
+                  Text(d["outcome"], style=OUTCOME_STYLE.get(d["outcome"], "")))
+    for x in sec.get("failed") or []:
+        if x.get("kind") == "candidate":
+            t.add_row(Text(x["label"], style="bold"), *["-"] * 7, Text(f"failed: {x['reason']}"[:60], style="red"))
+    return t
+
+
+def candidate_columns_table(cid: str, sec: dict) -> Table:
+    """The candidate table turned: one column per candidate, for a terminal too narrow for rows."""
+    lead = sec.get("leader")
+    t = Table(title=f"{cid}: candidates vs a field of {sec.get('n_field', 0)} on {sec.get('n_samples', 0)} samples "
+                    f"at block {sec.get('block_now', '-')}"
+                    + ("" if lead is None else f" (leader {lead['label']}, advantage {100 * lead['advantage']:.3f} %)"),
+              title_justify="left", header_style="bold")
+    cands = sec.get("candidates") or []
+    t.add_column("")
+    for d in cands:
+        t.add_column(d["label"], justify="right")
+    rows = [("loss/tok", lambda d: _f(d.get("mean_loss_per_token"), ".4f")),
+            ("win rate vs field", lambda d: _cell(d["win_rate"], ".1f", 100, " %")),
+            ("win rate vs leader", lambda d: _cell(d.get("head_to_head"), ".1f", 100, " %")),
+            ("Δ loss per sample", lambda d: _cell(d.get("mean_delta"), ".3f")),
+            ("loss ratio", lambda d: _cell(d.get("loss_ratio"), ".4f")),
+            ("needs <", lambda d: _f(d.get("required_ratio") if lead else None, ".4f")),
+            ("weight", lambda d: _f(d.get("weight"), ".3f")),
+            ("call", lambda d: Text(d["outcome"], style=OUTCOME_STYLE.get(d["outcome"], "")))]
+    for name, get in rows:
+        t.add_row(Text(name, style="bold"), *[get(d) for d in cands])
+    return t
+
+
+def field_table(cid: str, sec: dict) -> Table:
+    """The field as the validator ranks it now (without any candidate)."""
+    t = Table(title=f"{cid}: the field (win rates without the candidates)", title_justify="left",
+              header_style="bold", caption="★ the leader: highest win rate", caption_justify="left")
+    for col in ("model", "kind", "uid", "block", "adv %", "loss/tok", "win rate", "weight"):
+        t.add_column(col, justify="left" if col in ("model", "kind") else "right")
+    lead = (sec.get("leader") or {}).get("index")
+    n_field = sec.get("n_field", 0)
+    for i, m in enumerate(sec["models"][:n_field]):
+        label = Text(m["label"] + (" ★" if i == lead else ""), style="bold" if i == lead else "")
+        ci = m.get("win_rate_ci") or [None, None]
+        t.add_row(label, m.get("kind", "chain"), _f(m.get("uid"), "d"), _f(m.get("block"), "d"),
+                  _f(None if m.get("advantage") is None else 100 * m["advantage"], ".3f"),
+                  _f(m.get("mean_loss_per_token"), ".4f"),
+                  _cell({"value": m.get("win_rate"), "low": ci[0], "high": ci[1]}, ".1f", 100, " %"),
+                  _f(m.get("weight"), ".3f"))
+    for x in sec.get("failed") or []:
+        if x.get("kind") != "candidate":
+            t.add_row(Text(x["label"], style="red"), x.get("kind", "chain"), _f(x.get("uid"), "d"),
+                      *["-"] * 4, Text(f"failed: {x['reason']}"[:60], style="red"))
+    return t
+
+
+def render(report: dict, width: int | None = None) -> Group:
+    """Field and candidate tables per competition, then one verdict line per candidate.
+
+    With a `width` too narrow for a row per candidate, the candidate table is turned."""
+    parts: list[Any] = []
+    measure = Console(width=10_000, file=io.StringIO())
+    for cid, sec in report["competitions"].items():
+        table = candidate_table(cid, sec)
+        if width is not None and sec.get("candidates") and measure.measure(table).maximum > width:
+            table = candidate_columns_table(cid, sec)
+        parts += [field_table(cid, sec), table]
+        for d in sec.get("candidates") or []:
+            parts.append(Text(f"  ▸ {d['verdict']}", style=OUTCOME_STYLE.get(d["outcome"], "")))
+        parts.append(Text(""))
+    for p in report.get("problems") or []:
+        parts.append(Text(f"problem: {p}", style="yellow"))
+    return Group(*parts)
+
+
+def print_report(report: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(render(report, console.width))
+
+
+# --- I/O: chain, hub, samples, scoring ------------------------------------------------------------
+
+
+def _cache_path(state_dir: Path, dataset: str) -> Path:
+    # the validator's naming (loop.Validator._cache_path), under the benchmark's state dir
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in dataset)[-80:]
+    return state_dir / "evalcache" / f"{safe}.json"
+
+
+def _open_chain(args: argparse.Namespace):
+    if args.network == "local":
+        from validator.chain.local import LocalChain
+
+        db = args.chain_db or DEFAULT_LOCAL_CHAIN
+        if not Path(db).is_file():  # LocalChain would create an empty chain: an empty field
+            raise FileNotFoundError(f"--network local: no chain at {db} (pass --chain-db)")
+        return LocalChain(db, netuid=args.netuid)
+    from validator.chain.subtensor import SubtensorChain
+
+    return SubtensorChain(args.network, netuid=args.netuid, wallet=None)  # read only: no wallet
+
+
+def top_by_incentive(meta: Any, entries: list, competition: str, n: int) -> list:
+    """The competition's n chain entries with the most incentive (ties: older block, lower uid)."""
+    inc = dict(zip(meta.uids, meta.incentive))
+    mine = [e for e in entries if e.competition == competition]
+    mine.sort(key=lambda e: (-inc.get(e.uid, 0.0), e.block, e.uid))
+    return mine[:max(n, 0)]
+
+
+def _chain_field(args, competitions: dict, wanted: set[str], caches: dict, model_dir: Path, endpoint: str | None,
+                 progress, problems: list[str]) -> tuple[int, list]:
+    """(block_now, fetched chain entries) of the competitions in `wanted`."""
+    from validator import hub, loop
+    from validator.identity import dir_hash
+
+    chain = _open_chain(args)
+    meta, commitments = chain.sync()
+    entries, bad = loop.parse_commitments(meta, commitments, competitions)
+    if bad:  # the live chain carries many stale or broken commitments: a count, details in the log
+        problems.append(f"{len(bad)} commitments skipped (invalid, unknown competition or a copy)")
+        for v in bad.values():
+            log.info("commitment skipped: %s", v)
+    picked = [e for cid in sorted(wanted) for e in top_by_incentive(meta, list(entries.values()), cid, args.top)]
+    for e in picked:  # "uid 7 org/name": the uid for the verdicts, the repo for a person
+        e.label = f"uid {e.uid} {e.model_id.repo_id}"
+
+    def fetch(model_id, hotkey, competition):  # loop.FetchFn: (verified snapshot, its content hash)
+        path = hub.ensure_model(model_id, hotkey, competition, model_dir, endpoint=endpoint, progress=False)
+        return path, hub.verified_dir_hash(path) or dir_hash(path)
+
+    def first_seen(content: str, hotkey: str, block: int) -> str:
+        comp = competitions[entries[hotkey].competition]
+        return caches[comp.dataset].first_seen.observe(content, hotkey, block)
+
+    progress.start("download", len(picked))
+    loop.fetch_models(picked, fetch, competitions, {}, first_seen, time.time(),
+                      time.monotonic() + constants.TTL_DOWNLOADS_S, hub.retry_after,
+                      on_progress=lambda e: progress.advance("download", e.label))
+    return meta.block, picked
+
+
+def _kind(e: Any) -> str:
+    """A loop.Entry's role here: a chain uid, a local incumbent (has a block) or a candidate."""
+    return "chain" if e.uid is not None else ("benchmark" if e.block is not None else "candidate")
+
+
+def run_benchmark(args: argparse.Namespace, console: Console | None = None) -> int:
+    """The `benchmark` command. 0: report made; 1: nothing could be judged; 2: bad input."""
+    from benchmark.config import BenchmarkError
+    from validator import data, loop
+    from validator.chain import ChainError
+    from validator.cli import default_device
+    from validator.competitions import CompetitionsError, load_competitions
+    from validator.evalcache import EvalCache
+    from validator.leaderboard import StepProgress
+    from validator.scorer import make_score_fn
+    from validator.state import StateError
+
+    console = console or Console()
+
+    def fail(msg: str, code: int) -> int:
+        console.print(f"[red]error:[/red] {msg}", highlight=False)
+        return code
+
+    if args.bootstrap < bstats.BOOTSTRAP_MIN_RESAMPLES:
+        return fail(f"--bootstrap {args.bootstrap}: at least {bstats.BOOTSTRAP_MIN_RESAMPLES} resamples", 2)
+    if args.samples < 1 or args.top < 0:
+        return fail(f"--samples must be >= 1 and --top >= 0 (got {args.samples}, {args.top})", 2)
+    if not Path(args.benchmark).is_file():
+        return fail(f"{args.benchmark}: no such benchmark.json (see benchmark_example.json)", 2)
+    try:
+        competitions = load_competitions(args.competitions or constants.COMPETITIONS_URL)
+    except (CompetitionsError, OSError) as e:
+        return fail(f"competitions: {e}", 2)
+    try:
+        bench, problems = loop.benchmark_entries(Path(args.benchmark), competitions)
+    except BenchmarkError as e:
+        return fail(str(e), 2)
+    candidates = [e for e in bench if e.block is None]
+    incumbents = [e for e in bench if e.block is not None]
+    if not candidates:
+        return fail(f"{args.benchmark}: no candidate (an entry without a \"block\"); entries with a block are "
+                    "incumbents" + (f"; skipped: {'; '.join(problems)}" if problems else ""), 2)
+    wanted = {e.competition for e in candidates}
+    endpoint = args.hf_endpoint or os.environ.get("HF_ENDPOINT")
+    state_dir = Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    caches: dict[str, EvalCache] = {}
+    for cid in wanted:
+        ds = competitions[cid].dataset
+        if ds not in caches:
+            try:
+                caches[ds] = EvalCache.load(_cache_path(state_dir, ds))
+            except StateError as e:
+                log.warning("%s; starting with an empty loss cache", e)
+                caches[ds] = EvalCache()
+    progress = StepProgress(Console(stderr=True))
+    try:
+        if args.offline:
+            chain_entries: list = []
+            blocks = [e.block for e in incumbents if e.competition in wanted]
+            block_now = args.block if args.block is not None else max(blocks, default=0)
+        else:
+            try:
+                block_now, chain_entries = _chain_field(args, competitions, wanted, caches,
+                                                        Path(args.model_dir or state_dir / "models"), endpoint,
+                                                        progress, problems)
+            except (ChainError, OSError) as e:
+                return fail(f"chain {args.network}: {e} (use --offline for local entries only)", 1)
+            if args.block is not None:
+                problems.append(f"--block {args.block} ignored: the chain says block {block_now}")
+        score = make_score_fn(device=args.device or default_device(), cache_dir=state_dir / "tokenizers",
+                              endpoint=endpoint, isolate=not args.no_isolation)
+        inputs: dict[str, CompetitionField] = {}
+        forwards = 0
+        for cid in sorted(wanted):
+            comp = competitions[cid]
+            cache = caches[comp.dataset]
+            field = [e for e in chain_entries + incumbents if e.competition == cid]
+            cands = [e for e in candidates if e.competition == cid]
+            try:
+                samples = data.source_for(comp.dataset, endpoint=endpoint).sample(args.seed, args.samples)
+            except Exception as e:  # noqa: BLE001 - a dead text source skips its competition only
+                problems.append(f"competition {cid}: no samples from {comp.dataset!r}: {e}")
+                continue
+            cache.losses.drop_samples(cache.db.add(samples, time.time()).dropped)
+            ids = [sid for sid, _ in samples]
+            todo = [e for e in field + cands if e.path is not None]
+            progress.start("score", len(todo))
+
+            def scored(e, n, path=_cache_path(state_dir, comp.dataset), cache=cache):
+                cache.save(path)  # after every model: an interrupted run keeps what it scored
+                progress.advance("score", f"{e.label}: {e.status}")
+
+            forwards += loop.score_entries(todo, comp, cache, ids, score, args.seed, lambda: False, scored)
+            ok_ids = {id(e) for e in field + cands if e.status in ("scored", "cached")}
+
+            def model(e, kind: str) -> ScoredModel:
+                return ScoredModel(label=e.label, losses=cache.losses.get_matrix([e.cache_key], ids)[0],
+                                   n_tokens=cache.losses.get_ntokens([e.cache_key], ids)[0], uid=e.uid,
+                                   block=e.block, kind=kind, hotkey=e.hotkey, path=str(e.path) if e.path else None,
+                                   content_hash=e.content_hash)
+
+            failed = [{"label": e.label, "uid": e.uid, "reason": e.reason or e.status, "kind": _kind(e)}
+                      for e in field + cands if id(e) not in ok_ids]
+            problems += [f"competition {cid}: {x['label']} failed: {x['reason']}" for x in failed]
+            inputs[cid] = CompetitionField(
+                field=[model(e, _kind(e)) for e in field if id(e) in ok_ids],
+                candidates=[model(e, "candidate") for e in cands if id(e) in ok_ids], sample_ids=ids,
+                params=bstats.WinParams.from_competition(comp), group_samples=comp.group_samples, failed=failed)
+    finally:
+        progress.stop()
+    report = compare_field(inputs, block_now, seed=args.seed, n_boot=args.bootstrap, extra={
+        "mode": "offline" if args.offline else "chain", "network": None if args.offline else args.network,
+        "top": None if args.offline else args.top, "samples_requested": args.samples,
+        "forward_samples": forwards, "problems": problems})
+    print_report(report, console)
+    if args.out:
+        written = breport.write_report(report, Path(args.out))
+        console.print(f"report: {written['html']} (and report.json, {len(written) - 2} PNG plots) "
+                      f"in {Path(args.out)}", highlight=False)
+    judged = sum(len(sec["candidates"]) for sec in report["competitions"].values())
+    return 0 if judged else fail("no candidate could be judged (see the problems above)", 1)
+
+
+# --- the subcommand ----------------------------------------------------------------------------
+
+
+def register_benchmark_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `benchmark` to a `coldint-validator` subparsers object; returns its parser."""
+    p = subparsers.add_parser(
+        "benchmark", help="would my candidate win? candidates of benchmark.json vs the field",
+        description="Score the candidates of benchmark.json (entries without a block) against the field: "
+                    "the top --top models per competition by incentive on the chain, or with --offline "
+                    "only the benchmark.json entries that have a block (incumbents, committed at that block). "
+                    "Prints win rates, the weight each candidate would get and the paired loss delta against "
+                    "the leader, with 95 % bootstrap intervals, and a verdict per candidate.")
+    p.add_argument("benchmark", nargs="?", type=Path, default=DEFAULT_BENCHMARK,
+                   help="benchmark.json: {id: {competition, path, label, block?}} (default: ./benchmark.json)")
+    g = p.add_argument_group("field")
+    g.add_argument("--network", default="finney",
+                   help="finney | test | ws://host:port | local (a LocalChain file, see --chain-db)")
+    g.add_argument("--netuid", type=int, default=constants.NETUID)
+    g.add_argument("--chain-db", type=Path, default=None,
+                   help=f"--network local: the LocalChain file (default: {DEFAULT_LOCAL_CHAIN})")
+    g.add_argument("--top", type=int, default=constants.BENCH_TOP_MODELS,
+                   help="field size: the top N uids per competition by incentive")
+    g.add_argument("--offline", action="store_true",
+                   help="no chain, no hub: the field is the benchmark.json entries that have a block")
+    g.add_argument("--block", type=int, default=None,
+                   help="--offline: the current block (default: the newest incumbent's block)")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--samples", type=int, default=constants.EVAL_SAMPLES, help="samples per competition")
+    g.add_argument("--seed", type=int, default=constants.BENCH_SEED,
+                   help="seed of the samples and the bootstrap: same seed, same numbers (change it for fresh text)")
+    g.add_argument("--bootstrap", type=int, default=bstats.BOOTSTRAP_RESAMPLES,
+                   help=f"bootstrap resamples (>= {bstats.BOOTSTRAP_MIN_RESAMPLES})")
+    g.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda when available)")
+    g.add_argument("--competitions", default=None,
+                   help=f"competitions.json: a file or an https URL (default: {constants.COMPETITIONS_URL})")
+    g.add_argument("--hf-endpoint", default=None, help="hub endpoint (default: $HF_ENDPOINT or huggingface.co)")
+    g.add_argument("--no-isolation", action="store_true",
+                   help="score in this process instead of a worker per model (faster start, no time limit)")
+    g = p.add_argument_group("storage and output")
+    g.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                   help="loss cache, tokenizers and (default) downloaded models; reruns reuse the losses")
+    g.add_argument("--model-dir", type=Path, default=None, help="model store (default: <state-dir>/models)")
+    g.add_argument("--out", type=Path, default=None, help="write report.json, PNG plots and report.html here")
+    g.add_argument("--log-level", default="WARNING")
+    p.set_defaults(func=run_benchmark)
+    return p
