@@ -1,0 +1,229 @@
+"""The loop's stages with fast fakes: a real LocalChain, synthetic losses, no torch."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from validator.chain import ChainError, Commitment, Metagraph
+from validator.chain.local import LocalChain
+from validator.competitions import parse_competitions
+from validator.identity import ModelId
+from validator.leaderboard import load_report, render
+from validator.loop import (Entry, Settings, Validator, choose_visits, other_validators_top, parse_commitments,
+                            revisit_slice)
+
+VAL = "5Val"
+COMPS = parse_competitions({"c00": {"reward": 1.0, "model_types": ["LlamaForCausalLM"], "parameters": 10**6,
+                                    "model_size": 10**8, "dataset": "texts", "pend_size": 10}})
+
+
+def _hash(s: str) -> str:
+    return base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()
+
+
+def _commit(name: str, comp: str = "c00") -> str:
+    return ModelId("team", name, hashlib.sha1(name.encode()).hexdigest(), _hash(name), comp).to_commitment()
+
+
+def _meta(hotkeys: list[str], weights=None, stake=None) -> Metagraph:
+    n = len(hotkeys)
+    return Metagraph(block=1000, block_hash="0x0", uids=list(range(n)), hotkeys=hotkeys, coldkeys=[""] * n,
+                     stake=stake or [0.0] * n, incentive=[0.0] * n, validator_permit=[False] * n,
+                     last_update=[0] * n, weights=weights or {})
+
+
+# --- pure stages -------------------------------------------------------------------------------
+
+
+def test_parse_commitments_drops_bad_and_dedupes_identical_text():
+    meta = _meta(["a", "b", "c", "d", "e"])
+    same = _commit("m1")
+    commits = {"a": Commitment(same, 20), "b": Commitment(same, 10), "c": Commitment("garbage", 5),
+               "d": Commitment(_commit("x", "c99"), 5), "gone": Commitment(_commit("g"), 1),
+               "e": Commitment(_commit("m2"), 30)}
+    entries, problems = parse_commitments(meta, commits, COMPS)
+    assert set(entries) == {"b", "e"}  # b committed the text first; a's identical one is dropped
+    assert "same commitment as uid 1" in problems["a"]
+    assert "invalid commitment" in problems["c"] and "unknown competition 'c99'" in problems["d"]
+    assert "gone" not in problems  # a deregistered hotkey's stale commitment is silently ignored
+    assert entries["b"].block == 10 and entries["b"].uid == 1
+
+
+def test_choose_visits_pool_pending_top_and_revisit():
+    comps = parse_competitions({"c00": {"reward": 1.0, "model_types": ["X"], "parameters": 1, "model_size": 1,
+                                        "dataset": "d", "pend_size": 2}})
+    entries = {f"h{i}": Entry(key=f"uid:{i}", competition="c00", label=f"uid {i}", uid=i, hotkey=f"h{i}",
+                              block=100 + i, commitment=f"c{i}") for i in range(8)}
+    evaluated = {"h0": "c0", "h1": "c1", "h2": "old text", "h5": "c5", "h6": "c6", "h7": "c7"}
+    pools = {"c00": ["h0", "h1", "h2"]}
+    visit = choose_visits(entries, pools, evaluated, comps, top_uids=[6], revisit={7})
+    # pool members with unchanged commitments; h2 changed -> pending; pending oldest-first, 2 per step
+    assert visit == {"h0", "h1", "h2", "h3", "h6", "h7"}
+
+
+def test_other_validators_top_is_stake_weighted_and_skips_self():
+    meta = _meta(["v1", "v2", "me", "m3", "m4"], stake=[10.0, 1.0, 100.0, 0, 0],
+                 weights={0: {3: 1.0}, 1: {4: 1.0}, 2: {4: 1.0}})
+    assert other_validators_top(meta, "me", 5) == [3, 4]
+
+
+def test_revisit_slice_is_wall_clock_synchronised():
+    uids = range(64)
+    a = revisit_slice(uids, now=1_000_000.0)
+    assert a == revisit_slice(uids, now=1_000_000.0 + 1)  # same slot for every validator
+    assert a and all(u % 16 == next(iter(a)) % 16 for u in a)
+    period = 4 * 3600
+    covered = set().union(*(revisit_slice(uids, now=t) for t in np.arange(0, period, period / 16)))
+    assert covered == set(uids)
+
+
+# --- whole steps with fakes -------------------------------------------------------------------
+
+
+class Source:
+    name = "texts"
+
+    def sample(self, seed: int, n: int):
+        return [(f"s{i}", "word " * (5 + i % 7)) for i in range(min(n, 40))]
+
+
+def _field(tmp_path: Path, qualities: dict[str, float]):
+    chain = LocalChain(tmp_path / "chain.sqlite", hotkey=VAL, clock=lambda: 0.0)
+    chain.register(VAL, stake=100.0, validator=True)
+    paths = {}
+    for hk, q in qualities.items():
+        chain.register(hk)
+        chain.commit(hk, _commit(hk))
+        chain.advance(10)
+        paths[hk] = tmp_path / "models" / hk
+        paths[hk].mkdir(parents=True)
+    chain.advance(200)
+    return chain, paths
+
+
+def _validator(tmp_path, chain, qualities, calls, bench=None, score_hook=None, **settings):
+    def fetch(mid, hotkey, comp):
+        return tmp_path / "models" / hotkey, _hash("content-" + hotkey)
+
+    def score(path, samples, comp):
+        calls.append((path.name, len(samples)))
+        if score_hook:
+            score_hook(path)
+        q = qualities[path.name]
+        return {"losses": {sid: q * len(t) for sid, t in samples}, "n_tokens": {sid: len(t.split()) for sid, t in samples},
+                "failure": None}
+
+    s = Settings(state_dir=tmp_path / "state", eval_samples=40, step_interval_s=0, benchmark_path=bench, **settings)
+    return Validator(chain, lambda: COMPS, fetch, score, lambda name: Source(), s, hotkey=VAL)
+
+
+def test_benchmark_candidate_never_displaces_chain_weight(tmp_path):
+    q = {"m1": 1.0, "m2": 0.9}
+    chain, _ = _field(tmp_path, q)
+    cand = tmp_path / "cand"
+    cand.mkdir()
+    (cand / "config.json").write_text("{}")
+    q["cand"] = 0.5  # better than every chain model
+    bench = tmp_path / "benchmark.json"
+    bench.write_text(json.dumps({"c": {"competition": "c00", "path": str(cand), "label": "cand"}}))
+    calls = []
+    report = _validator(tmp_path, chain, q, calls, bench=bench).step()
+    rows = {m["label"]: m for m in report["competitions"]["c00"]["models"]}
+    assert rows["cand"]["win_rate"] == 1.0 and rows["cand"]["weight"] is None
+    uid2 = chain.sync()[0].uid_of("m2")
+    assert rows[f"uid {uid2}"]["weight"] == pytest.approx(1.0)  # the best chain model keeps the weight
+    assert chain.weights_of(VAL) == {uid2: pytest.approx(1.0)}
+
+
+def test_weights_rules_failed_set_is_retried_and_interval_respected(tmp_path):
+    q = {"m1": 1.0, "m2": 0.9}
+    chain, _ = _field(tmp_path, q)
+    calls = []
+    v = _validator(tmp_path, chain, q, calls)
+    real = chain.set_weights
+    chain.set_weights = lambda *a, **k: (_ for _ in ()).throw(ChainError("node down"))
+    r1 = v.step()
+    assert r1["weights_set"].startswith("not set: node down") and r1["competitions"]["c00"]["models"]
+    chain.set_weights = real
+    r2 = v.step()  # retried next step, scoring was not blocked
+    assert r2["weights_set"].startswith("set")
+    rec = chain.weights_record(VAL)
+    assert rec.version_key == v.settings.version_key and abs(sum(rec.weights.values()) - 1) < 1e-9
+    r3 = v.step()  # same block: within the minimum interval
+    assert "interval" in r3["weights_set"]
+    v.settings.offline = True
+    assert "--offline" in v.step()["weights_set"]
+
+
+def test_all_zero_weights_are_never_set(tmp_path):
+    q = {"m1": 1.0}
+    chain, _ = _field(tmp_path, q)
+    v = _validator(tmp_path, chain, q, [])
+    v.score = lambda path, samples, comp: {"losses": {}, "n_tokens": {}, "failure": "forward: boom"}
+    r = v.step()
+    assert r["weights_set"] == "not set: no model has weight this step"
+    assert chain.weights_record(VAL) is None
+    row = r["competitions"]["c00"]["models"][0]
+    assert row["status"] == "failed" and "boom" in row["reason"]
+
+
+def test_stale_sync_keeps_last_metagraph_and_sets_nothing(tmp_path):
+    q = {"m1": 1.0, "m2": 0.9}
+    chain, _ = _field(tmp_path, q)
+    v = _validator(tmp_path, chain, q, [], dont_set_weights=True)
+    v.step()
+    v.settings.dont_set_weights = False
+    chain.sync = lambda: (_ for _ in ()).throw(ChainError("unreachable"))
+    r = v.step()
+    assert any("unreachable" in p for p in r["problems"])
+    assert r["competitions"]["c00"]["models"][0]["status"] == "cached"
+    assert "stale" in r["weights_set"] and chain.weights_record(VAL) is None
+
+
+def test_sigterm_mid_step_saves_state_and_sets_no_weights(tmp_path):
+    q = {"m1": 1.0, "m2": 0.9, "m3": 0.8}
+    chain, _ = _field(tmp_path, q)
+    calls = []
+    v = _validator(tmp_path, chain, q, calls,
+                   score_hook=lambda path: os.kill(os.getpid(), signal.SIGTERM) if len(calls) == 1 else None)
+    before = signal.getsignal(signal.SIGTERM)
+    reports = list(v.run(steps=5))
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is given back
+    assert len(reports) == 1 and len(calls) == 1  # stopped after the model in flight
+    assert reports[0]["weights_set"] == "not set: shutting down mid-step"
+    assert chain.weights_record(VAL) is None
+    # the scored model's losses were saved; a restart does not recompute them
+    calls2 = []
+    v2 = _validator(tmp_path, chain, q, calls2)
+    v2.step()
+    first = calls[0][0]
+    assert all(n <= 1 for name, n in calls2 if name == first), calls2
+
+
+def test_leaderboard_rerenders_saved_step(tmp_path):
+    q = {"m1": 1.0, "m2": 0.9}
+    chain, _ = _field(tmp_path, q)
+    v = _validator(tmp_path, chain, q, [], save_step_json=tmp_path / "step.json")
+    report = v.step()
+    saved = load_report(tmp_path / "state" / "last_step.json")
+    assert saved == json.loads((tmp_path / "step.json").read_text()) == json.loads(json.dumps(report))
+    from rich.console import Console
+
+    con = Console(record=True, width=200)
+    con.print(render(saved))
+    text = con.export_text()
+    uid2 = chain.sync()[0].uid_of("m2")
+    for m in saved["competitions"]["c00"]["models"]:
+        assert m["label"] in text and f"{m['win_rate']:.3f}" in text
+    assert "weights above" in text and f"{saved['weights'][str(uid2)]:.4f}" in text
+    from validator.cli import main
+
+    assert main(["leaderboard", "--state-dir", str(tmp_path / "state")]) == 0
+    assert main(["leaderboard", "--state-dir", str(tmp_path / "nothing")]) == 1
