@@ -1,4 +1,5 @@
 """validator/evalcache.py: sample db, loss matrix, rechecks, first-seen, persistence."""
+import json
 import math
 
 import numpy as np
@@ -285,3 +286,41 @@ def test_save_load_round_trip_property(tmp_path, data, n_models, n_samples):
     np.testing.assert_array_equal(a, b)  # equal_nan: nan positions must match too
     assert back.losses.missing(models, sids) == ec.losses.missing(models, sids)
     np.testing.assert_array_equal(back.losses.get_ntokens(models, sids), ec.losses.get_ntokens(models, sids))
+
+
+def test_save_writes_the_texts_only_when_the_database_changed(tmp_path):
+    from validator.evalcache import EvalCache, SampleDB
+
+    cache = EvalCache(SampleDB(min_samples=3, max_samples=4, extend_samples=1, extend_interval=10))
+    cache.db.add([("a", "alpha"), ("b", "beta"), ("c", "gamma")], now=0.0)
+    path = tmp_path / "cache.json"
+    cache.save(path)
+    texts = EvalCache.samples_path(path)
+    assert json.loads(texts.read_text())["samples"][0][:2] == ["a", "alpha"]
+    assert "alpha" not in path.read_text()  # the per-model saves stay small
+    inode = texts.stat().st_ino
+    cache.losses.put("m", {"a": 1.5}, {"a": 2})
+    cache.save(path)
+    assert texts.stat().st_ino == inode  # not rewritten: nothing in the database changed
+    cache.db.add([("d", "delta"), ("e", "eps")], now=20.0)  # cap 4: "a" is dropped
+    cache.save(path)
+    assert texts.stat().st_ino != inode
+    again = EvalCache.load(path)
+    assert again.db.ids() == ["b", "c", "d", "e"] and again.db.text("e") == "eps"
+
+
+def test_crash_between_texts_and_losses_keeps_the_losses_of_kept_samples(tmp_path):
+    from validator.evalcache import EvalCache, SampleDB
+
+    cache = EvalCache(SampleDB(min_samples=2, max_samples=2, extend_samples=1, extend_interval=10))
+    cache.db.add([("a", "alpha"), ("b", "beta")], now=0.0)
+    cache.losses.put("m", {"a": 1.0, "b": 2.0}, {"a": 1, "b": 1})
+    path = tmp_path / "cache.json"
+    cache.save(path)
+    index_before = path.read_text()
+    cache.db.add([("c", "gamma")], now=20.0)  # drops "a"
+    cache.save(path)
+    path.write_text(index_before)  # as if killed after the texts were written, before the index
+    again = EvalCache.load(path)
+    assert again.db.ids() == ["b", "c"]
+    assert again.losses.get("m", "b") == 2.0 and again.losses.get("m", "a") is None

@@ -133,7 +133,8 @@ def test_killed_mid_step_resumes_without_losing_cached_losses(field, tmp_path):
         deadline = time.monotonic() + 240
         saved = None
         while time.monotonic() < deadline and proc.poll() is None:
-            files = list(cache_file.glob("*.json")) if cache_file.exists() else []
+            files = [f for f in cache_file.glob("*.json") if not f.name.endswith(".samples.json")] \
+                if cache_file.exists() else []
             if files:
                 cache = EvalCache.load(files[0])
                 if cache.losses.models():

@@ -55,6 +55,7 @@ class SampleDB:
         self.min_samples, self.max_samples = min_samples, max_samples
         self.extend_samples, self.extend_interval = extend_samples, extend_interval
         self._items: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.changes = 0  # bumped on every add/drop/load: EvalCache rewrites the texts only then
         self.last_extend: float | None = None
 
     def __len__(self) -> int:
@@ -97,6 +98,8 @@ class SampleDB:
                 result.added.append(sid)
         while len(self._items) > self.max_samples:
             result.dropped.append(self._items.popitem(last=False)[0])
+        if result.added or result.dropped:
+            self.changes += 1
         return result
 
     def refresh(self, source: Any, seed: int, now: float) -> Refresh:
@@ -117,6 +120,7 @@ class SampleDB:
 
     def load_json(self, data: dict) -> None:
         self._items = OrderedDict((str(sid), (str(text), float(added))) for sid, text, added in data["samples"])
+        self.changes += 1
         self.last_extend = None if data["last_extend"] is None else float(data["last_extend"])
 
 
@@ -333,15 +337,31 @@ class EvalCache:
         return result
 
     def to_json(self) -> dict:
+        """Everything in one document (the texts included)."""
+        return {**self._index_json(), "db": self.db.to_json()}
+
+    def _index_json(self) -> dict:
         # losses of samples that left the db are useless (they can never be picked again);
         # a caller that refreshed db directly, not through refresh(), left them behind
         known = set(self.db.ids())
         self.losses.drop_samples({s for k in self.losses.models() for s in self.losses.cached(k)} - known)
-        return {"version": FORMAT_VERSION, "db": self.db.to_json(), "losses": self.losses.to_json(),
-                "first_seen": self.first_seen.to_json()}
+        return {"version": FORMAT_VERSION, "losses": self.losses.to_json(), "first_seen": self.first_seen.to_json()}
+
+    @staticmethod
+    def samples_path(path: str | Path) -> Path:
+        path = Path(path)
+        return path.with_name(path.stem + ".samples" + path.suffix)
 
     def save(self, path: str | Path) -> None:
-        atomic_write_json(path, self.to_json())
+        """Losses and first-seen to `path`; the sample texts (tens of MB at 20k FineWeb
+        samples) to a sibling file, rewritten only when the database changed. The texts go
+        first: a crash between the two writes leaves a newer database beside older losses,
+        and loading drops the losses of samples no longer in it."""
+        if getattr(self, "_saved_changes", None) != (str(path), self.db.changes) \
+                or not self.samples_path(path).exists():
+            atomic_write_json(self.samples_path(path), self.db.to_json())
+            self._saved_changes = (str(path), self.db.changes)
+        atomic_write_json(path, self._index_json())
 
     @classmethod
     def load(cls, path: str | Path, **db_kwargs: Any) -> "EvalCache":
@@ -354,11 +374,13 @@ class EvalCache:
         try:
             if data.get("version") != FORMAT_VERSION:
                 raise ValueError(f"format version {data.get('version')!r}, expected {FORMAT_VERSION}")
-            cache.db.load_json(data["db"])
+            db = data["db"] if "db" in data else read_json(cls.samples_path(path), {"samples": [], "last_extend": None})
+            cache.db.load_json(db)
             cache.losses.load_json(data["losses"])
             cache.first_seen.load_json(data["first_seen"])
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise StateError(path, f"not an evaluation cache: {type(e).__name__}: {e}") from e
+        cache._saved_changes = None
         cache.db.add([], now=0.0)  # trims to this run's max_samples, oldest first
         # losses of samples no longer in the db (trimmed just now, or a hand-edited file)
         known = set(cache.db.ids())
