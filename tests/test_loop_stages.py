@@ -227,3 +227,30 @@ def test_leaderboard_rerenders_saved_step(tmp_path):
 
     assert main(["leaderboard", "--state-dir", str(tmp_path / "state")]) == 0
     assert main(["leaderboard", "--state-dir", str(tmp_path / "nothing")]) == 1
+
+
+def test_a_model_whose_scoring_fails_is_not_rescored_every_step(tmp_path):
+    q = {"m1": 1.0, "m2": 0.9}
+    chain, _ = _field(tmp_path, q)
+    calls = []
+    v = _validator(tmp_path, chain, q, calls)
+    good = v.score
+
+    def score(path, samples, comp):
+        if path.name == "m1":
+            calls.append((path.name, len(samples)))
+            return {"losses": {}, "n_tokens": {}, "failure": "crashed: SIGSEGV"}
+        return good(path, samples, comp)
+
+    v.score = score
+    # m1 is in no pool and in no revisit slot at these clock times: only "pending" would bring it back
+    import validator.loop as loop
+
+    orig = loop.revisit_slice
+    loop.revisit_slice = lambda uids, now: set()
+    try:
+        v.step()
+        v.step()
+    finally:
+        loop.revisit_slice = orig
+    assert [c for c in calls if c[0] == "m1"] == [("m1", 40)]

@@ -548,7 +548,9 @@ class Validator:
             ranked = [m["hotkey"] for m in tables[cid]["models"] if m["uid"] is not None and m["win_rate"] is not None]
             self.state.pools[cid] = ranked[: comp.pool_size]
         for e in chosen:
-            if e.status in ("scored", "cached") or (e.status == "failed" and e.path is None):
+            # failed ones too: a model that breaks its worker is not re-run every step (the
+            # revisit slice and a new commitment bring it back); only budget skips stay pending
+            if e.status in ("scored", "cached", "failed"):
                 self.state.evaluated[e.hotkey] = e.commitment
         n_uids = max(meta.uids, default=-1) + 1
         prev = np.array(self.state.ema) if self.state.ema else None
