@@ -1,0 +1,233 @@
+"""validator.scoring: tokenization rules and per-sample losses against independent computations."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.factories import make_model, make_texts, make_tokenizer
+from validator.scoring import (
+    ScoringError,
+    TokenCache,
+    check_tokenize_fails,
+    check_vocab,
+    load_model,
+    load_tokenizer,
+    reference_losses,
+    result_from_json,
+    score_model,
+    score_model_job,
+    tokenize_samples,
+    tokenizer_hash,
+)
+
+COMP = {"id": "c00", "max_sequence_len": 4096, "cap_sample_len": 20480, "max_tokenize_fails": 3}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scoring")
+    tok_dir = root / "tok"
+    make_tokenizer(tok_dir)
+    return {
+        "root": root,
+        "tok_dir": tok_dir,
+        "llama": make_model(root / "llama", "llama", tokenizer_dir=tok_dir),
+        "phi3": make_model(root / "phi3", "phi3", seed=1),
+    }
+
+
+def samples_of(texts, prefix="s"):
+    return [(f"{prefix}{i}", t) for i, t in enumerate(texts)]
+
+
+def wordlevel_tokenizer(out_dir: Path):
+    """A tokenizer that lowercases and maps unknown words to [UNK]: does not round trip
+    capitalised text or unknown words."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for t in make_texts(50) for w in t.lower().replace(".", " ").split()})
+    vocab = {"[UNK]": 0, "<eos>": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="[UNK]")
+    fast.save_pretrained(out_dir)
+    return out_dir
+
+
+def independent_losses(model_dir, tok_dir, texts):
+    """tokenizer(text) + EOS, then model(ids).logits and cross_entropy(sum): no scoring code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, dtype=torch.float32).eval()
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tok(text)["input_ids"] + [tok.eos_token_id]])
+            logits = model(ids).logits[0]
+            out.append((F.cross_entropy(logits[:-1], ids[0, 1:], reduction="sum").item(), ids.shape[1] - 1))
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+@pytest.mark.parametrize("engine", [False, True])
+def test_losses_equal_independent_cross_entropy(assets, arch, engine):
+    texts = make_texts(12, seed=3, max_words=60) + ["Short."]
+    expected = independent_losses(assets[arch], assets["tok_dir"], texts)
+    result = score_model(assets[arch], samples_of(texts), COMP, tokenizer_path=assets["tok_dir"], engine=engine)
+    assert result.failure is None
+    for i, (loss, n) in enumerate(expected):
+        assert result.losses[f"s{i}"] == pytest.approx(loss, rel=1e-5)
+        assert result.n_tokens[f"s{i}"] == n
+
+
+def test_eos_appended_and_text_round_trips(assets):
+    tok = load_tokenizer(assets["tok_dir"])
+    text = make_texts(1, seed=5)[0]
+    [ts] = tokenize_samples(tok, [("a", text)], COMP)
+    assert ts.failure is None and not ts.capped
+    assert ts.ids[-1] == tok.eos_token_id
+    assert tok.decode(ts.ids[:-1]) == text
+
+
+def test_text_over_char_cap_is_cut_at_a_space_without_eos(assets):
+    tok = load_tokenizer(assets["tok_dir"])
+    text = "the model loss of the chain block " * 10
+    comp = dict(COMP, cap_sample_len=50)
+    [ts, hard] = tokenize_samples(tok, [("a", text), ("b", "x" * 80)], comp)
+    cut = text.rfind(" ", 0, 50)
+    assert ts.capped and ts.failure is None
+    assert tok.decode(ts.ids) == text[:cut]  # no EOS after a capped text
+    assert ts.ids[-1] != tok.eos_token_id
+    assert tok.decode(hard.ids) == "x" * 50  # no space at all: hard cut at the cap
+
+
+def test_text_over_token_limit_scores_inf(assets):
+    texts = ["the model " * 40, "The chain."]
+    comp = dict(COMP, max_sequence_len=20)
+    tok = load_tokenizer(assets["tok_dir"])
+    long_ts, short_ts = tokenize_samples(tok, samples_of(texts), comp)
+    assert long_ts.failure == "too_long" and long_ts.ids is None
+    assert short_ts.failure is None
+    result = score_model(assets["llama"], samples_of(texts), comp, tokenizer_path=assets["tok_dir"])
+    assert result.failure is None
+    assert result.losses["s0"] == math.inf and result.n_tokens["s0"] == 0
+    assert math.isfinite(result.losses["s1"])
+
+
+def test_roundtrip_failures_score_inf_and_too_many_disqualify(assets):
+    tok_dir = wordlevel_tokenizer(assets["root"] / "wordlevel")
+    tok = load_tokenizer(tok_dir)
+    good = [t.lower().replace(".", "") for t in make_texts(4, seed=7)]
+    bad = [t for t in make_texts(4, seed=8)]  # capitalised and with '.': lowercased / [UNK]
+    model = make_model(assets["root"] / "wl_model", "llama", vocab_size=len(tok))
+
+    three_bad = tokenize_samples(tok, samples_of(good + bad[:3]), COMP)
+    assert [t.failure for t in three_bad] == [None] * 4 + ["roundtrip"] * 3
+    check_tokenize_fails(three_bad, COMP)  # 3 failures are allowed
+    result = score_model(model, samples_of(good + bad[:3]), COMP, tokenizer_path=tok_dir)
+    assert result.failure is None
+    assert [math.isfinite(result.losses[f"s{i}"]) for i in range(7)] == [True] * 4 + [False] * 3
+
+    four_bad = tokenize_samples(tok, samples_of(good + bad), COMP)
+    with pytest.raises(ScoringError) as err:
+        check_tokenize_fails(four_bad, COMP)
+    assert err.value.reason == "tokenizer"
+    result = score_model(model, samples_of(good + bad), COMP, tokenizer_path=tok_dir)
+    assert result.failure == "tokenizer"
+    assert all(v == math.inf for v in result.losses.values())
+
+
+def test_vocab_too_small_is_rejected_before_forward(assets, monkeypatch):
+    small = make_model(assets["root"] / "small_vocab", "llama", vocab_size=100)
+    tok = load_tokenizer(assets["tok_dir"])
+    tokenized = tokenize_samples(tok, samples_of(make_texts(5)), COMP)
+    assert max(max(t.ids) for t in tokenized) >= 100
+    model = load_model(small)
+    calls = []
+    monkeypatch.setattr(model.model, "forward", lambda *a, **k: calls.append(1))
+    with pytest.raises(ScoringError) as err:
+        check_vocab(model, tokenized)
+    assert err.value.reason == "vocab"
+    check_vocab(model.config.__class__(vocab_size=300), tokenized)  # a config works too
+    result = score_model(small, samples_of(make_texts(5)), COMP, tokenizer_path=assets["tok_dir"], model=model)
+    assert result.failure == "vocab" and calls == []
+
+
+def test_free_tokenizer_uses_the_models_own(assets):
+    own_tok = assets["root"] / "own_tok"
+    make_tokenizer(own_tok, texts=make_texts(100, seed=11), vocab_size=280)
+    model = make_model(assets["root"] / "free", "llama", tokenizer_dir=own_tok)
+    texts = make_texts(4, seed=12)
+    expected = independent_losses(model, own_tok, texts)
+    comp = dict(COMP, free_tokenizer=True)
+    result = score_model(model, samples_of(texts), comp, tokenizer_path=assets["tok_dir"])
+    assert [result.losses[f"s{i}"] for i in range(4)] == pytest.approx([e[0] for e in expected], rel=1e-5)
+    # Without free_tokenizer the competition tokenizer is used (different ids, other losses).
+    fixed = score_model(model, samples_of(texts), COMP, tokenizer_path=assets["tok_dir"])
+    assert fixed.n_tokens != result.n_tokens
+
+
+def test_short_and_failed_samples(assets):
+    model = load_model(assets["llama"])
+    assert reference_losses(model, [[5], [], None], "cpu") == [0.0, 0.0, math.inf]
+
+
+def test_missing_weights_is_a_load_failure(assets, tmp_path):
+    for f in Path(assets["llama"]).iterdir():
+        if not f.name.endswith(".safetensors"):
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    result = score_model(tmp_path, samples_of(["The model."]), COMP, tokenizer_path=assets["tok_dir"])
+    assert result.failure == "load"
+
+
+def test_token_cache_reused_and_persisted(assets, tmp_path):
+    tok = load_tokenizer(assets["tok_dir"])
+    key = tokenizer_hash(assets["tok_dir"])
+    samples = samples_of(make_texts(6, seed=13))
+    cache = TokenCache()
+    first = tokenize_samples(tok, samples, COMP, cache=cache, tokenizer_key=key)
+    assert len(cache) == 6
+
+    class NoCalls:
+        def __call__(self, *a, **k):
+            raise AssertionError("tokenizer called despite a cache hit")
+
+    again = tokenize_samples(NoCalls(), samples, COMP, cache=cache, tokenizer_key=key)
+    assert [t.ids for t in again] == [t.ids for t in first]
+    cache.save(tmp_path / "tok_cache.json")
+    loaded = TokenCache.load(tmp_path / "tok_cache.json")
+    assert [t.ids for t in tokenize_samples(NoCalls(), samples, COMP, cache=loaded, tokenizer_key=key)] == \
+           [t.ids for t in first]
+    # Other tokenization parameters or another text under the same id are misses.
+    assert loaded.get(key, _view(dict(COMP, cap_sample_len=10)), "s0", samples[0][1]) is None
+    assert loaded.get(key, _view(COMP), "s0", "another text") is None
+    # The key is the tokenizer's content: another tokenizer hashes differently.
+    other = assets["root"] / "other_tok"
+    make_tokenizer(other, texts=make_texts(50, seed=99), vocab_size=290)
+    assert tokenizer_hash(other) != key
+
+
+def _view(comp):
+    from validator.scoring import _competition_view
+
+    return _competition_view(comp)
+
+
+def test_score_model_job_is_json_in_json_out(assets, tmp_path):
+    texts = ["the model " * 40, "The chain block."]
+    out = score_model_job(str(assets["llama"]), [[f"s{i}", t] for i, t in enumerate(texts)],
+                          dict(COMP, max_sequence_len=20), "cpu", str(assets["tok_dir"]), True,
+                          token_cache_path=str(tmp_path / "cache.json"))
+    text = json.dumps(out, allow_nan=False)  # strict JSON: inf travels as the string "inf"
+    assert out["losses"]["s0"] == "inf" and isinstance(out["losses"]["s1"], float)
+    back = result_from_json(json.loads(text))
+    assert back.losses["s0"] == math.inf and back.failure is None
+    assert len(TokenCache.load(tmp_path / "cache.json")) == 2

@@ -1,0 +1,689 @@
+"""Tokenizer checks and per-sample summed cross-entropy: the reference loop and the engine.
+
+A sample's loss is the summed (not mean) next-token cross-entropy over its tokens: for ids
+t_0..t_{n-1}, sum_{i=1}^{n-1} -log p(t_i | t_<i). A sample with fewer than 2 tokens has
+nothing to predict: loss 0.0, n_tokens 0. A sample that failed tokenization (ids None)
+scores inf.
+
+Two ways to compute the same numbers:
+- `reference_losses`: one sample at a time through `model(ids).logits` (full fp32 logits).
+- `engine_losses`: length-sorted batches under a token budget, one decoder forward per
+  batch, the loss from the final hidden states in chunks (never a whole [tokens, vocab]
+  logits tensor), one device-to-host copy per batch. Only for heads it knows exactly
+  (`engine_supported`); anything else takes the reference path.
+
+`score_model` ties tokenizer, model and losses together; `score_model_job` is its JSON-in,
+JSON-out twin for the isolated worker (validator.worker.run_isolated).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
+
+import constants
+from validator.identity import file_hash
+
+log = logging.getLogger(__name__)
+
+INF = float("inf")
+
+
+# --- errors and results ---------------------------------------------------------------------
+
+class ScoringError(Exception):
+    """A model-level scoring failure: the model scores inf on every sample this step.
+
+    reason: "tokenizer" (too many round-trip failures, or the tokenizer does not load),
+    "vocab" (a token id outside the embedding), "load", "forward", "oom".
+    """
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class TokenizedSample:
+    sample_id: str
+    ids: list[int] | None
+    failure: str | None = None  # "roundtrip" | "too_long"; ids is None exactly when set
+    capped: bool = False
+
+
+@dataclass
+class ScoreResult:
+    losses: dict[str, float]  # summed CE per sample; inf for failed samples or a failed model
+    n_tokens: dict[str, int]  # predicted tokens per sample (len(ids) - 1; 0 when failed)
+    failure: str | None  # model-level reason (ScoringError.reason), None when scored
+    seconds: float
+    detail: str | None = None  # the model-level failure in words
+    engine: str | None = None  # "engine", or "reference: <why>"
+
+
+# --- competition parameters -----------------------------------------------------------------
+
+def _competition_view(competition: Any) -> SimpleNamespace:
+    """The tokenization parameters of a Competition (pydantic model, dict or namespace)."""
+    get = competition.get if isinstance(competition, dict) else (lambda k, d=None: getattr(competition, k, d))
+    view = SimpleNamespace(
+        id=get("id", None),
+        tokenizer=get("tokenizer", None),
+        free_tokenizer=bool(get("free_tokenizer", False)),
+        max_sequence_len=get("max_sequence_len", constants.MAX_SEQUENCE_LEN),
+        cap_sample_len=get("cap_sample_len", constants.CAP_SAMPLE_LEN),
+        max_tokenize_fails=get("max_tokenize_fails", constants.MAX_TOKENIZE_FAILS),
+    )
+    for key in ("max_sequence_len", "cap_sample_len", "max_tokenize_fails"):
+        value = getattr(view, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"competition {view.id!r}: {key} must be a non-negative integer, got {value!r}")
+    return view
+
+
+# --- tokenizers -------------------------------------------------------------------------------
+
+def has_tokenizer(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return any((p / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """A fast tokenizer from a local directory; never the network, never remote code."""
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if not p.is_dir() or not has_tokenizer(p):
+        raise ScoringError("tokenizer", f"no tokenizer files in {p}")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # a miner's files can be broken in any way: report, don't crash
+        raise ScoringError("tokenizer", f"cannot load tokenizer from {p}: {type(e).__name__}: {e}") from e
+    if not getattr(tok, "is_fast", False):
+        raise ScoringError("tokenizer", f"tokenizer in {p} is not a fast (tokenizers) tokenizer")
+    if tok.eos_token_id is None:
+        raise ScoringError("tokenizer", f"tokenizer in {p} has no EOS token")
+    return tok
+
+
+def tokenizer_hash(path: str | os.PathLike) -> str:
+    """Content hash of the files that define a tokenizer (not the weights next to them)."""
+    p = Path(path)
+    digest = hashlib.sha256()
+    for name in constants.TOKENIZER_FILES:
+        f = p / name
+        if f.is_file():
+            digest.update(f"{name}:{file_hash(f)};".encode())
+    return base64.b64encode(digest.digest()).decode()
+
+
+def cap_text(text: str, cap: int | None) -> tuple[str, bool]:
+    """Cut a text longer than `cap` characters at the last space before the cap
+    (hard cut if there is none), as the live subnet does."""
+    if not cap or len(text) <= cap:
+        return text, False
+    cut = text.rfind(" ", 0, cap)
+    if cut < 0:
+        cut = cap
+    return text[:cut], True
+
+
+def tokenize_one(tokenizer, sample_id: str, text: str, competition: Any) -> TokenizedSample:
+    comp = competition if isinstance(competition, SimpleNamespace) else _competition_view(competition)
+    text, capped = cap_text(text, comp.cap_sample_len)
+    # Same calls as the live validators (default special tokens, default decode), so a
+    # tokenizer that adds a BOS which does not decode back to the text fails the round trip.
+    ids = list(tokenizer(text, truncation=False)["input_ids"])
+    if tokenizer.decode(ids) != text:
+        return TokenizedSample(sample_id, None, "roundtrip", capped)
+    if not capped:
+        ids.append(tokenizer.eos_token_id)  # a capped text did not end: no EOS
+    if comp.max_sequence_len and len(ids) > comp.max_sequence_len:
+        return TokenizedSample(sample_id, None, "too_long", capped)
+    return TokenizedSample(sample_id, ids, None, capped)
+
+
+def tokenize_samples(tokenizer, samples: Sequence[tuple[str, str]], competition: Any,
+                     *, cache: "TokenCache | None" = None, tokenizer_key: str | None = None) -> list[TokenizedSample]:
+    """Tokenize (id, text) samples for a competition; failures are marked, not raised.
+
+    With a cache and a tokenizer_key (`tokenizer_hash` of its directory), results are
+    reused across models and steps.
+    """
+    comp = _competition_view(competition)
+    out = []
+    for sample_id, text in samples:
+        sample_id = str(sample_id)
+        if not isinstance(text, str):
+            raise TypeError(f"sample {sample_id!r}: text must be a str, got {type(text).__name__}")
+        hit = cache.get(tokenizer_key, comp, sample_id, text) if cache is not None and tokenizer_key else None
+        if hit is None:
+            hit = tokenize_one(tokenizer, sample_id, text, comp)
+            if cache is not None and tokenizer_key:
+                cache.put(tokenizer_key, comp, sample_id, text, hit)
+        out.append(hit)
+    return out
+
+
+def check_tokenize_fails(tokenized: Sequence[TokenizedSample], competition: Any) -> None:
+    """More than max_tokenize_fails round-trip failures disqualify the model for the step."""
+    comp = _competition_view(competition)
+    fails = sum(1 for t in tokenized if t.failure == "roundtrip")
+    if fails > comp.max_tokenize_fails:
+        raise ScoringError("tokenizer", f"{fails} of {len(tokenized)} samples do not round trip through the "
+                                        f"tokenizer (more than {comp.max_tokenize_fails} allowed)")
+
+
+def _vocab_rows(model_or_config: Any) -> int:
+    """Rows usable as token ids: min of input and output embedding rows, or config.vocab_size."""
+    rows = []
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        fn = getattr(model_or_config, getter, None)
+        emb = fn() if callable(fn) else None
+        weight = getattr(emb, "weight", None)
+        if weight is not None:
+            rows.append(int(weight.shape[0]))
+    if rows:
+        return min(rows)
+    config = getattr(model_or_config, "config", model_or_config)
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is None and hasattr(config, "get_text_config"):
+        vocab = getattr(config.get_text_config(), "vocab_size", None)
+    if vocab is None:
+        raise ScoringError("vocab", "cannot tell the model's vocabulary size")
+    return int(vocab)
+
+
+def check_vocab(model_or_config: Any, tokenized: Sequence[TokenizedSample]) -> None:
+    """Every token id must index the model's embeddings; checked before any forward pass."""
+    rows = _vocab_rows(model_or_config)
+    top = max((max(t.ids) for t in tokenized if t.ids), default=-1)
+    if top >= rows:
+        raise ScoringError("vocab", f"token id {top} is outside the model's {rows} embedding rows "
+                                    "(tokenizer and model vocabularies do not match)")
+
+
+class TokenCache:
+    """(tokenizer content hash, tokenization params, sample id) -> token ids, across models and steps.
+
+    A short digest of the text is stored with each entry, so a sample id that now names a
+    different text is a miss rather than a wrong answer. save()/load() use a JSON file,
+    written atomically.
+    """
+
+    VERSION = 1
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, list[int] | None, str | None, bool]] = {}
+
+    @staticmethod
+    def _key(tokenizer_key: str, comp: SimpleNamespace, sample_id: str) -> str:
+        return f"{tokenizer_key}|{comp.cap_sample_len}|{comp.max_sequence_len}|{sample_id}"
+
+    @staticmethod
+    def _digest(text: str) -> str:
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, tokenizer_key: str, comp: SimpleNamespace, sample_id: str, text: str) -> TokenizedSample | None:
+        entry = self._entries.get(self._key(tokenizer_key, comp, sample_id))
+        if entry is None or entry[0] != self._digest(text):
+            return None
+        ids = list(entry[1]) if entry[1] is not None else None
+        return TokenizedSample(sample_id, ids, entry[2], entry[3])
+
+    def put(self, tokenizer_key: str, comp: SimpleNamespace, sample_id: str, text: str, ts: TokenizedSample) -> None:
+        self._entries[self._key(tokenizer_key, comp, sample_id)] = (
+            self._digest(text), list(ts.ids) if ts.ids is not None else None, ts.failure, ts.capped)
+
+    def save(self, path: str | os.PathLike) -> None:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        data = {"version": self.VERSION, "entries": {k: list(v) for k, v in self._entries.items()}}
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, separators=(",", ":"))
+            os.replace(tmp, p)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TokenCache":
+        """Load a saved cache; a missing file is an empty cache, a corrupt one is an error."""
+        cache = cls()
+        p = Path(path)
+        if not p.exists():
+            return cache
+        try:
+            data = json.loads(p.read_text())
+            if data.get("version") != cls.VERSION:
+                log.warning("token cache %s has version %r, starting empty", p, data.get("version"))
+                return cache
+            for k, (digest, ids, failure, capped) in data["entries"].items():
+                cache._entries[k] = (digest, ids, failure, bool(capped))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"token cache {p} is not a valid cache file: {e}") from e
+        return cache
+
+
+# --- models -----------------------------------------------------------------------------------
+
+def _flash_attn_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu"):
+    """A causal LM from a local directory: safetensors only, no remote code, eval mode.
+
+    bf16 with flash-attention 2 (or SDPA) on CUDA, fp32 with SDPA on CPU.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cuda = str(device).startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    attn_options = (["flash_attention_2"] if cuda and _flash_attn_available() else []) + ["sdpa", None]
+    last_error: Exception | None = None
+    for attn in attn_options:
+        kwargs = dict(local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=dtype)
+        if attn is not None:
+            kwargs["attn_implementation"] = attn
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+            break
+        except (ValueError, ImportError) as e:
+            # An attention implementation the architecture lacks raises ValueError/ImportError:
+            # try the next one; other load errors (missing/unsafe files) fail below too.
+            last_error = e
+    else:
+        raise ScoringError("load", f"cannot load model from {path}: {type(last_error).__name__}: {last_error}")
+    model.to(device)
+    model.eval()
+    return model
+
+
+def _device(device: Any):
+    import torch
+
+    return device if isinstance(device, torch.device) else torch.device(device)
+
+
+def reference_losses(model, token_lists: Sequence[Sequence[int] | None], device: Any) -> list[float]:
+    """One sample at a time through model(ids).logits in fp32: the definition of the loss."""
+    import torch
+    import torch.nn.functional as F
+
+    dev = _device(device)
+    out: list[float] = []
+    with torch.inference_mode():
+        for ids in token_lists:
+            if ids is None:
+                out.append(INF)
+                continue
+            if len(ids) < 2:
+                out.append(0.0)  # nothing to predict
+                continue
+            t = torch.tensor([list(ids)], dtype=torch.long, device=dev)
+            logits = model(input_ids=t, use_cache=False).logits[0].float()
+            out.append(float(F.cross_entropy(logits[:-1], t[0, 1:], reduction="sum")))
+    return out
+
+
+# Heads the engine reproduces exactly, by architecture class: the class's forward is
+# `logits = lm_head(last_hidden_state)` followed by the transform named here (read from
+# transformers' modeling code). Anything not listed takes the reference path.
+def _no_transform(model) -> tuple[Callable | None, str]:
+    return None, "plain linear head"
+
+
+def _softcap(model) -> tuple[Callable | None, str]:
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap is None:
+        return None, "plain linear head (no soft-capping configured)"
+    cap = float(cap)
+
+    def apply(logits):
+        import torch
+
+        return torch.tanh(logits / cap) * cap
+
+    return apply, f"logit soft-capping at {cap} applied per chunk"
+
+
+def _cohere_scale(model) -> tuple[Callable | None, str]:
+    scale = float(model.logit_scale)
+    return (lambda logits: logits * scale), f"logit scale {scale} applied per chunk"
+
+
+def _granite_scaling(model) -> tuple[Callable | None, str]:
+    div = float(model.config.logits_scaling)
+    return (lambda logits: logits / div), f"logits divided by logits_scaling {div} per chunk"
+
+
+_ENGINE_HEADS: dict[str, Callable] = {
+    "LlamaForCausalLM": _no_transform,
+    "MistralForCausalLM": _no_transform,
+    "MixtralForCausalLM": _no_transform,
+    "Qwen2ForCausalLM": _no_transform,
+    "Qwen3ForCausalLM": _no_transform,
+    "Phi3ForCausalLM": _no_transform,
+    "PhiForCausalLM": _no_transform,  # lm_head has a bias: F.linear applies it
+    "GPTNeoXForCausalLM": _no_transform,
+    "GemmaForCausalLM": _no_transform,
+    "OlmoForCausalLM": _no_transform,
+    "Olmo2ForCausalLM": _no_transform,
+    "StableLmForCausalLM": _no_transform,
+    "Starcoder2ForCausalLM": _no_transform,
+    "Gemma2ForCausalLM": _softcap,
+    "CohereForCausalLM": _cohere_scale,
+    "GraniteForCausalLM": _granite_scaling,
+}
+
+
+@dataclass
+class _EngineParts:
+    base: Any  # the decoder: input ids -> final (normed) hidden states
+    weight: Any  # [vocab, hidden]
+    bias: Any | None
+    transform: Callable | None
+    reason: str
+
+
+def _engine_parts(model) -> tuple[_EngineParts | None, str]:
+    import torch
+
+    name = type(model).__name__
+    head_fn = _ENGINE_HEADS.get(name)
+    if head_fn is None:
+        return None, f"{name} is not on the engine's list of verified heads"
+    base = getattr(model, "base_model", None)
+    if base is None or base is model:
+        return None, f"{name} has no separate base model to run"
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        return None, f"{name} output embedding is {type(head).__name__}, not a Linear layer"
+    transform, reason = head_fn(model)
+    return _EngineParts(base, head.weight, head.bias, transform, reason), reason
+
+
+def engine_supported(model) -> tuple[bool, str]:
+    """Whether engine_losses computes this model's losses exactly, and why (or why not)."""
+    parts, reason = _engine_parts(model)
+    return parts is not None, reason
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    # The CPU allocator raises a plain RuntimeError.
+    return isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e))
+
+
+def loss_chunk_tokens(vocab: int, device: Any) -> int:
+    """Hidden-state rows per logsumexp chunk: bounded in rows and in logits elements."""
+    elements = constants.LOSS_CHUNK_ELEMENTS_GPU if _device(device).type == "cuda" else constants.LOSS_CHUNK_ELEMENTS_CPU
+    return max(1, min(constants.LOSS_CHUNK_TOKENS, elements // max(1, vocab)))
+
+
+def chunked_ce_sums(hidden, targets, owner, n_owners: int, weight, bias=None, transform=None, chunk: int = 4096,
+                    buffer=None):
+    """Per-owner summed cross-entropy from hidden states, chunk by chunk (pure math).
+
+    hidden [T, H], targets [T], owner [T] (index of the sample each row belongs to).
+    loss_t = logsumexp(l_t) - l_t[target_t] with l_t = transform(h_t W^T + b) upcast to
+    fp32 (F.cross_entropy computes exactly that, fused); the model-dtype matmul then fp32
+    upcast mirrors `model(ids).logits.float()`. `buffer` ([>= chunk, vocab], weight dtype)
+    receives each chunk's logits: on CPU, reusing it avoids a fresh zeroed mapping (page
+    faults) per chunk.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    sums = torch.zeros(n_owners, dtype=torch.float64, device=hidden.device)
+    for c0 in range(0, hidden.shape[0], chunk):
+        h = hidden[c0:c0 + chunk]
+        if buffer is not None:
+            logits = torch.matmul(h, weight.t(), out=buffer[:h.shape[0]])
+            if bias is not None:
+                logits.add_(bias)
+        else:
+            logits = F.linear(h, weight, bias)
+        if transform is not None:
+            logits = transform(logits)
+        loss = F.cross_entropy(logits.float(), targets[c0:c0 + chunk], reduction="none")
+        del logits
+        sums.index_add_(0, owner[c0:c0 + chunk], loss.double())
+    return sums
+
+
+def _batch_losses(parts: _EngineParts, seqs: list[Sequence[int]], dev, chunk: int, buffer=None) -> list[float]:
+    import torch
+
+    lens = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    n, width = len(seqs), int(lens.max())
+    ids = torch.zeros((n, width), dtype=torch.long)  # right padding; pad id 0 is masked out
+    for row, s in enumerate(seqs):
+        ids[row, :len(s)] = torch.as_tensor(s, dtype=torch.long)
+    padded = bool((lens < width).any())
+    mask = (torch.arange(width)[None, :] < lens[:, None]).long() if padded else None
+    # Row t of a sample predicts token t+1, for t < len-1; flat indices built on the host so
+    # the device never syncs to count a boolean mask.
+    flat = torch.cat([row * width + torch.arange(len(s) - 1) for row, s in enumerate(seqs)])
+    owner = torch.repeat_interleave(torch.arange(n), lens - 1)
+    ids, flat, owner = ids.to(dev), flat.to(dev), owner.to(dev)
+    mask = mask.to(dev) if mask is not None else None
+    hidden = parts.base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    h = hidden.reshape(n * width, -1).index_select(0, flat)
+    del hidden
+    targets = ids.reshape(-1).index_select(0, flat + 1)
+    sums = chunked_ce_sums(h, targets, owner, n, parts.weight, parts.bias, parts.transform, chunk, buffer)
+    return sums.cpu().tolist()  # the batch's one device-to-host copy
+
+
+def _verify_probe(lengths: dict[int, int]) -> int | None:
+    """The sample whose engine loss is re-checked against the reference: short but not trivial."""
+    if not lengths:
+        return None
+    long_enough = [i for i, n in lengths.items() if n >= constants.ENGINE_VERIFY_MIN_TOKENS]
+    if long_enough:
+        return min(long_enough, key=lambda i: (lengths[i], i))
+    return max(lengths, key=lambda i: (lengths[i], -i))
+
+
+def engine_losses(model, token_lists: Sequence[Sequence[int] | None], device: Any,
+                  token_budget: int | None = None, *, verify: bool = True) -> list[float]:
+    """Same numbers as reference_losses, fast: see the module docstring.
+
+    Batches hold at most `token_budget` padded tokens (longest sample x rows; a sample
+    longer than the budget runs alone). On out-of-memory the budget halves and the batch
+    is retried; a single sample that does not fit raises ScoringError("oom").
+    With verify, one sample is re-scored by the reference path afterwards and a
+    disagreement sends the whole model to the reference path.
+    """
+    return _engine_run(model, token_lists, device, token_budget, verify)[0]
+
+
+def _engine_run(model, token_lists, device, token_budget=None, verify=True) -> tuple[list[float], str]:
+    import torch
+
+    parts, reason = _engine_parts(model)
+    if parts is None:
+        log.info("scoring with the reference path: %s", reason)
+        return reference_losses(model, token_lists, device), f"reference: {reason}"
+    dev = _device(device)
+    if token_budget is None:
+        token_budget = constants.TOKEN_BUDGET_GPU if dev.type == "cuda" else constants.TOKEN_BUDGET_CPU
+    if token_budget < 1:
+        raise ValueError(f"token_budget must be positive, got {token_budget}")
+    chunk = loss_chunk_tokens(int(parts.weight.shape[0]), dev)
+    buffer = None  # CUDA's caching allocator reuses memory by itself
+
+    out = [INF if ids is None else 0.0 for ids in token_lists]
+    lengths = {i: len(ids) for i, ids in enumerate(token_lists) if ids is not None and len(ids) >= 2}
+    # Longest first: the largest activations come first, so an out-of-memory shows early.
+    todo = sorted(lengths, key=lambda i: (-lengths[i], i))
+    pos, budget = 0, int(token_budget)
+    with torch.inference_mode():
+        if dev.type == "cpu" and todo:
+            rows_needed = min(chunk, sum(lengths[i] - 1 for i in todo))
+            buffer = torch.empty((rows_needed, parts.weight.shape[0]), dtype=parts.weight.dtype)
+        while pos < len(todo):
+            rows = max(1, budget // lengths[todo[pos]])
+            batch = todo[pos:pos + rows]
+            oom = False
+            try:
+                sums = _batch_losses(parts, [token_lists[i] for i in batch], dev, chunk, buffer)
+            except Exception as e:
+                if not _is_oom(e):
+                    raise
+                if len(batch) == 1:
+                    raise ScoringError("oom", f"one sample of {lengths[batch[0]]} tokens does not fit in memory") from e
+                oom = True
+            if oom:  # outside the except block: the traceback no longer pins the batch's tensors
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                budget = max(1, budget // 2)
+                log.warning("out of memory on a batch of %d x %d tokens; token budget halved to %d",
+                            len(batch), lengths[batch[0]], budget)
+                continue
+            for i, s in zip(batch, sums):
+                out[i] = s
+            pos += len(batch)
+
+    probe = _verify_probe(lengths) if verify else None
+    if probe is not None:
+        ref = reference_losses(model, [token_lists[probe]], dev)[0]
+        low_precision = parts.weight.dtype not in (torch.float32, torch.float64)
+        rtol = constants.ENGINE_VERIFY_RTOL_LOWP if low_precision else constants.ENGINE_VERIFY_RTOL_FP32
+        if not (abs(out[probe] - ref) <= rtol * max(abs(ref), 1e-6)):
+            log.warning("engine loss %.6g differs from the reference %.6g on sample %d (%s); "
+                        "using the reference path for this model", out[probe], ref, probe, reason)
+            return reference_losses(model, token_lists, dev), "reference: engine disagreed with the reference"
+    return out, f"engine ({reason})"
+
+
+# --- one model, end to end ---------------------------------------------------------------------
+
+def _pick_tokenizer_dir(model_path: Path, comp: SimpleNamespace, tokenizer_path: str | os.PathLike | None) -> Path:
+    if comp.free_tokenizer and has_tokenizer(model_path):
+        return model_path
+    if tokenizer_path is not None:
+        return Path(tokenizer_path)
+    if comp.tokenizer and Path(comp.tokenizer).is_dir():
+        return Path(comp.tokenizer)
+    if not comp.tokenizer and has_tokenizer(model_path):
+        return model_path  # the competition names no tokenizer: the model's own is the only one
+    raise ScoringError("tokenizer", f"competition {comp.id!r} tokenizer {comp.tokenizer!r} is not a local "
+                                    "directory; pass tokenizer_path (see hub.fetch_tokenizer)")
+
+
+def score_model(model_path: str | os.PathLike, samples: Sequence[tuple[str, str]], competition: Any, *,
+                device: str = "cpu", tokenizer_path: str | os.PathLike | None = None, engine: bool = True,
+                token_cache: TokenCache | None = None, model: Any = None) -> ScoreResult:
+    """Score one model on the samples. Never raises for a model's fault: a model-level
+    failure comes back as ScoreResult.failure (every loss inf); per-sample failures are inf.
+
+    `model` may be given already loaded (benchmarks, tests); otherwise it is loaded from
+    model_path with load_model.
+    """
+    t0 = time.monotonic()
+    model_path = Path(model_path)
+    comp = _competition_view(competition)
+    ids_of = [str(sid) for sid, _ in samples]
+    used = None
+    try:
+        tok_dir = _pick_tokenizer_dir(model_path, comp, tokenizer_path)
+        tokenizer = load_tokenizer(tok_dir)
+        key = tokenizer_hash(tok_dir) if token_cache is not None else None
+        tokenized = tokenize_samples(tokenizer, samples, comp, cache=token_cache, tokenizer_key=key)
+        check_tokenize_fails(tokenized, comp)
+        if model is None:
+            try:
+                model = load_model(model_path, device)
+            except ScoringError:
+                raise
+            except Exception as e:  # corrupt or mismatched weights are the model's fault
+                raise ScoringError("load", f"cannot load model from {model_path}: {type(e).__name__}: {e}") from e
+        check_vocab(model, tokenized)
+        token_lists = [t.ids for t in tokenized]
+        try:
+            if engine:
+                losses, used = _engine_run(model, token_lists, device)
+            else:
+                used = "reference"
+                losses = reference_losses(model, token_lists, device)
+        except ScoringError:
+            raise
+        except Exception as e:
+            if _is_oom(e):
+                raise ScoringError("oom", f"{type(e).__name__}: {e}") from e
+            raise ScoringError("forward", f"{type(e).__name__}: {e}") from e
+    except ScoringError as e:
+        log.warning("model %s failed scoring: %s", model_path, e)
+        return ScoreResult({sid: INF for sid in ids_of}, {sid: 0 for sid in ids_of}, e.reason,
+                           time.monotonic() - t0, detail=str(e), engine=used)
+    return ScoreResult(
+        losses={t.sample_id: float(loss) for t, loss in zip(tokenized, losses)},
+        n_tokens={t.sample_id: (max(len(t.ids) - 1, 0) if t.ids is not None else 0) for t in tokenized},
+        failure=None, seconds=time.monotonic() - t0, engine=used)
+
+
+def _encode_float(x: float) -> float | str:
+    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf" if x < 0 else "nan")
+
+
+def _decode_float(x: float | str) -> float:
+    return float(x)  # float("inf") / float("nan") parse the encoded strings
+
+
+def result_to_json(result: ScoreResult) -> dict:
+    """A JSON-able dict of a ScoreResult; non-finite losses become the strings "inf"/"nan"
+    (strict JSON has no infinity)."""
+    return {"losses": {k: _encode_float(v) for k, v in result.losses.items()},
+            "n_tokens": dict(result.n_tokens), "failure": result.failure, "seconds": result.seconds,
+            "detail": result.detail, "engine": result.engine}
+
+
+def result_from_json(data: dict) -> ScoreResult:
+    return ScoreResult(losses={k: _decode_float(v) for k, v in data["losses"].items()},
+                       n_tokens={k: int(v) for k, v in data["n_tokens"].items()},
+                       failure=data.get("failure"), seconds=float(data.get("seconds", 0.0)),
+                       detail=data.get("detail"), engine=data.get("engine"))
+
+
+def score_model_job(model_path: str, samples: list, competition: dict, device: str = "cpu",
+                    tokenizer_path: str | None = None, engine: bool = True,
+                    token_cache_path: str | None = None) -> dict:
+    """Worker entry point ("validator.scoring:score_model_job"): JSON-able in and out.
+
+    samples: [[sample_id, text], ...]; competition: Competition.model_dump() (or a dict
+    with the same keys). Returns result_to_json(score_model(...)): losses keyed by sample
+    id with inf encoded as the string "inf", n_tokens, failure, seconds, detail, engine.
+    token_cache_path: a TokenCache file loaded before and saved after.
+    """
+    cache = TokenCache.load(token_cache_path) if token_cache_path else None
+    result = score_model(model_path, [(str(s[0]), s[1]) for s in samples], competition, device=device,
+                         tokenizer_path=tokenizer_path, engine=engine, token_cache=cache)
+    if cache is not None:
+        cache.save(token_cache_path)
+    return result_to_json(result)
