@@ -126,3 +126,6 @@ REPORT_DPI = 110
 # --- benchmark command (benchmark/compare.py) -----------------------------------------------
 BENCH_TOP_MODELS = 10  # field of `coldint-validator benchmark`: top uids per competition by incentive
 BENCH_SEED = 0  # default seed of the benchmark's samples and bootstrap (same seed, same numbers)
+
+# --- token cache (validator/scoring.py)
+TOKEN_CACHE_MAX_ENTRIES = 60_000  # (tokenizer, sample) entries kept; ~3x the sample database

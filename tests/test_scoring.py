@@ -13,6 +13,7 @@ from tests.factories import make_model, make_texts, make_tokenizer
 from validator.scoring import (
     ScoringError,
     TokenCache,
+    TokenizedSample,
     check_tokenize_fails,
     check_vocab,
     load_model,
@@ -231,3 +232,28 @@ def test_score_model_job_is_json_in_json_out(assets, tmp_path):
     back = result_from_json(json.loads(text))
     assert back.losses["s0"] == math.inf and back.failure is None
     assert len(TokenCache.load(tmp_path / "cache.json")) == 2
+
+
+def test_token_cache_is_bounded_and_saved_without_pickle(tmp_path):
+    import numpy as np
+
+    from types import SimpleNamespace
+
+    comp = SimpleNamespace(cap_sample_len=100, max_sequence_len=10)
+    cache = TokenCache(max_entries=3)
+    for i in range(5):
+        cache.put("tok", comp, f"s{i}", f"text {i}", TokenizedSample(f"s{i}", [i, i + 1], None))
+    cache.put("tok", comp, "bad", "x", TokenizedSample("bad", None, "roundtrip"))
+    assert len(cache) == 3 and cache.get("tok", comp, "s0", "text 0") is None  # oldest dropped
+    path = tmp_path / "sub" / "tokens.npz"
+    path.parent.mkdir()
+    cache.save(path)
+    with np.load(path, allow_pickle=False) as f:  # plain arrays: loads with pickle disabled
+        assert f["ids"].dtype == np.int32
+    again = TokenCache.load(path)
+    assert again.get("tok", comp, "s4", "text 4").ids == [4, 5]
+    assert again.get("tok", comp, "bad", "x").failure == "roundtrip"
+    assert again.get("tok", comp, "s4", "another text") is None  # same id, different text: a miss
+    path.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="tokens.npz"):
+        TokenCache.load(path)

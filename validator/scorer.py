@@ -45,7 +45,7 @@ def make_score_fn(device: str, cache_dir: Path, endpoint: str | None = None, iso
             return {"losses": {}, "n_tokens": {}, "failure": f"tokenizer: cannot fetch {comp.tokenizer!r}: {e}"}
         kwargs = {"model_path": str(model_path), "samples": [list(s) for s in samples],
                   "competition": comp.model_dump(mode="json"), "device": device, "tokenizer_path": tok,
-                  "engine": engine}
+                  "engine": engine, "token_cache_path": str(cache_dir / "tokens.npz")}
         if isolate:
             from validator.worker import run_isolated
 

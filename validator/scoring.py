@@ -217,14 +217,17 @@ class TokenCache:
     """(tokenizer content hash, tokenization params, sample id) -> token ids, across models and steps.
 
     A short digest of the text is stored with each entry, so a sample id that now names a
-    different text is a miss rather than a wrong answer. save()/load() use a JSON file,
-    written atomically.
+    different text is a miss rather than a wrong answer. Saved as one .npz (all ids in one
+    int32 array, the index as JSON bytes; read with allow_pickle=False), written atomically
+    and only when something was added; the oldest entries go beyond `max_entries`.
     """
 
-    VERSION = 1
+    VERSION = 2
 
-    def __init__(self) -> None:
+    def __init__(self, max_entries: int = constants.TOKEN_CACHE_MAX_ENTRIES) -> None:
         self._entries: dict[str, tuple[str, list[int] | None, str | None, bool]] = {}
+        self.max_entries = max_entries
+        self.dirty = False
 
     @staticmethod
     def _key(tokenizer_key: str, comp: SimpleNamespace, sample_id: str) -> str:
@@ -245,37 +248,51 @@ class TokenCache:
         return TokenizedSample(sample_id, ids, entry[2], entry[3])
 
     def put(self, tokenizer_key: str, comp: SimpleNamespace, sample_id: str, text: str, ts: TokenizedSample) -> None:
-        self._entries[self._key(tokenizer_key, comp, sample_id)] = (
-            self._digest(text), list(ts.ids) if ts.ids is not None else None, ts.failure, ts.capped)
+        key = self._key(tokenizer_key, comp, sample_id)
+        self._entries.pop(key, None)  # re-inserted last: the oldest entries are the first to go
+        self._entries[key] = (self._digest(text), list(ts.ids) if ts.ids is not None else None, ts.failure, ts.capped)
+        while len(self._entries) > self.max_entries:
+            self._entries.pop(next(iter(self._entries)))
+        self.dirty = True
 
     def save(self, path: str | os.PathLike) -> None:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        data = {"version": self.VERSION, "entries": {k: list(v) for k, v in self._entries.items()}}
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, separators=(",", ":"))
-            os.replace(tmp, p)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        import io
+
+        import numpy as np
+
+        from validator.state import atomic_write_bytes
+
+        index, chunks, offset = {}, [], 0
+        for k, (digest, ids, failure, capped) in self._entries.items():
+            n = -1 if ids is None else len(ids)
+            index[k] = [digest, offset, n, failure, capped]
+            if ids is not None:
+                chunks.append(np.asarray(ids, dtype=np.int32))
+                offset += n
+        buf = io.BytesIO()
+        np.savez(buf, ids=np.concatenate(chunks) if chunks else np.zeros(0, np.int32),
+                 index=np.frombuffer(json.dumps({"version": self.VERSION, "entries": index}).encode(), np.uint8))
+        atomic_write_bytes(Path(path), buf.getvalue())
+        self.dirty = False
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TokenCache":
         """Load a saved cache; a missing file is an empty cache, a corrupt one is an error."""
+        import numpy as np
+
         cache = cls()
         p = Path(path)
         if not p.exists():
             return cache
         try:
-            data = json.loads(p.read_text())
+            with np.load(p, allow_pickle=False) as f:
+                ids, data = f["ids"], json.loads(f["index"].tobytes())
             if data.get("version") != cls.VERSION:
                 log.warning("token cache %s has version %r, starting empty", p, data.get("version"))
                 return cache
-            for k, (digest, ids, failure, capped) in data["entries"].items():
-                cache._entries[k] = (digest, ids, failure, bool(capped))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            for k, (digest, offset, n, failure, capped) in data["entries"].items():
+                cache._entries[k] = (digest, None if n < 0 else ids[offset:offset + n].tolist(), failure, bool(capped))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"token cache {p} is not a valid cache file: {e}") from e
         return cache
 
@@ -684,6 +701,6 @@ def score_model_job(model_path: str, samples: list, competition: dict, device: s
     cache = TokenCache.load(token_cache_path) if token_cache_path else None
     result = score_model(model_path, [(str(s[0]), s[1]) for s in samples], competition, device=device,
                          tokenizer_path=tokenizer_path, engine=engine, token_cache=cache)
-    if cache is not None:
+    if cache is not None and cache.dirty:
         cache.save(token_cache_path)
     return result_to_json(result)
