@@ -92,10 +92,18 @@ class SampleDB:
         """Add new samples (known ids are left alone: an id names one text forever), then
         drop the oldest beyond the cap."""
         result = Refresh()
-        for sid, text in samples:
+        garbage = 0
+        for item in samples:
+            # a source may misbehave: rows that are not (id, non-empty text) are skipped, never stored
+            sid, text = item if isinstance(item, (tuple, list)) and len(item) == 2 else (None, None)
+            if not isinstance(sid, str) or not sid or not isinstance(text, str) or not text.strip():
+                garbage += 1
+                continue
             if sid not in self._items:
                 self._items[sid] = (text, float(now))
                 result.added.append(sid)
+        if garbage:
+            log.warning("sample db: skipped %d rows that were not (sample id, non-empty text)", garbage)
         while len(self._items) > self.max_samples:
             result.dropped.append(self._items.popitem(last=False)[0])
         if result.added or result.dropped:

@@ -156,6 +156,39 @@ def _with_retries(fn, what: str):
     raise last
 
 
+
+# huggingface_hub sends its API calls (list_repo_tree, model_info) with no timeout at all,
+# so a hub that accepts the connection and never answers would block the validator
+# forever. Every request phase left unbounded gets constants.HUB_TIMEOUT_S (read per
+# request); calls that carry their own timeout (file downloads) keep it.
+_timeouts_installed = False
+
+
+def _bound_timeouts(request: Any) -> None:
+    timeout = dict(request.extensions.get("timeout") or {})
+    for phase in ("connect", "read", "write", "pool"):
+        if timeout.get(phase) is None:
+            timeout[phase] = float(constants.HUB_TIMEOUT_S)
+    request.extensions = {**request.extensions, "timeout": timeout}
+
+
+def _install_timeouts() -> None:
+    global _timeouts_installed
+    if _timeouts_installed:
+        return
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils._http import default_client_factory
+
+    def factory():
+        client = default_client_factory()
+        hooks = client.event_hooks
+        client.event_hooks = {"request": [*hooks.get("request", []), _bound_timeouts],
+                              "response": list(hooks.get("response", []))}
+        return client
+
+    set_client_factory(factory)
+    _timeouts_installed = True
+
 # --- paths and markers --------------------------------------------------------------------
 
 
@@ -375,6 +408,7 @@ def remote_files(repo_id: str, commit: str, endpoint: str, token: str | bool | N
     from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.hf_api import RepoFile
 
+    _install_timeouts()
     api = HfApi(endpoint=endpoint, token=token)
     what = f"{repo_id}@{commit[:12]}"
     # list_repo_tree, not model_info: an unknown commit is a clean 404 here on both the hub
@@ -694,6 +728,7 @@ def fetch_tokenizer(spec: str, cache_dir: str | os.PathLike, endpoint: str | Non
         raise HubError(FailureReason.not_found, f"tokenizer {spec!r}: not a local dir nor an org/name[@revision] repo")
     from huggingface_hub import snapshot_download
 
+    _install_timeouts()
     ep = resolve_endpoint(endpoint)
     try:
         # olah needs an explicit revision; the hub's default is main as well

@@ -25,6 +25,7 @@ import math
 import os
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -292,7 +293,8 @@ class TokenCache:
                 return cache
             for k, (digest, offset, n, failure, capped) in data["entries"].items():
                 cache._entries[k] = (digest, None if n < 0 else ids[offset:offset + n].tolist(), failure, bool(capped))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as e:
+            # (a truncated or damaged .npz is a BadZipFile, which is none of the others)
             raise ValueError(f"token cache {p} is not a valid cache file: {e}") from e
         return cache
 
@@ -698,7 +700,13 @@ def score_model_job(model_path: str, samples: list, competition: dict, device: s
     id with inf encoded as the string "inf", n_tokens, failure, seconds, detail, engine.
     token_cache_path: a TokenCache file loaded before and saved after.
     """
-    cache = TokenCache.load(token_cache_path) if token_cache_path else None
+    cache = None
+    if token_cache_path:
+        try:
+            cache = TokenCache.load(token_cache_path)
+        except ValueError as e:  # a damaged cache must not fail every model: rebuild it
+            log.warning("%s; starting an empty token cache", e)
+            cache = TokenCache()
     result = score_model(model_path, [(str(s[0]), s[1]) for s in samples], competition, device=device,
                          tokenizer_path=tokenizer_path, engine=engine, token_cache=cache)
     if cache is not None and cache.dirty:

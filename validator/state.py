@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -42,17 +43,42 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# Tests only (tests/reliability/test_crash_safety.py): with COLDINT_TEST_KILL_AT=N in the
+# environment, the process SIGKILLs itself at the N-th point of the save path below, to
+# prove a crash at any of them loses nothing. Unset (always, in production) it costs one
+# environment lookup per write.
+KILL_AT_ENV = "COLDINT_TEST_KILL_AT"
+_crash_points_passed = 0
+
+
+def _crash_point() -> None:
+    at = os.environ.get(KILL_AT_ENV)
+    if not at:
+        return
+    global _crash_points_passed
+    _crash_points_passed += 1
+    if _crash_points_passed == int(at):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+TEMP_SUFFIX = ".tmp"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old or the new content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        _crash_point()
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            _crash_point()
             os.fsync(f.fileno())
+        _crash_point()
         os.replace(tmp, path)
+        _crash_point()
     except BaseException:
         try:
             os.unlink(tmp)
@@ -60,6 +86,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+    _crash_point()
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete the temporary files a killed process left in `directory` mid-write (`.<name>.*.tmp`,
+    never renamed into place, so never part of the state); returns them. Call it before this
+    process writes there: repeated crashes would otherwise pile up copies of the eval cache."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for p in directory.glob(f".*{TEMP_SUFFIX}"):
+        if p.is_file() and not p.is_symlink():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError as e:
+                log.warning("cannot remove stale temporary file %s: %s", p, e)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted save in %s", len(removed), directory)
+    return removed
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -86,6 +133,17 @@ def read_json(path: str | Path, default: Any = _MISSING) -> Any:
         raise StateError(path, f"corrupt JSON ({e})") from e
 
 
+def keep_bad_copy(path: str | Path) -> str:
+    """Copy an unusable state file to `<name>.bad` for the operator; says where (or why not)."""
+    path = Path(path)
+    bad = path.with_name(path.name + ".bad")
+    try:
+        shutil.copyfile(path, bad)
+        return f"kept a copy at {bad}"
+    except OSError as copy_err:
+        return f"could not keep a copy ({copy_err})"
+
+
 def load_or_default(path: str | Path, default: Any) -> Any:
     """Like read_json, but a corrupt file is kept aside as `<name>.bad` and `default` returned,
     so the validator keeps running (it rebuilds the state) and the operator can inspect it."""
@@ -93,11 +151,5 @@ def load_or_default(path: str | Path, default: Any) -> Any:
     try:
         return read_json(path, default)
     except StateError as e:
-        bad = path.with_name(path.name + ".bad")
-        try:
-            shutil.copyfile(path, bad)
-            kept = f"kept a copy at {bad}"
-        except OSError as copy_err:
-            kept = f"could not keep a copy ({copy_err})"
-        log.warning("%s; starting from defaults, %s", e, kept)
+        log.warning("%s; starting from defaults, %s", e, keep_bad_copy(path))
         return default

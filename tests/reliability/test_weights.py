@@ -1,0 +1,101 @@
+"""Weight setting under random faults and random (NaN/inf included) losses, over many steps:
+never all-zero or NaN, version key sent, rate limited, a failed set retried next step
+without blocking scoring, nothing set from a stale metagraph."""
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.reliability import tally
+from tests.reliability.world import VAL, FakeField, assert_weights_sane, rows
+
+step_faults = st.fixed_dictionaries({
+    "sync": st.booleans(), "set": st.booleans(), "block_hash": st.booleans(),
+    "advance": st.sampled_from([0, 1, 60, 150]),
+    "broken": st.sets(st.sampled_from(["m1", "m2", "m3", "m4"])),  # scoring fails for these
+    "nan": st.sets(st.sampled_from(["m1", "m2", "m3", "m4"])),  # these give NaN/inf losses
+})
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(st.lists(step_faults, min_size=3, max_size=8))
+def test_weights_under_random_faults(plan):
+    with tempfile.TemporaryDirectory() as tmp:
+        f = FakeField(Path(tmp), {"m1": 1.0, "m2": 0.9, "m3": 0.95, "m4": 1.1})
+        v = f.validator()
+        interval = v.settings.weights_interval_blocks
+        score = f.score
+
+        def faulty_score(path, samples, comp):
+            name = path.name
+            if name in step["broken"]:
+                return {"losses": {}, "n_tokens": {}, "failure": "crashed: killed by SIGSEGV"}
+            out = score(path, samples, comp)
+            if name in step["nan"]:
+                out["losses"] = {sid: (math.nan if i % 2 else math.inf) for i, sid in enumerate(out["losses"])}
+            return out
+
+        v.score = faulty_score
+        last_set_block = None
+        for step in plan:
+            f.local.advance(step["advance"])
+            v.state.evaluated.clear()  # every model is revisited: the faults of this step apply to all
+            f.chain.fail_sync, f.chain.fail_set, f.chain.fail_block_hash = \
+                int(step["sync"]), int(step["set"]), int(step["block_hash"])
+            n_sets = len(f.chain.sets)
+            block = f.local.block
+            r = v.step()
+            tally.fault("chain/scoring fault in a weights step",
+                        int(step["sync"]) + int(step["set"]) + int(step["block_hash"]) + len(step["broken"]))
+            tally.bad_input("NaN/inf losses", len(step["nan"] - step["broken"]))
+            called = len(f.chain.sets) > n_sets
+            if r["block"] is None or step["sync"]:
+                assert not called, "weights set from a stale or missing metagraph"
+                continue
+            # scoring never blocked: every model in the table, the broken ones failed with a reason
+            table = rows(r)
+            assert len(table) == 4
+            for m in table.values():
+                if m["hotkey"] in step["broken"]:
+                    assert m["status"] == "failed" and "SIGSEGV" in m["reason"]
+            healthy = {"m1", "m2", "m3", "m4"} - step["broken"] - step["nan"]
+            due = last_set_block is None or block - last_set_block >= interval
+            if called:
+                assert due, "rate limit broken"
+                scored = [m for m in table.values() if m["status"] in ("scored", "cached")]
+                assert scored, "weights set in a step in which no model could be scored (empty data)"
+                uids, weights, vk = f.chain.sets[-1]
+                assert vk == v.settings.version_key
+                if not step["set"]:
+                    last_set_block = block
+                    assert r["weights_set"].startswith("set")
+            elif due and healthy and not step["set"]:
+                raise AssertionError(f"weights due and a model is healthy but not set: {r['weights_set']}")
+            if step["set"] and called:
+                assert "retried" in r["weights_set"]
+        assert_weights_sane(f.chain, v.settings.version_key)
+        rec = f.local.weights_record(VAL)
+        if rec is not None:
+            assert abs(sum(rec.weights.values()) - 1) < 1e-9 and all(w > 0 for w in rec.weights.values())
+
+
+def test_no_weights_from_the_ema_alone_when_every_model_failed(tmp_path):
+    f = FakeField(tmp_path, {"m1": 1.0, "m2": 0.9})
+    v = f.validator()
+    assert v.step()["weights_set"].startswith("set")
+    ema = list(v.state.ema)
+    f.local.advance(150)
+    v.state.evaluated.clear()
+    f.score_faults = {"m1": "crashed: killed by SIGSEGV", "m2": "timeout"}
+    r = v.step()
+    tally.fault("every model's scoring failed", 2)
+    assert r["weights_set"] == "not set: no model has weight this step" and len(f.chain.sets) == 1
+    assert v.state.ema == ema  # the failed step does not decay the memory of the field
+    f.score_faults = {}
+    f.local.advance(1)
+    v.state.evaluated.clear()
+    assert v.step()["weights_set"].startswith("set")  # recovered
