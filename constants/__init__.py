@@ -129,3 +129,4 @@ BENCH_SEED = 0  # default seed of the benchmark's samples and bootstrap (same se
 
 # --- token cache (validator/scoring.py)
 TOKEN_CACHE_MAX_ENTRIES = 60_000  # (tokenizer, sample) entries kept; ~3x the sample database
+HUB_MAX_NETWORK_FAILURES_IN_A_ROW = 3  # then the hub is taken as down for the rest of the step

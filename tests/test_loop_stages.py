@@ -254,3 +254,73 @@ def test_a_model_whose_scoring_fails_is_not_rescored_every_step(tmp_path):
     finally:
         loop.revisit_slice = orig
     assert [c for c in calls if c[0] == "m1"] == [("m1", 40)]
+
+
+def _failing_fetch(failing: set[str], calls: list[str], reason: str = "network"):
+    from validator.hub import HubError
+
+    def fetch(mid, hotkey, comp):
+        calls.append(hotkey)
+        if hotkey in failing:
+            raise HubError(reason, f"{hotkey}: hub said no")
+        return Path("/nonexistent") / hotkey, _hash("content-" + hotkey)
+    return fetch
+
+
+def test_transient_download_failure_is_retried_after_its_backoff(tmp_path, monkeypatch):
+    import validator.loop as loop
+
+    q = {"m1": 1.0, "m2": 0.9}
+    chain, _ = _field(tmp_path, q)
+    v = _validator(tmp_path, chain, q, [])
+    calls: list[str] = []
+    failing = {"m1"}
+    v.fetch = _failing_fetch(failing, calls)
+    v.retry_after = lambda reason, attempts: 600.0
+    clock = [1_000_000.0]
+    monkeypatch.setattr(loop.time, "time", lambda: clock[0])
+    monkeypatch.setattr(loop, "revisit_slice", lambda uids, now: set())
+    r1 = v.step()
+    row = {m["hotkey"]: m for m in r1["competitions"]["c00"]["models"]}["m1"]
+    assert row["status"] == "failed" and row["reason"].startswith("network")
+    clock[0] += 60  # within the backoff: not tried again
+    v.step()
+    assert calls.count("m1") == 1
+    failing.clear()
+    clock[0] += 600  # backoff over: m1 is pending again and now succeeds
+    r3 = v.step()
+    assert calls.count("m1") == 2
+    assert {m["hotkey"]: m for m in r3["competitions"]["c00"]["models"]}["m1"]["status"] == "scored"
+
+
+def test_permanent_download_failure_waits_for_a_new_commitment(tmp_path, monkeypatch):
+    import validator.loop as loop
+
+    q = {"m1": 1.0, "m2": 0.9}
+    chain, _ = _field(tmp_path, q)
+    v = _validator(tmp_path, chain, q, [])
+    calls: list[str] = []
+    v.fetch = _failing_fetch({"m1"}, calls, reason="hash_mismatch")
+    v.retry_after = lambda reason, attempts: None
+    monkeypatch.setattr(loop, "revisit_slice", lambda uids, now: set())
+    v.step()
+    v.step()
+    assert calls.count("m1") == 1
+    chain.commit("m1", _commit("m1-v2"))  # a new commitment is evaluated again
+    v.step()
+    assert calls.count("m1") == 2
+
+
+def test_hub_taken_as_down_after_network_failures_in_a_row(tmp_path):
+    import constants
+
+    q = {f"m{i}": 1.0 - i / 10 for i in range(6)}
+    chain, _ = _field(tmp_path, q)
+    v = _validator(tmp_path, chain, q, [])
+    calls: list[str] = []
+    v.fetch = _failing_fetch(set(q), calls)
+    r = v.step()
+    assert len(calls) == constants.HUB_MAX_NETWORK_FAILURES_IN_A_ROW
+    skipped = [m for m in r["competitions"]["c00"]["models"] if m["status"] == "skipped"]
+    assert len(skipped) == len(q) - len(calls) and all("hub unreachable" in m["reason"] for m in skipped)
+    assert r["weights_set"] == "not set: no model has weight this step"

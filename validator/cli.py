@@ -88,6 +88,9 @@ def build_validator(args: argparse.Namespace, console=None):
         comps.maybe_reload()  # every COMPETITIONS_REFRESH_S; keeps the last good config on failure
         if comps.competitions is None:
             raise SystemExit(f"competitions: {comps.last_error}")
+        if comps.last_error:
+            logging.getLogger("validator").warning("competitions %s: %s; the last good config stays in force",
+                                                   comps.location, comps.last_error)
         return comps.competitions
 
     def fetch(model_id, hotkey, competition):

@@ -23,7 +23,8 @@ from validator.competitions import Competition
 from validator.data import seed_from_block_hash
 from validator.evalcache import EvalCache, pick_eval_samples, pick_rechecks, verify_rechecks
 from validator.identity import InvalidCommitment, ModelId, dir_hash
-from validator.state import StateError, atomic_write_json, load_or_default, read_json
+from validator.state import (StateError, atomic_write_json, keep_bad_copy, load_or_default, read_json,
+                             remove_stale_temps)
 
 log = logging.getLogger(__name__)
 
@@ -137,18 +138,20 @@ def choose_visits(
     competitions: dict[str, Competition],
     top_uids: list[int],
     revisit: set[int],
+    waiting: set[str] = frozenset(),
 ) -> set[str]:
     """Hotkeys whose models are evaluated this step.
 
     Per competition: the current pool (unchanged commitments), up to `pend_size` pending
     commitments (new or changed, oldest first), plus top miners and the revisit slice.
-    `evaluated` maps hotkey -> the commitment text last evaluated."""
+    `evaluated` maps hotkey -> the commitment text last evaluated; `waiting` are hotkeys whose
+    last fetch failed and whose retry time has not come (they take no pending slot)."""
     visit: set[str] = set()
     for cid, comp in competitions.items():
         mine = {hk: e for hk, e in entries.items() if e.competition == cid}
         pool = [hk for hk in pools.get(cid, []) if hk in mine and evaluated.get(hk) == mine[hk].commitment]
         visit.update(pool)
-        pending = sorted((e for hk, e in mine.items() if evaluated.get(hk) != e.commitment),
+        pending = sorted((e for hk, e in mine.items() if evaluated.get(hk) != e.commitment and hk not in waiting),
                          key=lambda e: (e.block, e.uid))
         visit.update(e.hotkey for e in pending[: comp.pend_size])
         visit.update(hk for hk, e in mine.items() if e.uid in top_uids or e.uid in revisit)
@@ -185,7 +188,10 @@ def fetch_models(
     """Ensure each entry's model is on disk and verified; sets entry.path / status in place.
 
     A failure is recorded per hotkey: transient ones are retried after a backoff, permanent
-    ones wait for a new commitment. Content first seen under another hotkey is a copy."""
+    ones wait for a new commitment. Content first seen under another hotkey is a copy.
+    After a few network failures in a row the hub is taken as down for the rest of the
+    step: each further try would cost its full timeout and retries."""
+    network_failures = 0
     for e in entries:
         rec = records.get(e.hotkey)
         if rec is None or rec.commitment != e.commitment:
@@ -196,10 +202,14 @@ def fetch_models(
         if time.monotonic() > deadline:
             e.status, e.reason = "skipped", "download time budget of this step used up"
             continue
+        if network_failures >= constants.HUB_MAX_NETWORK_FAILURES_IN_A_ROW:
+            e.status, e.reason = "skipped", f"hub unreachable: {network_failures} network failures in a row"
+            continue
         try:
             path, content = fetch(e.model_id, e.hotkey, competitions[e.competition])
         except Exception as exc:  # noqa: BLE001 - one bad model never stops the loop
             reason = getattr(getattr(exc, "reason", None), "value", None) or "network"
+            network_failures = network_failures + 1 if reason == "network" else 0
             rec.attempts += 1
             wait = retry_after(reason, rec.attempts)
             rec.reason, rec.detail = reason, str(getattr(exc, "detail", "") or exc)[:300]
@@ -209,6 +219,7 @@ def fetch_models(
             if on_progress:
                 on_progress(e)
             continue
+        network_failures = 0
         original = first_seen(content, e.hotkey, e.block)
         rec.path, rec.content_hash = str(path), content
         if original != e.hotkey:
@@ -265,6 +276,9 @@ def score_entries(
     forwards = 0
     for e in entries:
         if e.path is None or should_stop():
+            continue
+        if not sample_ids:  # the text source failed with an empty database: nothing evaluated
+            e.status, e.reason = "skipped", "no evaluation samples this step (see problems)"
             continue
         missing = cache.losses.missing(e.cache_key, sample_ids)
         rechecks = pick_rechecks(cache.losses, e.cache_key, [s for s in sample_ids if s not in set(missing)], seed)
@@ -327,12 +341,19 @@ def rank_competition(entries: list[Entry], comp: Competition, cache: "EvalCache"
                 ranking.compute_wins(grouped[on_chain], blocks[on_chain], *rule), n)
         abs_rate = ranking.absolute_win_rates(grouped)
         wm = ranking.win_matrix(grouped, blocks, *rule)
-        matrix.update({k: np.asarray(v).tolist() for k, v in wm.items()})
+        # strict JSON (the step report): a pair with no sample finite for both has mean_delta NaN -> null
+        matrix.update({k: np.where(np.isfinite(v), v, None).tolist() if np.asarray(v).dtype.kind == "f"
+                       else np.asarray(v).tolist() for k, v in wm.items()})
         with np.errstate(divide="ignore", invalid="ignore"):
             per_tok = losses / np.where(ntok > 0, ntok, np.nan)
         for i, e in enumerate(ok):
             finite_tok = per_tok[i][np.isfinite(per_tok[i])]
             finite = losses[i][np.isfinite(losses[i])]
+            n_nan = int(np.isnan(losses[i]).sum())
+            if n_nan and not e.reason:  # NaN weights give NaN losses: say why the model wins nothing
+                e.reason = f"{n_nan} of {len(sample_ids)} losses are NaN (non-finite model outputs); NaN never wins"
+            elif not finite.size and not e.reason:
+                e.reason = f"no finite loss on any of {len(sample_ids)} samples"
             table.append({
                 **_entry_row(e, block_now), "advantage": float(adv[i]),
                 "win_rate": float(win_rate[i]), "chain_win_rate": float(chain_rate[i]) if on_chain[i] else None,
@@ -410,18 +431,72 @@ class ValidatorState:
 
     @classmethod
     def load(cls, path: Path) -> "ValidatorState":
+        """The saved state; a field with a value of the wrong shape (a hand-edited file) falls
+        back to its default, with a warning and a `.bad` copy of the file, so it can never
+        crash a later step."""
         data = load_or_default(path, None)
+        if data is None:
+            return cls()
         if not isinstance(data, dict):
+            log.warning("state file %s is not a JSON object: starting fresh (%s)", path, keep_bad_copy(path))
             return cls()
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        try:
-            return cls(**known)
-        except TypeError as e:
-            log.warning("state file %s unusable (%s): starting fresh", path, e)
-            return cls()
+        kept, dropped = {}, []
+        for name in cls.__dataclass_fields__:
+            if name not in data:
+                continue
+            value = _clean_state_field(name, data[name])
+            if value is _BAD:
+                dropped.append(name)
+            else:
+                kept[name] = value
+                if name == "records" and len(value) != len(data[name]):
+                    dropped.append(f"records of {len(data[name]) - len(value)} hotkey(s)")
+        if dropped:
+            log.warning("state file %s: unusable %s, using defaults for them (%s)", path, ", ".join(dropped),
+                        keep_bad_copy(path))
+            if "pools" in dropped or "evaluated" in dropped:
+                # coupled: a model marked evaluated but in no pool would not be visited again
+                kept.pop("pools", None)
+                kept.pop("evaluated", None)
+        return cls(**kept)
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, asdict(self))
+
+
+_BAD = object()
+_RECORD_TYPES = {"commitment": (str,), "reason": (str, type(None)), "detail": (str,), "attempts": (int,),
+                 "retry_at": (int, float, type(None)), "path": (str, type(None)), "content_hash": (str, type(None))}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _clean_state_field(name: str, v: Any) -> Any:
+    """A saved ValidatorState field checked for shape: the value, or _BAD. `records` keeps its
+    well-formed entries only."""
+    if name == "step":
+        return v if _is_int(v) and v >= 0 else _BAD
+    if name == "last_weights_block":
+        return v if v is None or (_is_int(v) and v >= 0) else _BAD
+    if name == "ema":
+        ok = isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                         and np.isfinite(x) and x >= 0 for x in v)
+        return [float(x) for x in v] if ok else _BAD
+    if name == "pools":
+        ok = isinstance(v, dict) and all(isinstance(k, str) and isinstance(hs, list)
+                                         and all(isinstance(h, str) for h in hs) for k, hs in v.items())
+        return v if ok else _BAD
+    if name == "evaluated":
+        return v if isinstance(v, dict) and all(isinstance(x, str) for x in v.values()) else _BAD
+    if name == "records":
+        if not isinstance(v, dict):
+            return _BAD
+        return {hk: r for hk, r in v.items()
+                if isinstance(r, dict) and "commitment" in r and set(r) <= set(_RECORD_TYPES)
+                and all(isinstance(x, _RECORD_TYPES[k]) and not isinstance(x, bool) for k, x in r.items())}
+    return _BAD
 
 
 class Validator:
@@ -434,9 +509,13 @@ class Validator:
         self.retry_after = retry_after or (lambda reason, attempts: constants.DOWNLOAD_RETRY_BACKOFF_S[0])
         self.progress = progress
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        # temporary files of a save the last process was killed in (never part of the state)
+        for sub in ("", "evalcache", "tokenizers"):
+            remove_stale_temps(settings.state_dir / sub)
         self.state_path = settings.state_dir / "validator_state.json"
         self.state = ValidatorState.load(self.state_path)
         self.caches: dict[str, EvalCache] = {}
+        self.load_problems: list[str] = []  # reported with the next step
         self.last_sync: tuple[Metagraph, dict[str, Commitment]] | None = None
         self.stopping = False
 
@@ -444,7 +523,16 @@ class Validator:
 
     def cache_for(self, dataset: str) -> "EvalCache":
         if dataset not in self.caches:
-            self.caches[dataset] = EvalCache.load(self._cache_path(dataset))
+            path = self._cache_path(dataset)
+            try:
+                self.caches[dataset] = EvalCache.load(path)
+            except Exception as e:  # noqa: BLE001 - a damaged (hand-edited) cache must not stop every step
+                kept = ", ".join(keep_bad_copy(p) for p in (path, EvalCache.samples_path(path)) if p.exists())
+                msg = f"evaluation cache {path} unusable ({e}): starting it empty; {kept}"
+                log.warning(msg)
+                self.load_problems.append(msg)
+                self.caches[dataset] = EvalCache()
+                self.state.evaluated.clear()  # those evaluations are gone: visit the models again
         return self.caches[dataset]
 
     def _cache_path(self, dataset: str) -> Path:
@@ -455,6 +543,16 @@ class Validator:
         for dataset, cache in self.caches.items():
             cache.save(self._cache_path(dataset))
         self.state.save(self.state_path)
+
+    def _try_save(self, problems: list[str], what: str = "state") -> None:
+        """save(), but a failure (disk full, read-only disk) is reported, not raised: the state
+        stays in memory and the next save writes it."""
+        try:
+            self.save()
+        except OSError as e:
+            msg = f"{what} save failed ({e}); kept in memory, saved again at the next save"
+            log.error(msg)
+            problems.append(msg)
 
     def request_stop(self, *_: Any) -> None:
         self.stopping = True
@@ -485,12 +583,16 @@ class Validator:
 
         entries, bad = parse_commitments(meta, commitments, competitions)
         problems += list(bad.values())
+        records = {hk: FetchRecord(**r) for hk, r in self.state.records.items()}
+        waiting = {hk for hk, r in records.items() if hk in entries and r.commitment == entries[hk].commitment
+                   and r.reason is not None and (r.retry_at is None or now < r.retry_at)}
         visit = choose_visits(entries, self.state.pools, self.state.evaluated, competitions,
                               other_validators_top(meta, self.hotkey, constants.TOP_MINERS_TO_VISIT),
-                              revisit_slice(meta.uids, now))
+                              revisit_slice(meta.uids, now), waiting)
         chosen = sorted((entries[hk] for hk in visit), key=lambda e: (e.block, e.uid))
-        records = {hk: FetchRecord(**r) for hk, r in self.state.records.items()}
         cache_of = {cid: self.cache_for(c.dataset) for cid, c in competitions.items()}
+        problems += self.load_problems  # damaged cache files found while loading them
+        self.load_problems = []
 
         def first_seen(content: str, hotkey: str, block: int) -> str:
             cache = cache_of[entries[hotkey].competition]
@@ -534,7 +636,13 @@ class Validator:
         for cid, comp in competitions.items():
             def scored(e: Entry, n: int, cid: str = cid) -> None:
                 # save after every model: a kill mid-step loses at most the model in flight
-                cache_of[cid].save(self._cache_path(competitions[cid].dataset))
+                try:
+                    cache_of[cid].save(self._cache_path(competitions[cid].dataset))
+                except OSError as exc:
+                    msg = f"evaluation cache save failed ({exc}); kept in memory"
+                    if msg not in problems:
+                        log.error(msg)
+                        problems.append(msg)
                 if self.progress:
                     self.progress.advance("score", f"{e.label}: {e.status}")
             forwards += score_entries(in_play[cid], comp, cache_of[cid], sample_ids[cid], self.score, seed,
@@ -549,8 +657,10 @@ class Validator:
             self.state.pools[cid] = ranked[: comp.pool_size]
         for e in chosen:
             # failed ones too: a model that breaks its worker is not re-run every step (the
-            # revisit slice and a new commitment bring it back); only budget skips stay pending
-            if e.status in ("scored", "cached", "failed"):
+            # revisit slice and a new commitment bring it back). A transient download failure
+            # and a skip stay pending: retried once the backoff has passed.
+            transient = e.path is None and records[e.hotkey].retry_at is not None
+            if e.status in ("scored", "cached") or (e.status == "failed" and not transient):
                 self.state.evaluated[e.hotkey] = e.commitment
         n_uids = max(meta.uids, default=-1) + 1
         prev = np.array(self.state.ema) if self.state.ema else None
@@ -562,9 +672,12 @@ class Validator:
             weights_set = "not set: shutting down mid-step"
         elif err:
             weights_set = "not set: the chain sync failed, the metagraph is stale"
+        elif not any(per_comp.values()):
+            # no model scored this step (all failed): the EMA alone would re-set old weights
+            weights_set = "not set: no model has weight this step"
         else:
             weights_set = self._set_weights(weights, block_now)
-        if weights.sum() > 0:
+        if weights.sum() > 0 and any(per_comp.values()):
             self.state.ema = weights.tolist()
         if self.cleanup:
             try:
@@ -572,7 +685,7 @@ class Validator:
             except OSError as e:
                 problems.append(f"model store cleanup failed: {e}")
         self.state.step += 1
-        self.save()
+        self._try_save(problems)
         stage("save", t)
         report = {"step": self.state.step, "block": block_now, "seed": seed, "forward_samples": forwards,
                   "competitions": tables, "problems": problems, "weights_set": weights_set,
@@ -583,9 +696,14 @@ class Validator:
     def _finish(self, report: dict, t0: float, stages: dict) -> dict:
         report["seconds"] = time.monotonic() - t0
         report["stage_seconds"] = stages
-        atomic_write_json(self.settings.state_dir / "last_step.json", report)
-        if self.settings.save_step_json:
-            atomic_write_json(self.settings.save_step_json, report)
+        for path in (self.settings.state_dir / "last_step.json", self.settings.save_step_json):
+            if path is None:
+                continue
+            try:
+                atomic_write_json(path, report)
+            except OSError as e:  # the step's work is done and saved; only its report is not on disk
+                log.error("cannot write the step report %s: %s", path, e)
+                report["problems"].append(f"step report {path} not written: {e}")
         return report
 
     def _hall_of_fame(self, problems: list[str]) -> dict:
@@ -630,6 +748,6 @@ class Validator:
                        and time.monotonic() - started < self.settings.step_interval_s):
                     time.sleep(0.5)
         finally:
-            self.save()
+            self._try_save([], "final state")
             for s, h in old.items():
                 signal.signal(s, h)
