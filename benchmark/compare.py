@@ -46,6 +46,7 @@ import constants
 from benchmark import report as breport
 from benchmark import stats as bstats
 from validator import ranking
+from validator.leaderboard import make_console
 
 log = logging.getLogger(__name__)
 
@@ -307,17 +308,14 @@ def render(report: dict, width: int | None = None) -> Group:
 
 
 def print_report(report: dict, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     console.print(render(report, console.width))
 
 
 # --- I/O: chain, hub, samples, scoring ------------------------------------------------------------
 
 
-def _cache_path(state_dir: Path, dataset: str) -> Path:
-    # the validator's naming (loop.Validator._cache_path), under the benchmark's state dir
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in dataset)[-80:]
-    return state_dir / "evalcache" / f"{safe}.json"
+
 
 
 def _open_chain(args: argparse.Namespace):
@@ -385,12 +383,12 @@ def run_benchmark(args: argparse.Namespace, console: Console | None = None) -> i
     from validator.chain import ChainError
     from validator.cli import default_device
     from validator.competitions import CompetitionsError, load_competitions
-    from validator.evalcache import EvalCache
+    from validator.evalcache import EvalCache, cache_file
     from validator.leaderboard import StepProgress
     from validator.scorer import make_score_fn
     from validator.state import StateError
 
-    console = console or Console()
+    console = console or make_console()
 
     def fail(msg: str, code: int) -> int:
         console.print(f"[red]error:[/red] {msg}", highlight=False)
@@ -424,7 +422,7 @@ def run_benchmark(args: argparse.Namespace, console: Console | None = None) -> i
         ds = competitions[cid].dataset
         if ds not in caches:
             try:
-                caches[ds] = EvalCache.load(_cache_path(state_dir, ds))
+                caches[ds] = EvalCache.load(cache_file(state_dir, ds))
             except StateError as e:
                 log.warning("%s; starting with an empty loss cache", e)
                 caches[ds] = EvalCache()
@@ -462,7 +460,7 @@ def run_benchmark(args: argparse.Namespace, console: Console | None = None) -> i
             todo = [e for e in field + cands if e.path is not None]
             progress.start("score", len(todo))
 
-            def scored(e, n, path=_cache_path(state_dir, comp.dataset), cache=cache):
+            def scored(e, n, path=cache_file(state_dir, comp.dataset), cache=cache):
                 cache.save(path)  # after every model: an interrupted run keeps what it scored
                 progress.advance("score", f"{e.label}: {e.status}")
 

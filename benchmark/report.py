@@ -277,7 +277,7 @@ def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     Keys: "json", "html", and "<competition>/losses", "<competition>/win_rates",
     "<competition>/win_matrix" (the last only when the competition has a win matrix).
     """
-    comps = _check(report)
+    _check(report)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}

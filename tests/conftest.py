@@ -9,3 +9,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# fixtures of a local hub (olah on 127.0.0.1): olah_mirror, olah_hub, hf_endpoint
+pytest_plugins = ["tests.olah_fixture"]

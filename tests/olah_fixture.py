@@ -1,10 +1,8 @@
 """pytest fixtures: a local model hub (olah on 127.0.0.1) serving git mirrors made in the test.
 
-Use from any test module by importing the fixtures it uses AND the ones they depend on
-(pytest resolves fixtures by name in the test module; olah_hub needs olah_mirror,
-hf_endpoint needs olah_hub):
+Registered for every test by tests/conftest.py (`pytest_plugins`): name the fixtures.
 
-    from tests.olah_fixture import olah_mirror, olah_hub, hf_endpoint, publish  # noqa: F401
+    from tests.olah_fixture import publish
 
     def test_x(olah_mirror, olah_hub):
         commit = publish(olah_mirror, "alice", "tiny", model_dir)   # git commit on main
@@ -48,12 +46,8 @@ def olah_mirror(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def olah_hub(olah_mirror):
-    hub = LocalHub(olah_mirror)
-    hub.start()
-    try:
+    with LocalHub(olah_mirror) as hub:
         yield hub
-    finally:
-        hub.stop()
 
 
 @pytest.fixture

@@ -137,11 +137,11 @@ def _cands(report: dict) -> dict[str, dict]:
 
 def _cached_losses(world, labels: list[str]) -> np.ndarray:
     """Summed losses per sample as the loss cache holds them, for an independent recount."""
-    from validator.evalcache import EvalCache
+    from validator.evalcache import EvalCache, cache_file
     from validator.identity import dir_hash
 
     data = json.loads(world["competitions"].read_text())["c00"]["dataset"]
-    cache = EvalCache.load(C._cache_path(world["state"], data))
+    cache = EvalCache.load(cache_file(world["state"], data))
     report = json.loads((world["out"] / "report.json").read_text())
     ids = report["competitions"]["c00"]["sample_ids"]
     keys = [f"c00:{dir_hash(world['models'][lab])}" for lab in labels]

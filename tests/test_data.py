@@ -11,7 +11,6 @@ import pytest
 from validator.data import (DataError, FineWebSource, LocalSource, SampleSource, seed_from_block_hash,
                             source_for)
 from tests.factories import make_texts
-from tests.olah_fixture import olah_hub, olah_mirror  # noqa: F401  (pytest fixtures)
 
 # --- local files ---------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import constants
-from validator.evalcache import (EvalCache, FirstSeen, LossCache, SampleDB, pick_eval_samples, pick_rechecks,
+from validator.evalcache import (EvalCache, LossCache, SampleDB, pick_eval_samples, pick_rechecks,
                                  verify_rechecks)
 from validator.state import StateError
 

@@ -14,7 +14,7 @@ import pytest
 
 import constants
 from tests.factories import make_model, make_tokenizer
-from tests.olah_fixture import hf_endpoint, olah_hub, olah_mirror, publish  # noqa: F401
+from tests.olah_fixture import publish
 from validator import hub
 from validator.competitions import Competition
 from validator.hub import FailureReason, HubError, ModelStore, ensure_model, snapshot_path

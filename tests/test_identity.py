@@ -1,6 +1,5 @@
 import base64
 import hashlib
-import os
 
 import pytest
 from hypothesis import given, strategies as st

@@ -9,7 +9,6 @@ import pytest
 
 from scripts import upload_model
 from tests.factories import make_model, make_tokenizer
-from tests.olah_fixture import olah_hub, olah_mirror  # noqa: F401
 from validator.chain import Commitment
 from validator.chain.local import LocalChain
 from validator.hub import ensure_model

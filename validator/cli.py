@@ -111,11 +111,9 @@ def build_validator(args: argparse.Namespace, console=None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from validator.leaderboard import make_console, print_report
 
-    from validator.leaderboard import print_report
-
-    console = Console()
+    console = make_console()
     validator = build_validator(args, console)
     wandb_run = _wandb_init(args) if args.wandb else None
     for report in validator.run(args.steps):

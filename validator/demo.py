@@ -20,7 +20,8 @@ BLOCKS_BETWEEN_COMMITS = 40
 
 
 def miner_hotkey(i: int) -> str:
-    return f"5DemoMinerHotkey{i:02d}".ljust(48, "0")
+    # distinct in the first characters: the leaderboard shows 8
+    return f"5M{i:02d}DemoMinerHotkey".ljust(48, "0")
 
 
 def demo_competitions(corpus: Path, tokenizer: Path) -> dict:
@@ -74,10 +75,10 @@ def run_demo(root: Path, steps: int = 2, eval_samples: int = 200) -> int:
     import shutil
 
     from validator.cli import build_parser, build_validator
-    from validator.leaderboard import print_report
+    from validator.leaderboard import make_console, print_report
     from validator.localhub import LocalHub
 
-    console = Console()
+    console = make_console()
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     mirror = root / "mirror"

@@ -328,6 +328,13 @@ class FirstSeen:
 # --- all of it, persisted --------------------------------------------------------------------
 
 
+def cache_file(state_dir: str | Path, dataset: str) -> Path:
+    """Where a state dir keeps the evaluation cache of one dataset (one file per dataset:
+    sample ids of different sources must not mix)."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in dataset)[-80:]
+    return Path(state_dir) / "evalcache" / f"{safe}.json"
+
+
 class EvalCache:
     """SampleDB + LossCache + FirstSeen, saved to one JSON file atomically."""
 

@@ -106,11 +106,15 @@ def render(report: dict) -> Group:
     return Group(*parts)
 
 
+def make_console(**kwargs) -> Console:
+    """A terminal keeps its own width; a log file or a pipe gets 160 columns (rich's default
+    of 80 there squeezes the leaderboard into ellipses)."""
+    console = Console(**kwargs)
+    return console if console.is_terminal else Console(width=160, **kwargs)
+
+
 def print_report(report: dict, console: Console | None = None) -> None:
-    console = console or Console()
-    # a log file or pipe gets rich's 80 columns by default: too narrow for the table
-    width = None if console.is_terminal else max(console.width, 150)
-    console.print(render(report), width=width)
+    (console or make_console()).print(render(report))
 
 
 def load_report(path: str | Path) -> dict:

@@ -21,7 +21,7 @@ from validator import ranking
 from validator.chain import Chain, ChainError, Commitment, Metagraph
 from validator.competitions import Competition
 from validator.data import seed_from_block_hash
-from validator.evalcache import EvalCache, pick_eval_samples, pick_rechecks, verify_rechecks
+from validator.evalcache import EvalCache, cache_file, pick_eval_samples, pick_rechecks, verify_rechecks
 from validator.identity import InvalidCommitment, ModelId, dir_hash
 from validator.state import (StateError, atomic_write_json, keep_bad_copy, load_or_default, read_json,
                              remove_stale_temps)
@@ -536,8 +536,7 @@ class Validator:
         return self.caches[dataset]
 
     def _cache_path(self, dataset: str) -> Path:
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in dataset)[-80:]
-        return self.settings.state_dir / "evalcache" / f"{safe}.json"
+        return cache_file(self.settings.state_dir, dataset)
 
     def save(self) -> None:
         for dataset, cache in self.caches.items():

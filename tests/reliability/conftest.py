@@ -38,12 +38,8 @@ def real_field(tmp_path_factory):
 def real_hub(real_field):
     from validator.localhub import LocalHub
 
-    hub = LocalHub(real_field["mirror"])
-    hub.start()
-    try:
+    with LocalHub(real_field["mirror"]) as hub:
         yield hub
-    finally:
-        hub.stop()
 
 
 @pytest.fixture

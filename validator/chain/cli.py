@@ -21,6 +21,7 @@ import constants
 from validator.chain import ChainError
 from validator.chain.local import LocalChain
 from validator.identity import InvalidCommitment, ModelId
+from validator.leaderboard import make_console
 
 
 def _non_negative_int(text: str) -> int:
@@ -116,7 +117,7 @@ def run_chain_command(args: argparse.Namespace, console: Optional[Console] = Non
 
     Output goes to `console` (errors too, when one is given; else to stderr)."""
     err = console or Console(stderr=True)
-    console = console or Console()
+    console = console or make_console()
     try:
         if args.chain_command == "commit":
             try:
