@@ -324,3 +324,23 @@ def test_hub_taken_as_down_after_network_failures_in_a_row(tmp_path):
     skipped = [m for m in r["competitions"]["c00"]["models"] if m["status"] == "skipped"]
     assert len(skipped) == len(q) - len(calls) and all("hub unreachable" in m["reason"] for m in skipped)
     assert r["weights_set"] == "not set: no model has weight this step"
+
+
+def test_tampered_cached_losses_are_caught_and_recomputed(tmp_path):
+    q = {"m1": 1.0, "m2": 0.9}
+    chain, _ = _field(tmp_path, q)
+    calls = []
+    v = _validator(tmp_path, chain, q, calls)
+    v.step()
+    cache = next(iter(v.caches.values()))
+    key = next(k for k in cache.losses.models() if k.endswith(_hash("content-m1")))
+    sids = cache.losses.cached(key)
+    cache.losses.put(key, {s: 0.001 for s in sids}, {s: 1 for s in sids})  # m1 would now win everything
+    calls.clear()
+    r = v.step()
+    row = {m["hotkey"]: m for m in r["competitions"]["c00"]["models"]}["m1"]
+    assert row["reason"] == "re-check mismatch: cached losses reset"
+    assert [n for name, n in calls if name == "m1"] == [1, 40]  # the re-check, then the whole row again
+    assert [n for name, n in calls if name == "m2"] == [1]  # the honest row: its re-check only
+    assert cache.losses.get(key, sids[0]) == pytest.approx(1.0 * len(cache.db.text(sids[0])))
+    assert row["win_rate"] == 0.0

@@ -281,34 +281,33 @@ def score_entries(
             e.status, e.reason = "skipped", "no evaluation samples this step (see problems)"
             continue
         missing = cache.losses.missing(e.cache_key, sample_ids)
-        rechecks = pick_rechecks(cache.losses, e.cache_key, [s for s in sample_ids if s not in set(missing)], seed)
+        missing_set = set(missing)
+        rechecks = pick_rechecks(cache.losses, e.cache_key, [s for s in sample_ids if s not in missing_set], seed)
         todo = list(missing) + list(rechecks)
         if not todo:
             e.status = "cached"
             on_scored(e, 0)
             continue
-        result = score(e.path, list(zip(todo, cache.db.texts(todo))), comp)
-        forwards += len(todo)
-        if result.get("failure"):
-            e.status, e.reason = "failed", result["failure"]
-            on_scored(e, len(todo))
-            continue
-        losses, ntoks = result["losses"], result["n_tokens"]
-        keep = list(missing)  # a passing re-check keeps the cached value: reruns stay bit-identical
-        if rechecks and not verify_rechecks(cache.losses, e.cache_key, {s: losses[s] for s in rechecks}):
-            # the model's cached row was wrong (nondeterminism or tampering): it was reset,
-            # so score every eval sample again
+
+        def run(ids: list[str]) -> dict | None:
+            nonlocal forwards
+            forwards += len(ids)
+            res = score(e.path, list(zip(ids, cache.db.texts(ids))), comp)
+            if res.get("failure"):
+                e.status, e.reason = "failed", res["failure"]
+                return None
+            return res
+
+        result, keep = run(todo), list(missing)  # a passing re-check keeps the cached value
+        if result is not None and rechecks and not verify_rechecks(
+                cache.losses, e.cache_key, {s: result["losses"][s] for s in rechecks}):
+            # the cached row was wrong (nondeterminism or tampering) and has been reset
             e.reason = "re-check mismatch: cached losses reset"
-            again = score(e.path, list(zip(sample_ids, cache.db.texts(sample_ids))), comp)
-            forwards += len(sample_ids)
-            if again.get("failure"):
-                e.status, e.reason = "failed", again["failure"]
-                on_scored(e, len(todo))
-                continue
-            losses, ntoks = again["losses"], again["n_tokens"]
-            keep = list(sample_ids)
-        cache.losses.put(e.cache_key, {s: losses[s] for s in keep}, {s: ntoks[s] for s in keep})
-        e.status = "scored" if missing else "cached"
+            result, keep = run(sample_ids), list(sample_ids)
+        if result is not None:
+            cache.losses.put(e.cache_key, {s: result["losses"][s] for s in keep},
+                             {s: result["n_tokens"][s] for s in keep})
+            e.status = "scored" if missing else "cached"
         on_scored(e, len(todo))
     return forwards
 
