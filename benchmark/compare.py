@@ -50,10 +50,10 @@ from validator.leaderboard import make_console
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STATE_DIR = Path(".coldint") / "benchmark"
+DEFAULT_STATE_DIR = Path(constants.STATE_DIR_DEFAULT) / "benchmark"
 DEFAULT_BENCHMARK = Path("benchmark.json")
 # --network local without --chain-db: the chain the validator's `run` uses by default
-DEFAULT_LOCAL_CHAIN = Path(".coldint") / constants.LOCAL_CHAIN_DB
+DEFAULT_LOCAL_CHAIN = Path(constants.CHAIN_DB_DEFAULT)
 
 OUTCOME_STYLE = {"beats the leader": "bold green", "does not beat the leader": "red",
                  "too close to call": "yellow", "no field": "cyan", "failed": "red"}

@@ -63,7 +63,8 @@ LOSS_CHUNK_TOKENS = 4_096  # hidden-state rows per logsumexp chunk
 
 # --- text source -------------------------------------------------------------------------
 FINEWEB_REPO = "HuggingFaceFW/fineweb-edu-score-2"
-LOCAL_CHAIN_DB = "chain.sqlite"
+STATE_DIR_DEFAULT = ".coldint"  # state, caches, models, the local chain
+LOCAL_CHAIN_DB = "chain.sqlite"  # the local chain file, inside the state dir
 
 # --- data (validator/data.py) -------------------------------------------------------------
 FINEWEB_TIMEOUT_S = 120  # one shard read (ranged) or download (whole shard)
@@ -74,7 +75,7 @@ FINEWEB_ROWS_PER_GROUP = 50  # rows taken from one row group (fewer reads, still
 # --- validator/competitions.py, validator/chain/local.py, validator/chain/cli.py --------
 COMPETITIONS_TIMEOUT_S = 30  # fetching competitions.json from a URL
 COMPETITIONS_MAX_BYTES = 1_000_000  # a larger competitions.json is refused
-CHAIN_DB_DEFAULT = ".coldint/chain.sqlite"  # `coldint-validator chain --chain-db` default
+CHAIN_DB_DEFAULT = f"{STATE_DIR_DEFAULT}/{LOCAL_CHAIN_DB}"  # `coldint-validator chain --chain-db` default
 LOCAL_CHAIN_BUSY_TIMEOUT_S = 30  # SQLite waits this long for another process's write lock
 
 # --- scoring (validator/scoring.py) ------------------------------------------------------

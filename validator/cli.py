@@ -9,7 +9,7 @@ from pathlib import Path
 
 import constants
 
-DEFAULT_STATE_DIR = Path(".coldint")
+DEFAULT_STATE_DIR = Path(constants.STATE_DIR_DEFAULT)
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
