@@ -133,13 +133,19 @@ def _wandb_init(args):
                       config={k: str(v) for k, v in vars(args).items() if k != "func"})
 
 
+WANDB_COLUMNS = ["label", "uid", "win_rate", "loss_per_token", "weight", "status"]
+
+
 def _wandb_log(run, report: dict) -> None:
+    """Each competition's table of the step; a logging failure never stops the validator."""
     import wandb
 
-    for cid, comp in report["competitions"].items():
-        cols = ["label", "uid", "win_rate", "loss_per_token", "weight", "status"]
-        table = wandb.Table(columns=cols, data=[[m.get(c) for c in cols] for m in comp["models"]])
-        run.log({f"{cid}/leaderboard": table, "block": report["block"]}, step=report["step"])
+    try:
+        for cid, comp in report["competitions"].items():
+            table = wandb.Table(columns=WANDB_COLUMNS, data=[[m.get(c) for c in WANDB_COLUMNS] for m in comp["models"]])
+            run.log({f"{cid}/leaderboard": table, "block": report["block"]}, step=report["step"])
+    except Exception as e:  # noqa: BLE001 - wandb is optional telemetry
+        logging.getLogger("validator").warning("wandb logging failed for step %s: %s", report.get("step"), e)
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
