@@ -344,3 +344,10 @@ def test_tampered_cached_losses_are_caught_and_recomputed(tmp_path):
     assert [n for name, n in calls if name == "m2"] == [1]  # the honest row: its re-check only
     assert cache.losses.get(key, sids[0]) == pytest.approx(1.0 * len(cache.db.text(sids[0])))
     assert row["win_rate"] == 0.0
+
+
+def test_table_orders_ties_in_win_rate_by_loss_per_token(tmp_path):
+    q = {"m1": 1.2, "m2": 1.0, "m3": 1.1, "m4": 0.5}  # m4 wins every sample
+    chain, _ = _field(tmp_path, q)
+    r = _validator(tmp_path, chain, q, [], dont_set_weights=True).step()
+    assert [m["hotkey"] for m in r["competitions"]["c00"]["models"]] == ["m4", "m2", "m3", "m1"]

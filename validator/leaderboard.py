@@ -42,7 +42,7 @@ def competition_table(cid: str, comp: dict) -> Table:
         t.add_row(
             str(rank) if m.get("win_rate") is not None else "-",
             label,
-            (m.get("hotkey") or "benchmark")[:8],
+            (m.get("hotkey") or "bench")[:8],
             _num(m.get("block"), "{:d}"),
             _num(m.get("age_blocks"), "{:d}"),
             _num(None if m.get("advantage") is None else 100 * m["advantage"], "{:.3f}"),

@@ -7,6 +7,7 @@ and a `source_for` function (sample sources), all injected by `cli.py` or a test
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -361,7 +362,8 @@ def rank_competition(entries: list[Entry], comp: Competition, cache: "EvalCache"
                 "loss_per_token_std": float(finite_tok.std()) if finite_tok.size else None,
                 "loss_per_sample": float(finite.mean()) if finite.size else None,
             })
-    table.sort(key=lambda r: -r["win_rate"])
+    # ties in win rate (often 0 for all but the leader) are ordered by loss per token
+    table.sort(key=lambda r: (-r["win_rate"], math.inf if r["loss_per_token"] is None else r["loss_per_token"]))
     table += [_entry_row(e, block_now) for e in entries if e not in ok]
     return {"models": table, "win_matrix": matrix, "n_samples": len(sample_ids), "block": block_now}
 
