@@ -227,6 +227,18 @@ def test_leaderboard_rerenders_saved_step(tmp_path):
 
     assert main(["leaderboard", "--state-dir", str(tmp_path / "state")]) == 0
     assert main(["leaderboard", "--state-dir", str(tmp_path / "nothing")]) == 1
+    # --out: the step as plots and one HTML page, numbers from the step's own losses
+    assert main(["leaderboard", "--state-dir", str(tmp_path / "state"), "--out", str(tmp_path / "out")]) == 0
+    written = json.loads((tmp_path / "out" / "report.json").read_text())["competitions"]["c00"]
+    for m in written["models"]:
+        row = next(r for r in saved["competitions"]["c00"]["models"] if r["label"] == m["label"])
+        texts = Source().sample(0, 40)
+        expected = [q[row["hotkey"]] * len(t) / len(t.split()) for _, t in texts]
+        assert sorted(m["losses_per_token"]) == pytest.approx(sorted(expected))
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "data:image/png;base64" in html and all(m["label"] in html for m in written["models"])
+    assert {p.name for p in (tmp_path / "out").glob("*.png")} == {"c00_losses.png", "c00_win_rates.png",
+                                                                  "c00_win_matrix.png"}
 
 
 def test_a_model_whose_scoring_fails_is_not_rescored_every_step(tmp_path):

@@ -153,10 +153,17 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     path = args.step_json or args.state_dir / "last_step.json"
     try:
-        print_report(load_report(path))
+        step = load_report(path)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    print_report(step)
+    if args.out:
+        from benchmark.report import write_report
+        from validator.leaderboard import step_to_report
+
+        written = write_report(step_to_report(step), args.out)
+        print(f"report: {written['html']} (and report.json, {len(written) - 2} PNG plots)")
     return 0
 
 
@@ -187,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", help="re-render the last saved step")
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     p.add_argument("--step-json", type=Path, default=None, help="a file written by --save-step-json")
+    p.add_argument("--out", type=Path, default=None,
+                   help="also write report.html, report.json and PNG plots (loss, win rate, win matrix) here")
     p.add_argument("--log-level", default="WARNING")
     p.set_defaults(func=cmd_leaderboard)
 

@@ -150,3 +150,25 @@ class StepProgress:
         if self._progress.live.is_started:
             self._progress.stop()
         self._tasks.clear()
+
+
+def step_to_report(step: dict) -> dict:
+    """A saved step in the report format of benchmark/report.py (plots and HTML)."""
+    comps = {}
+    for cid, comp in step.get("competitions", {}).items():
+        models = [{"label": m["label"], "uid": m.get("uid"), "block": m.get("block"),
+                   "kind": "chain" if m.get("uid") is not None else "benchmark",
+                   "mean_loss_per_token": m.get("loss_per_token"),
+                   "losses_per_token": m.get("losses_per_token") or [],
+                   "win_rate": m.get("win_rate"), "weight": m.get("weight")}
+                  for m in comp["models"] if m.get("win_rate") is not None]
+        n = max(comp.get("n_samples") or 0, 1)
+        wm = comp.get("win_matrix") or {}
+        section = {"models": models}
+        if wm.get("adv_wins") and len(wm.get("labels", [])) == len(models):
+            section["win_matrix"] = {"labels": wm["labels"], "title": "head to head, with the row's advantage",
+                                     "values": [[None if i == j else v / n for j, v in enumerate(row)]
+                                                for i, row in enumerate(wm["adv_wins"])]}
+        comps[cid] = section
+    return {"title": f"coldint validator: step {step.get('step')} at block {step.get('block')}",
+            "block": step.get("block"), "competitions": comps}

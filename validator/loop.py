@@ -361,6 +361,8 @@ def rank_competition(entries: list[Entry], comp: Competition, cache: "EvalCache"
                 "loss_per_token": float(finite_tok.mean()) if finite_tok.size else None,
                 "loss_per_token_std": float(finite_tok.std()) if finite_tok.size else None,
                 "loss_per_sample": float(finite.mean()) if finite.size else None,
+                # per sample, for the plots of `coldint-validator leaderboard --out`
+                "losses_per_token": [float(x) if np.isfinite(x) else None for x in per_tok[i]],
             })
     # ties in win rate (often 0 for all but the leader) are ordered by loss per token
     table.sort(key=lambda r: (-r["win_rate"], math.inf if r["loss_per_token"] is None else r["loss_per_token"]))
