@@ -132,6 +132,16 @@ def _colour(model: dict) -> str:
     return KIND_COLOURS.get(model.get("kind") or "chain", KIND_COLOURS["chain"])
 
 
+def _save_bars(fig: Figure, ax: Any, xlabel: str, title: str, path: Path) -> Path:
+    """The common finish of the horizontal (one row per model) plots."""
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
 def plot_losses(comp: str, models: list[dict], path: Path) -> Path:
     """Horizontal box plot of the per-sample loss per token, one row per model."""
     fig = _figure(len(models))
@@ -153,12 +163,7 @@ def plot_losses(comp: str, models: list[dict], path: Path) -> Path:
     ax.set_yticks(range(len(models)), labels)
     ax.set_ylim(-0.7, len(models) - 0.3)
     ax.invert_yaxis()
-    ax.set_xlabel("loss per token (nats)")
-    ax.set_title(f"{comp}: loss per token per sample")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _save_bars(fig, ax, "loss per token (nats)", f"{comp}: loss per token per sample", path)
 
 
 def plot_win_rates(comp: str, models: list[dict], path: Path) -> Path:
@@ -179,12 +184,7 @@ def plot_win_rates(comp: str, models: list[dict], path: Path) -> Path:
     ax.set_yticks(y, [_short(m["label"]) for m in models])
     ax.invert_yaxis()
     ax.set_xlim(0, min(1.0, max(0.1, float(np.nanmax(np.append(ci[:, 1], rates), initial=0)) * 1.25)))
-    ax.set_xlabel("win rate (fraction of samples won, 95 % CI)")
-    ax.set_title(f"{comp}: win rate")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _save_bars(fig, ax, "win rate (fraction of samples won, 95 % CI)", f"{comp}: win rate", path)
 
 
 def plot_win_matrix(comp: str, values: np.ndarray, labels: list[str], path: Path, title: str | None = None) -> Path:
