@@ -137,32 +137,23 @@ def compare_competition(cf: CompetitionField, block_now: int, *, seed: int = con
     clabels = [m.label for m in cf.candidates]
     p = cf.params
 
+    # every incumbent can take weight here (a local incumbent stands for a committed model)
     section = breport.competition_section(
         labels, uids, fb, fl, ft, block_now, p, candidate_labels=clabels, candidate_losses=cl if c else None,
-        candidate_tokens=ct if c else None, kinds=[m.kind for m in cf.field], n_boot=n_boot, seed=seed)
-    # competition_section lets only uids take weight; here every incumbent can (a local
-    # incumbent stands for a committed model), so weights and candidates are recomputed
-    # with an explicit eligibility. Same seed, so every interval is the same as there.
-    eligible = np.ones(f, dtype=bool)
+        candidate_tokens=ct if c else None, kinds=[m.kind for m in cf.field], eligible=np.ones(f, dtype=bool),
+        include_deltas=True, n_boot=n_boot, seed=seed)
     adv = ranking.advantages(fb, block_now, p.advantage_initial, p.advantage_decay, p.epoch)
-    rates = np.array([mm["win_rate"] if mm["win_rate"] is not None else 0.0 for mm in section["models"][:f]])
-    field_weights = ranking.weights_from_win_rates(rates, p.weight_skew_factor, eligible) if f else np.zeros(0)
     for i, (mm, m) in enumerate(zip(section["models"][:f], cf.field)):
-        mm.update(weight=float(field_weights[i]), advantage=float(adv[i]), hotkey=m.hotkey, path=m.path)
-    candidates = []
-    if c:
-        cstats = bstats.candidate_stats(fl, fb, cl, block_now, p, field_labels=labels, field_uids=uids,
-                                        candidate_labels=clabels, eligible=eligible, n_boot=n_boot, seed=seed)
-        for st, mm, m in zip(cstats, section["models"][f:], cf.candidates):
-            d = st.to_dict(include_deltas=True)
-            d.update(kind=m.kind, path=m.path, mean_loss_per_token=mm["mean_loss_per_token"], outcome="")
-            d["outcome"] = outcome(d)
-            twin = next((fm.label for fm in cf.field if m.content_hash and fm.content_hash == m.content_hash), None)
-            d["copy_of"] = twin
-            if twin is not None:  # on chain, first-seen content keeps it: a copy earns nothing
-                d["verdict"] += f" (same content as {twin}: a copy)"
-            mm.update(weight=d["weight"], advantage=0.0, hotkey=None, path=m.path)
-            candidates.append(d)
+        mm.update(advantage=float(adv[i]), hotkey=m.hotkey, path=m.path)
+    candidates = section["candidates"]
+    for d, mm, m in zip(candidates, section["models"][f:], cf.candidates):
+        d.update(kind=m.kind, path=m.path, mean_loss_per_token=mm["mean_loss_per_token"])
+        d["outcome"] = outcome(d)
+        twin = next((fm.label for fm in cf.field if m.content_hash and fm.content_hash == m.content_hash), None)
+        d["copy_of"] = twin
+        if twin is not None:  # on chain, first-seen content keeps it: a copy earns nothing
+            d["verdict"] += f" (same content as {twin}: a copy)"
+        mm.update(advantage=0.0, hotkey=None, path=m.path)
     section["candidates"] = candidates
     lead = next((d["leader_index"] for d in candidates), None)
     if lead is None and f:

@@ -309,11 +309,13 @@ def competition_section(labels: Sequence[str], uids: Sequence[int | None], block
                         n_tokens: Any, block_now: float, params: bstats.WinParams = bstats.WinParams(), *,
                         candidate_labels: Sequence[str] = (), candidate_losses: Any = None,
                         candidate_tokens: Any = None, kinds: Sequence[str] | None = None,
+                        eligible: Any = None, include_deltas: bool = False,
                         n_boot: int = bstats.BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """One competition's report entry from the field's loss matrix (+ optional candidates).
 
     ``losses``/``n_tokens`` are ``[M, S]`` summed losses and token counts of the field
-    (models without a uid are ranked but take no weight). Candidates are judged each alone
+    (by default models without a uid are ranked but take no weight; `eligible` overrides
+    that per field model). Candidates are judged each alone
     against the field (benchmark.stats.candidate_stats) and listed after the field.
     The win matrix is the pairwise win rate under the advantage rule.
     """
@@ -323,7 +325,7 @@ def competition_section(labels: Sequence[str], uids: Sequence[int | None], block
     if fl.shape != ft.shape:
         raise ValueError(f"n_tokens: shape {ft.shape} differs from losses {fl.shape}")
     m, s = fl.shape
-    eligible = np.array([u is not None for u in uids], dtype=bool)
+    eligible = np.array([u is not None for u in uids] if eligible is None else eligible, dtype=bool)
     fs = bstats.field_stats(fl, fb, block_now, params, field_labels=list(labels), eligible=eligible,
                             n_boot=n_boot, seed=seed)
     kinds = list(kinds) if kinds is not None else ["chain" if u is not None else "benchmark" for u in uids]
@@ -351,7 +353,7 @@ def competition_section(labels: Sequence[str], uids: Sequence[int | None], block
                                         eligible=eligible, n_boot=n_boot, seed=seed)
         for c, st in enumerate(cstats):
             pt, mean = per_token(cl[c], ct[c])
-            candidates.append(st.to_dict())
+            candidates.append(st.to_dict(include_deltas=include_deltas))
             models.append({"label": st.label, "uid": None, "block": None, "kind": "candidate",
                            "mean_loss_per_token": mean, "losses_per_token": pt.tolist(),
                            "win_rate": st.win_rate.value, "win_rate_ci": [st.win_rate.low, st.win_rate.high],
