@@ -363,3 +363,24 @@ def test_table_orders_ties_in_win_rate_by_loss_per_token(tmp_path):
     chain, _ = _field(tmp_path, q)
     r = _validator(tmp_path, chain, q, [], dont_set_weights=True).step()
     assert [m["hotkey"] for m in r["competitions"]["c00"]["models"]] == ["m4", "m2", "m3", "m1"]
+
+
+def test_benchmark_candidates_are_hashed_again_only_when_their_files_change(tmp_path, monkeypatch):
+    import validator.loop as loop
+    from validator.identity import dir_hash
+
+    cand = tmp_path / "cand"
+    cand.mkdir()
+    (cand / "config.json").write_text("{}")
+    (cand / "model.safetensors").write_bytes(b"v1")
+    bench = tmp_path / "benchmark.json"
+    bench.write_text(json.dumps({"c": {"competition": "c00", "path": str(cand)}}))
+    hashed = []
+    monkeypatch.setattr(loop, "dir_hash", lambda p: hashed.append(p) or dir_hash(p))
+    memo: dict = {}
+    (e1,), _ = loop.benchmark_entries(bench, COMPS, memo)
+    (e2,), _ = loop.benchmark_entries(bench, COMPS, memo)
+    assert len(hashed) == 1 and e1.content_hash == e2.content_hash == dir_hash(cand)
+    (cand / "model.safetensors").write_bytes(b"version 2")  # the miner rewrites the candidate
+    (e3,), _ = loop.benchmark_entries(bench, COMPS, memo)
+    assert len(hashed) == 2 and e3.content_hash == dir_hash(cand) != e1.content_hash

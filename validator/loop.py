@@ -233,8 +233,20 @@ def fetch_models(
             on_progress(e)
 
 
-def benchmark_entries(path: Path | None, competitions: dict[str, Competition]) -> tuple[list[Entry], list[str]]:
-    """benchmark.json entries (re-read every step); bad entries are reported and skipped."""
+def _fingerprint(directory: Path) -> tuple:
+    """What a file listing says about a directory's content: a change of any file's size or
+    mtime changes it (a candidate being rewritten gets hashed again)."""
+    return tuple(sorted((str(p.relative_to(directory)), st.st_size, st.st_mtime_ns)
+                        for p in directory.rglob("*") if p.is_file() for st in [p.stat()]))
+
+
+def benchmark_entries(path: Path | None, competitions: dict[str, Competition],
+                      hashes: dict[Path, tuple[tuple, str]] | None = None) -> tuple[list[Entry], list[str]]:
+    """benchmark.json entries (re-read every step); bad entries are reported and skipped.
+
+    `hashes` (path -> (fingerprint, dir hash)) keeps a candidate from being read whole
+    again every step while its files are unchanged."""
+    hashes = {} if hashes is None else hashes
     if path is None:
         return [], []
     try:
@@ -248,7 +260,10 @@ def benchmark_entries(path: Path | None, competitions: dict[str, Competition]) -
             problems.append(f"benchmark entry {bid!r}: unknown competition {b.competition!r}")
             continue
         try:
-            content = dir_hash(b.path)
+            fp = _fingerprint(b.path)
+            if b.path not in hashes or hashes[b.path][0] != fp:
+                hashes[b.path] = (fp, dir_hash(b.path))
+            content = hashes[b.path][1]
         except OSError as e:
             problems.append(f"benchmark entry {bid!r}: cannot read {b.path}: {e}")
             continue
@@ -520,6 +535,7 @@ class Validator:
         self.caches: dict[str, EvalCache] = {}
         self.load_problems: list[str] = []  # reported with the next step
         self.last_sync: tuple[Metagraph, dict[str, Commitment]] | None = None
+        self.bench_hashes: dict[Path, tuple[tuple, str]] = {}  # benchmark candidates, see benchmark_entries
         self.stopping = False
 
     # -- persistence --------------------------------------------------------------------------
@@ -606,7 +622,7 @@ class Validator:
         fetch_models(chosen, self.fetch, competitions, records, first_seen, now, deadline, self.retry_after,
                      on_progress=(lambda e: self.progress.advance("download", e.label)) if self.progress else None)
         self.state.records = {hk: asdict(r) for hk, r in records.items() if hk in entries}
-        bench, bench_problems = benchmark_entries(self.settings.benchmark_path, competitions)
+        bench, bench_problems = benchmark_entries(self.settings.benchmark_path, competitions, self.bench_hashes)
         problems += bench_problems
         t = stage("fetch", t)
 
