@@ -43,7 +43,6 @@ import filelock
 
 import constants
 from validator.identity import ModelId, dir_hash, secure_hash
-from validator.state import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +215,12 @@ def _lock(snapshot: Path) -> Path:
     return snapshot.parent / f"{snapshot.name}.lock"
 
 
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def read_marker(snapshot: str | os.PathLike) -> dict | None:
     """The verification record of a snapshot, or None (absent or unreadable)."""
     try:
@@ -232,10 +237,10 @@ def verified_dir_hash(snapshot: str | os.PathLike) -> str | None:
 
 
 def _write_marker(snapshot: Path, model_id: ModelId, hotkey: str, content_hash: str, checked: dict) -> None:
-    atomic_write_json(_marker(snapshot), {
+    _atomic_write_text(_marker(snapshot), json.dumps({
         "dir_hash": content_hash, "hotkey": hotkey, "repo_id": model_id.repo_id,
         "commit": model_id.commit, "hash": model_id.hash, "verified_at": time.time(), **checked,
-    })
+    }))
 
 
 def _touch(path: Path) -> None:
