@@ -57,12 +57,6 @@ class Entry:
         # the same content scored under another competition's tokenization is another row
         return f"{self.competition}:{self.content_hash}"
 
-    def summary(self) -> dict:
-        d = asdict(self)
-        d["path"] = str(self.path) if self.path else None
-        d["model_id"] = self.model_id.to_commitment() if self.model_id else None
-        return d
-
 
 # --- stage 1: chain ---------------------------------------------------------------------------
 
@@ -671,8 +665,10 @@ class Validator:
         for cid, comp in competitions.items():
             tables[cid] = rank_competition(in_play[cid], comp, cache_of[cid], sample_ids[cid], block_now, seed)
             per_comp[cid] = competition_weights(tables[cid], comp)
-            ranked = [m["hotkey"] for m in tables[cid]["models"] if m["uid"] is not None and m["win_rate"] is not None]
-            self.state.pools[cid] = ranked[: comp.pool_size]
+            # table order (win rate, then loss per token); select_pool's sort is stable on ties
+            rates = {m["hotkey"]: m["win_rate"] for m in tables[cid]["models"]
+                     if m["uid"] is not None and m["win_rate"] is not None}
+            self.state.pools[cid] = ranking.select_pool(rates, comp.pool_size).pool
         for e in chosen:
             # failed ones too: a model that breaks its worker is not re-run every step (the
             # revisit slice and a new commitment bring it back). A transient download failure
