@@ -91,8 +91,11 @@ def build_model(args):
                          tie_word_embeddings=False, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     torch.manual_seed(args.seed)
     config._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(config).to(dtype=getattr(torch, args.dtype))
-    return model.to(args.device).eval()
+    # Built on the device in the target dtype: a 7B config would otherwise need 28 GB of
+    # host memory and minutes of fp32 random init before the copy.
+    with torch.device(args.device):
+        model = LlamaForCausalLM._from_config(config, dtype=getattr(torch, args.dtype))
+    return model.eval()
 
 
 def forward_params(model) -> int:

@@ -141,14 +141,21 @@ def _classify(exc: BaseException, what: str) -> HubError:
 
 def _with_retries(fn, what: str):
     """Run a metadata call; a connection-level failure is tried again a couple of times
-    (olah closes the connection after a 5xx, which breaks the next pooled request)."""
+    (olah closes the connection after a 5xx, which breaks the next pooled request).
+
+    A server that answered with a status is not retried here: huggingface_hub has already
+    retried 5xx answers with its own backoff (about 23 s), and a second round of that per
+    model made a failing hub cost over a minute per model."""
+    from huggingface_hub.errors import HfHubHTTPError
+
     last: BaseException | None = None
     for attempt in range(constants.HUB_METADATA_RETRIES + 1):
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - classified below
             err = _classify(exc, what)
-            if err.reason is not FailureReason.network:
+            answered = isinstance(exc, HfHubHTTPError) and getattr(exc, "response", None) is not None
+            if err.reason is not FailureReason.network or answered:
                 raise err from None
             last = err
             time.sleep(0.2 * (attempt + 1))

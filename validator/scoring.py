@@ -405,6 +405,8 @@ _ENGINE_HEADS: dict[str, Callable] = {
     "Phi3ForCausalLM": _no_transform,
     "PhiForCausalLM": _no_transform,  # lm_head has a bias: F.linear applies it
     "GPTNeoXForCausalLM": _no_transform,
+    "GPT2LMHeadModel": _no_transform,  # lm_head tied to the input embedding
+    "OPTForCausalLM": _no_transform,  # the decoder's project_out runs inside the base model
     "GemmaForCausalLM": _no_transform,
     "OlmoForCausalLM": _no_transform,
     "Olmo2ForCausalLM": _no_transform,

@@ -269,3 +269,23 @@ def test_disk_full_during_download(real_field, real_hub, hub_field, tmp_path, ti
     r = v.step()
     assert {m["status"] for m in r["competitions"]["c00"]["models"]} == {"scored"}
     assert r["weights_set"].startswith("set")
+
+
+def test_a_hub_answering_500_is_asked_no_more_often_than_huggingface_hub_asks_by_itself(real_hub, fast_hub_retries):
+    # huggingface_hub already retries a 5xx with backoff (about 23 s on the real clock);
+    # retrying that whole round again per model made a failing hub cost minutes per step.
+    from huggingface_hub import HfApi
+
+    import validator.hub as hub
+
+    with FaultHub(real_hub.endpoint) as front:
+        front.mode = "500"
+        with pytest.raises(Exception):
+            list(HfApi(endpoint=front.endpoint).list_repo_tree("miner/m", revision="a" * 40, recursive=True))
+        library_alone = len(front.requests)
+        front.requests.clear()
+        with pytest.raises(HubError) as err:
+            hub.remote_files("miner/m", "a" * 40, front.endpoint)
+        tally.fault("hub 500 on the file list")
+    assert err.value.reason is FailureReason.network and "HTTP 500" in str(err.value)
+    assert library_alone > 1 and len(front.requests) == library_alone
