@@ -67,3 +67,36 @@ def test_wandb_missing_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import fails
     with pytest.raises(SystemExit, match=r"coldint-validator\[wandb\]"):
         cli._wandb_init(cli.build_parser().parse_args(["run", "--wandb"]))
+
+
+def test_a_failed_competitions_reload_is_in_the_step_report_and_the_last_good_config_stays(tmp_path, monkeypatch):
+    import json
+
+    import constants
+    from validator.chain.local import LocalChain
+
+    monkeypatch.setattr(constants, "COMPETITIONS_REFRESH_S", 0)  # reload before every step
+    comps = tmp_path / "competitions.json"
+    comps.write_text(json.dumps({"c00": {"reward": 1.0, "model_types": ["LlamaForCausalLM"], "parameters": 1000,
+                                         "model_size": 10_000,
+                                         "dataset": str(tmp_path / "eval.jsonl"), "tokenizer": str(tmp_path)}}))
+    chain = LocalChain(tmp_path / "chain.sqlite", hotkey="5Val")
+    chain.register("5Val", stake=1000.0, validator=True)
+    chain.register("5Miner")
+    chain.commit("5Miner", "team:m:" + "a" * 40 + ":" + "b" * 43 + "=:c00")
+    args = cli.build_parser().parse_args([
+        "run", "--network", "local", "--chain-db", str(tmp_path / "chain.sqlite"), "--hotkey", "5Val",
+        "--competitions", str(comps), "--state-dir", str(tmp_path / "state"), "--device", "cpu",
+        "--hf-endpoint", "http://127.0.0.1:9", "--no-isolation", "--dont-set-weights"])
+    v = cli.build_validator(args)
+    v.progress = None
+    v.fetch = lambda model_id, hotkey, competition: (_ for _ in ()).throw(RuntimeError("no hub in this test"))
+    first = v.step()
+    assert not any(p.startswith("competitions") for p in first["problems"]), first["problems"]
+    comps.write_text('{"c00": {"reward": "lots"')  # someone pushed a typo
+    second = v.step()
+    [msg] = [p for p in second["problems"] if p.startswith("competitions")]
+    assert str(comps) in msg and "last good config stays in force" in msg
+    # the miner's commitment still names a known competition: c00 is still in force
+    assert not any("unknown competition" in p for p in second["problems"])
+    assert "c00" in second["competitions"]

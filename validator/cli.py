@@ -89,8 +89,9 @@ def build_validator(args: argparse.Namespace, console=None):
         if comps.competitions is None:
             raise SystemExit(f"competitions: {comps.last_error}")
         if comps.last_error:
-            logging.getLogger("validator").warning("competitions %s: %s; the last good config stays in force",
-                                                   comps.location, comps.last_error)
+            msg = f"competitions {comps.location}: {comps.last_error}; the last good config stays in force"
+            logging.getLogger("validator").warning(msg)
+            validator.note_problem(msg)  # shown in this step's report, not only the log
         return comps.competitions
 
     def fetch(model_id, hotkey, competition):
@@ -105,9 +106,10 @@ def build_validator(args: argparse.Namespace, console=None):
                         eval_samples=args.eval_samples, save_step_json=args.save_step_json,
                         step_interval_s=args.step_interval)
     hotkey = args.hotkey if args.network == "local" else None
-    return Validator(chain, competitions, fetch, score, lambda name: data.source_for(name, endpoint=endpoint),
-                     settings, hotkey=hotkey, retry_after=hub.retry_after,
-                     cleanup=store.cleanup if store else None, progress=StepProgress(console))
+    validator = Validator(chain, competitions, fetch, score, lambda name: data.source_for(name, endpoint=endpoint),
+                          settings, hotkey=hotkey, retry_after=hub.retry_after,
+                          cleanup=store.cleanup if store else None, progress=StepProgress(console))
+    return validator
 
 
 def cmd_run(args: argparse.Namespace) -> int:

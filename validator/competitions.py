@@ -200,10 +200,10 @@ class CompetitionsConfig:
     (a validator must not stop because GitHub hiccupped or someone pushed a typo)."""
 
     def __init__(self, location: str | Path, timeout: float = constants.COMPETITIONS_TIMEOUT_S,
-                 refresh_s: float = constants.COMPETITIONS_REFRESH_S) -> None:
+                 refresh_s: float | None = None) -> None:
         self.location = str(location)
         self.timeout = timeout
-        self.refresh_s = refresh_s
+        self.refresh_s = constants.COMPETITIONS_REFRESH_S if refresh_s is None else refresh_s
         self.last_error: Optional[str] = None
         self.loaded_at: Optional[float] = None  # wall-clock time of the last good load
         self.attempted_at: Optional[float] = None

@@ -532,6 +532,10 @@ class Validator:
         self.bench_hashes: dict[Path, tuple[tuple, str]] = {}  # benchmark candidates, see benchmark_entries
         self.stopping = False
 
+    def note_problem(self, msg: str) -> None:
+        """A problem found outside the step's stages (a port, a damaged file): in the next report."""
+        self.load_problems.append(msg)
+
     # -- persistence --------------------------------------------------------------------------
 
     def cache_for(self, dataset: str) -> "EvalCache":
@@ -543,7 +547,7 @@ class Validator:
                 kept = ", ".join(keep_bad_copy(p) for p in (path, EvalCache.samples_path(path)) if p.exists())
                 msg = f"evaluation cache {path} unusable ({e}): starting it empty; {kept}"
                 log.warning(msg)
-                self.load_problems.append(msg)
+                self.note_problem(msg)
                 self.caches[dataset] = EvalCache()
                 self.state.evaluated.clear()  # those evaluations are gone: visit the models again
         return self.caches[dataset]
@@ -603,7 +607,7 @@ class Validator:
                               revisit_slice(meta.uids, now), waiting)
         chosen = sorted((entries[hk] for hk in visit), key=lambda e: (e.block, e.uid))
         cache_of = {cid: self.cache_for(c.dataset) for cid, c in competitions.items()}
-        problems += self.load_problems  # damaged cache files found while loading them
+        problems += self.load_problems  # noted outside the stages: damaged cache files, a failed competitions reload
         self.load_problems = []
 
         def first_seen(content: str, hotkey: str, block: int) -> str:
