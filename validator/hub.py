@@ -43,6 +43,7 @@ import filelock
 
 import constants
 from validator.identity import ModelId, dir_hash, secure_hash
+from validator.state import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -222,12 +223,6 @@ def _lock(snapshot: Path) -> Path:
     return snapshot.parent / f"{snapshot.name}.lock"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def read_marker(snapshot: str | os.PathLike) -> dict | None:
     """The verification record of a snapshot, or None (absent or unreadable)."""
     try:
@@ -244,10 +239,10 @@ def verified_dir_hash(snapshot: str | os.PathLike) -> str | None:
 
 
 def _write_marker(snapshot: Path, model_id: ModelId, hotkey: str, content_hash: str, checked: dict) -> None:
-    _atomic_write_text(_marker(snapshot), json.dumps({
+    atomic_write_json(_marker(snapshot), {
         "dir_hash": content_hash, "hotkey": hotkey, "repo_id": model_id.repo_id,
         "commit": model_id.commit, "hash": model_id.hash, "verified_at": time.time(), **checked,
-    }))
+    }, crash_points=False)  # a download record, not validator state: outside the crash test's points
 
 
 def _touch(path: Path) -> None:

@@ -64,21 +64,25 @@ def _crash_point() -> None:
 TEMP_SUFFIX = ".tmp"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old or the new content."""
+def atomic_write_bytes(path: str | Path, data: bytes, *, crash_points: bool = True) -> None:
+    """Write `data` to `path` so that readers see either the old or the new content.
+
+    crash_points=False keeps this write out of the crash test's numbered kill points (for
+    files outside the validator's state, such as a model's verification marker)."""
     path = Path(path)
+    point = _crash_point if crash_points else (lambda: None)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
-        _crash_point()
+        point()
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            _crash_point()
+            point()
             os.fsync(f.fileno())
-        _crash_point()
+        point()
         os.replace(tmp, path)
-        _crash_point()
+        point()
     except BaseException:
         try:
             os.unlink(tmp)
@@ -86,7 +90,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             pass
         raise
     _fsync_dir(path.parent)
-    _crash_point()
+    point()
 
 
 def remove_stale_temps(directory: str | Path) -> list[Path]:
@@ -109,10 +113,10 @@ def remove_stale_temps(directory: str | Path) -> list[Path]:
     return removed
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
+def atomic_write_json(path: str | Path, obj: Any, *, crash_points: bool = True) -> None:
     """Serialise `obj` as strict JSON (NaN/inf rejected: encode them explicitly) and write atomically."""
     data = json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("utf-8")
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data, crash_points=crash_points)
 
 
 def read_json(path: str | Path, default: Any = _MISSING) -> Any:
