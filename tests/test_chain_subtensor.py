@@ -296,3 +296,13 @@ def test_importing_the_adapter_does_not_import_bittensor():
     root = Path(__file__).resolve().parent.parent
     code = "import sys, validator.chain.subtensor; assert 'bittensor' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+
+
+def test_the_validator_hotkey_is_read_from_the_wallets_public_key(tmp_path, caplog):
+    wallet = bt.Wallet(name="val", hotkey="hk", path=str(tmp_path))
+    wallet.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
+    assert SubtensorChain(netuid=NETUID, wallet=wallet).hotkey == wallet.hotkey.ss58_address
+    assert SubtensorChain(netuid=NETUID).hotkey is None  # read-only use, no wallet
+    missing = bt.Wallet(name="nobody", hotkey="none", path=str(tmp_path))
+    assert SubtensorChain(netuid=NETUID, wallet=missing).hotkey is None
+    assert "cannot read the wallet's hotkey" in caplog.text

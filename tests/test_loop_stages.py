@@ -384,3 +384,108 @@ def test_benchmark_candidates_are_hashed_again_only_when_their_files_change(tmp_
     (cand / "model.safetensors").write_bytes(b"version 2")  # the miner rewrites the candidate
     (e3,), _ = loop.benchmark_entries(bench, COMPS, memo)
     assert len(hashed) == 2 and e3.content_hash == dir_hash(cand) != e1.content_hash
+
+
+def _no_revisits(monkeypatch):
+    import validator.loop as loop
+
+    monkeypatch.setattr(loop, "revisit_slice", lambda uids, now: set())
+
+
+def test_pool_members_not_scored_this_step_keep_their_slot_and_a_partial_step_keeps_pools_and_ema(
+        tmp_path, monkeypatch):
+    _no_revisits(monkeypatch)  # only the pool and pending commitments bring a model back
+    q = {"m1": 1.0, "m2": 0.9, "m3": 0.8}
+    chain, _ = _field(tmp_path, q)
+    calls = []
+    v = _validator(tmp_path, chain, q, calls)
+    v.step()
+    pool, ema = list(v.state.pools["c00"]), list(v.state.ema)
+    assert set(pool) == set(q) and sum(ema) > 0
+
+    # SIGTERM arrives while the first model is re-checked: nothing of the partial step
+    # moves the pool or the average
+    real_score = v.score
+
+    def stop_after_first(path, samples, comp):
+        v.stopping = True
+        return real_score(path, samples, comp)
+    v.score = stop_after_first
+    chain.advance(1)
+    r = v.step()
+    assert r["weights_set"] == "not set: shutting down mid-step"
+    assert v.state.pools["c00"] == pool and v.state.ema == ema
+
+    # a step whose download budget is used up before any model: all skipped, all keep their slot
+    v.stopping, v.score = False, real_score
+    v.settings.download_budget_s = -1.0
+    chain.advance(1)
+    r = v.step()
+    assert {m["status"] for m in r["competitions"]["c00"]["models"]} == {"skipped"}
+    assert sorted(v.state.pools["c00"]) == sorted(pool)
+
+    # and the next normal step visits every one of them again
+    v.settings.download_budget_s = 3600.0
+    chain.advance(1)
+    r = v.step()
+    assert {m["hotkey"] for m in r["competitions"]["c00"]["models"]} == set(q)
+    assert {m["status"] for m in r["competitions"]["c00"]["models"]} == {"cached"}
+
+
+def test_pool_is_chosen_by_chain_win_rate_a_benchmark_candidate_does_not_push_a_chain_model_out(
+        tmp_path, monkeypatch):
+    _no_revisits(monkeypatch)
+    # A is best on half the samples, B on 3 in 10, C on 2 in 10: chain-only pool of 2 = {A, B}.
+    # The candidate X beats everyone exactly on B's samples: counted with X, B would win nothing.
+    def group(sid: str) -> int:
+        i = int(sid[1:]) % 10
+        return 0 if i < 5 else (1 if i < 8 else 2)
+    table = {"A": (1.0, 2.0, 2.0), "B": (2.0, 1.0, 2.0), "C": (2.0, 2.0, 1.0), "X": (3.0, 0.5, 3.0)}
+    chain, _ = _field(tmp_path, {"A": 0, "B": 0, "C": 0})
+    cand = tmp_path / "models" / "X"
+    cand.mkdir(parents=True)
+    (cand / "config.json").write_text("{}")
+    bench = tmp_path / "benchmark.json"
+    bench.write_text(json.dumps({"x": {"competition": "c00", "path": str(cand), "label": "X"}}))
+    v = _validator(tmp_path, chain, {}, [], bench=bench)
+    comps = parse_competitions({"c00": {"reward": 1.0, "model_types": ["LlamaForCausalLM"], "parameters": 10**6,
+                                        "model_size": 10**8, "dataset": "texts", "pool_size": 2}})
+    v.competitions = lambda: comps
+    v.score = lambda path, samples, comp: {"losses": {sid: table[path.name][group(sid)] for sid, _ in samples},
+                                           "n_tokens": {sid: 10 for sid, _ in samples}, "failure": None}
+    r = v.step()
+    rows = {m["hotkey"] or m["label"]: m for m in r["competitions"]["c00"]["models"]}
+    assert rows["B"]["win_rate"] == 0.0 and rows["C"]["win_rate"] > 0  # with X, C outranks B
+    assert rows["B"]["chain_win_rate"] > rows["C"]["chain_win_rate"]
+    assert sorted(v.state.pools["c00"]) == ["A", "B"]
+
+
+def test_loss_rows_of_content_no_longer_committed_or_listed_are_forgotten(tmp_path, monkeypatch):
+    _no_revisits(monkeypatch)
+    q = {"m1": 1.0, "m2": 0.9, "m3": 0.8, "m2b": 0.7, "cand": 0.95}  # loss per word
+    chain, _ = _field(tmp_path, {"m1": 1.0, "m2": 0.9, "m3": 0.8})
+    (tmp_path / "models" / "m2b").mkdir()
+    cand = tmp_path / "models" / "cand"
+    cand.mkdir()
+    (cand / "config.json").write_text("{}")
+    bench = tmp_path / "benchmark.json"
+    bench.write_text(json.dumps({"c": {"competition": "c00", "path": str(cand), "label": "cand"}}))
+    v = _validator(tmp_path, chain, q, [], bench=bench)
+    v.fetch = lambda mid, hotkey, comp: (tmp_path / "models" / mid.name, _hash("content-" + mid.name))
+    comps = parse_competitions({"c00": {"reward": 1.0, "model_types": ["LlamaForCausalLM"], "parameters": 10**6,
+                                        "model_size": 10**8, "dataset": "texts", "pool_size": 1}})
+    v.competitions = lambda: comps
+    v.step()
+    losses = v.caches["texts"].losses
+    key = {name: f"c00:{_hash('content-' + name)}" for name in q}
+    chain_keys = {key["m1"], key["m2"], key["m3"]}
+    assert chain_keys < set(losses.models()) and len(set(losses.models()) - chain_keys) == 1  # + the candidate
+    chain.commit("m2", _commit("m2b"))  # m2 replaces its model
+    bench.write_text("{}")  # the miner stops benchmarking the candidate
+    chain.advance(10)
+    v.step()
+    # m2's old content and the dropped candidate are gone; m1 (out of the pool of 1, not
+    # visited this step) is still committed and keeps its losses for its next visit
+    assert set(losses.models()) == {key["m1"], key["m3"], key["m2b"]}
+    saved = json.loads(next((tmp_path / "state" / "evalcache").glob("*.json")).read_text())
+    assert key["m2"] not in json.dumps(saved)

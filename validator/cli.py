@@ -105,7 +105,7 @@ def build_validator(args: argparse.Namespace, console=None):
                         benchmark_path=args.benchmark, hall_of_fame_path=args.hall_of_fame,
                         eval_samples=args.eval_samples, save_step_json=args.save_step_json,
                         step_interval_s=args.step_interval)
-    hotkey = args.hotkey if args.network == "local" else None
+    hotkey = chain.hotkey  # its own weights must not steer which top miners it visits
     validator = Validator(chain, competitions, fetch, score, lambda name: data.source_for(name, endpoint=endpoint),
                           settings, hotkey=hotkey, retry_after=hub.retry_after,
                           cleanup=store.cleanup if store else None, progress=StepProgress(console))

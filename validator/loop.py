@@ -153,6 +153,21 @@ def choose_visits(
     return visit
 
 
+def next_pool(old: list[str], rates: dict[str, float], size: int, unscored: set[str]) -> list[str]:
+    """The `size` best by win rate, plus members of the old pool that were not scored this
+    step (`unscored`: skipped, or a transient download failure): a member keeps its slot
+    until it is scored and loses it, so a restart or a slow hub never drops a leader."""
+    pool = ranking.select_pool(rates, size).pool
+    return pool + [hk for hk in old if hk in unscored and hk not in rates and hk not in pool]
+
+
+def _keeps_pool_slot(e: "Entry", record: "FetchRecord | None") -> bool:
+    if e.status in ("skipped", "pending"):  # never reached this step (time budget, hub down)
+        return True
+    transient = e.path is None and record is not None and record.reason is not None and record.retry_at is not None
+    return e.status == "failed" and transient
+
+
 # --- stage 3: models on disk ----------------------------------------------------------------
 
 
@@ -666,13 +681,19 @@ class Validator:
         t = stage("score", t)
 
         tables, per_comp = {}, {}
+        by_hotkey = {e.hotkey: e for e in chosen}
         for cid, comp in competitions.items():
             tables[cid] = rank_competition(in_play[cid], comp, cache_of[cid], sample_ids[cid], block_now, seed)
             per_comp[cid] = competition_weights(tables[cid], comp)
-            # table order (win rate, then loss per token); select_pool's sort is stable on ties
-            rates = {m["hotkey"]: m["win_rate"] for m in tables[cid]["models"]
-                     if m["uid"] is not None and m["win_rate"] is not None}
-            self.state.pools[cid] = ranking.select_pool(rates, comp.pool_size).pool
+            if self.stopping:
+                continue  # a partial step keeps the pools it started with
+            # chain-only win rates: a benchmark candidate neither takes nor frees a pool slot.
+            # Table order (win rate, then loss per token); select_pool's sort is stable on ties.
+            rates = {m["hotkey"]: m["chain_win_rate"] for m in tables[cid]["models"]
+                     if m.get("chain_win_rate") is not None}
+            unscored = {hk for hk in self.state.pools.get(cid, [])
+                        if hk in by_hotkey and _keeps_pool_slot(by_hotkey[hk], records.get(hk))}
+            self.state.pools[cid] = next_pool(self.state.pools.get(cid, []), rates, comp.pool_size, unscored)
         for e in chosen:
             # failed ones too: a model that breaks its worker is not re-run every step (the
             # revisit slice and a new commitment bring it back). A transient download failure
@@ -680,6 +701,7 @@ class Validator:
             transient = e.path is None and records[e.hotkey].retry_at is not None
             if e.status in ("scored", "cached") or (e.status == "failed" and not transient):
                 self.state.evaluated[e.hotkey] = e.commitment
+        self._forget_dead_models(cache_of, entries, records, in_play)
         n_uids = max(meta.uids, default=-1) + 1
         prev = np.array(self.state.ema) if self.state.ema else None
         weights = step_weights(per_comp, competitions, n_uids, self._hall_of_fame(problems),
@@ -695,8 +717,8 @@ class Validator:
             weights_set = "not set: no model has weight this step"
         else:
             weights_set = self._set_weights(weights, block_now)
-        if weights.sum() > 0 and any(per_comp.values()):
-            self.state.ema = weights.tolist()
+        if weights.sum() > 0 and any(per_comp.values()) and not self.stopping:
+            self.state.ema = weights.tolist()  # a partial step must not move the average
         if self.cleanup:
             try:
                 self.cleanup({e.path for es in in_play.values() for e in es if e.path is not None})
@@ -710,6 +732,21 @@ class Validator:
                   "weights": {str(u): float(w) for u, w in enumerate(weights) if w > 0},
                   "hotkeys": {str(u): hk for u, hk in zip(meta.uids, meta.hotkeys)}}
         return self._finish(report, t0, stages)
+
+    @staticmethod
+    def _forget_dead_models(cache_of: dict[str, "EvalCache"], entries: dict[str, Entry],
+                            records: dict[str, FetchRecord], in_play: dict[str, list[Entry]]) -> None:
+        """Drop loss rows of content no hotkey commits any more and of benchmark candidates
+        no longer listed: without it the cache grows by a row per model ever scored, and is
+        rewritten whole after every model. Models committed but out of the pool keep theirs
+        (the revisit slice brings them back)."""
+        live = {f"{entries[hk].competition}:{r.content_hash}" for hk, r in records.items()
+                if hk in entries and r.commitment == entries[hk].commitment and r.content_hash}
+        live |= {e.cache_key for es in in_play.values() for e in es if e.content_hash}
+        for cache in {id(c): c for c in cache_of.values()}.values():
+            dropped = cache.losses.keep_models(live)
+            if dropped:
+                log.info("evaluation cache: forgot %d model(s) no longer committed or listed", len(dropped))
 
     def _finish(self, report: dict, t0: float, stages: dict) -> dict:
         report["seconds"] = time.monotonic() - t0

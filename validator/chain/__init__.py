@@ -51,6 +51,7 @@ class ChainError(RuntimeError):
 @runtime_checkable
 class Chain(Protocol):
     netuid: int
+    hotkey: str | None  # the validator's own hotkey, None when it has none (read-only use)
 
     @property
     def block(self) -> int: ...

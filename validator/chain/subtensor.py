@@ -16,10 +16,13 @@ SDK surface used (bittensor 11.3):
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import constants
 from validator.chain import ChainError, Commitment, Metagraph
+
+log = logging.getLogger(__name__)
 
 # A Raw<N> field of the Commitments pallet holds at most 128 bytes; longer texts are split
 # across fields, which the SDK's reader concatenates back (metagraph._decode_fields).
@@ -101,6 +104,18 @@ class SubtensorChain:
         self.netuid = int(netuid)
         self.wallet = wallet
         self._client = client
+
+    @property
+    def hotkey(self) -> str | None:
+        """The validator's own hotkey (ss58), read from the wallet's public key file (no
+        password); None without a wallet or when the file cannot be read."""
+        if self.wallet is None:
+            return None
+        try:
+            return str(self.wallet.hotkeypub.ss58_address)
+        except Exception as e:  # noqa: BLE001 - bittensor-wallet raises its own KeyFileError types
+            log.warning("cannot read the wallet's hotkey: %s", e)
+            return None
 
     @property
     def client(self) -> Any:
