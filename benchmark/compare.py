@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field as dc_field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from rich.console import Console, Group
@@ -47,6 +47,9 @@ from benchmark import report as breport
 from benchmark import stats as bstats
 from validator import ranking
 from validator.leaderboard import make_console
+
+if TYPE_CHECKING:  # imported lazily at run time, like the rest of the scoring side
+    from validator.evalcache import EvalCache
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +365,14 @@ def _chain_field(args, competitions: dict, wanted: set[str], caches: dict, model
     return meta.block, picked
 
 
+def _store_samples(cache: EvalCache, samples: list) -> list[str]:
+    """Put this run's samples in the evaluation cache's db; their ids, in order, once each
+    (a source's garbage rows left out). The add keeps every one of them, even at the cap."""
+    rows = cache.db.usable_rows(samples)
+    cache.losses.drop_samples(cache.db.add(rows.items(), time.time()).dropped)
+    return list(rows)
+
+
 def _kind(e: Any) -> str:
     """A loop.Entry's role here: a chain uid, a local incumbent (has a block) or a candidate."""
     return "chain" if e.uid is not None else ("benchmark" if e.block is not None else "candidate")
@@ -389,6 +400,8 @@ def run_benchmark(args: argparse.Namespace, console: Console | None = None) -> i
         return fail(f"--bootstrap {args.bootstrap}: at least {bstats.BOOTSTRAP_MIN_RESAMPLES} resamples", 2)
     if args.samples < 1 or args.top < 0:
         return fail(f"--samples must be >= 1 and --top >= 0 (got {args.samples}, {args.top})", 2)
+    if args.samples > constants.DB_MAX_SAMPLES:  # the sample db could not hold them all at once
+        return fail(f"--samples {args.samples}: at most {constants.DB_MAX_SAMPLES} (the sample database's cap)", 2)
     if not Path(args.benchmark).is_file():
         return fail(f"{args.benchmark}: no such benchmark.json (see benchmark_example.json)", 2)
     try:
@@ -446,8 +459,10 @@ def run_benchmark(args: argparse.Namespace, console: Console | None = None) -> i
             except Exception as e:  # noqa: BLE001 - a dead text source skips its competition only
                 problems.append(f"competition {cid}: no samples from {comp.dataset!r}: {e}")
                 continue
-            cache.losses.drop_samples(cache.db.add(samples, time.time()).dropped)
-            ids = [sid for sid, _ in samples]
+            ids = _store_samples(cache, samples)
+            if not ids:
+                problems.append(f"competition {cid}: {comp.dataset!r} gave no usable samples")
+                continue
             todo = [e for e in field + cands if e.path is not None]
             progress.start("score", len(todo))
 

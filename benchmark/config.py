@@ -25,22 +25,33 @@ class BenchmarkEntry(BaseModel):
     @field_validator("path")
     @classmethod
     def _path_is_model_dir(cls, v: Path) -> Path:
-        v = v.expanduser()
-        if not v.is_dir():
-            raise ValueError(f"{v} is not a directory")
-        if not (v / "config.json").is_file():
-            raise ValueError(f"{v} has no config.json")
-        return v.resolve()
+        # pydantic turns only ValueError/AssertionError into a per-entry error: anything else the
+        # filesystem raises (unknown ~user: RuntimeError, no permission: OSError) would escape it
+        try:
+            return _model_dir(v)
+        except (OSError, RuntimeError) as e:
+            raise ValueError(f"cannot use {v}: {e}") from e
+
+
+def _model_dir(v: Path) -> Path:
+    """`v` expanded and resolved, if it is a model directory (has config.json); else ValueError."""
+    v = v.expanduser()
+    if not v.is_dir():
+        raise ValueError(f"{v} is not a directory")
+    if not (v / "config.json").is_file():
+        raise ValueError(f"{v} has no config.json")
+    return v.resolve()
 
 
 class BenchmarkError(ValueError):
     """benchmark.json as a whole cannot be read."""
 
 
-def parse_benchmark(data: object) -> tuple[dict[str, BenchmarkEntry], dict[str, str]]:
-    """Valid entries by id, and a reason for each entry that was skipped."""
+def parse_benchmark(data: object, source: str = "benchmark.json",
+                    ) -> tuple[dict[str, BenchmarkEntry], dict[str, str]]:
+    """Valid entries by id, and a reason for each entry that was skipped; `source` names the file."""
     if not isinstance(data, dict):
-        raise BenchmarkError(f"benchmark.json must be an object of entries, got {type(data).__name__}")
+        raise BenchmarkError(f"{source}: benchmark.json must be an object of entries, got {type(data).__name__}")
     entries: dict[str, BenchmarkEntry] = {}
     errors: dict[str, str] = {}
     for key, raw in data.items():
@@ -63,10 +74,13 @@ def parse_benchmark(data: object) -> tuple[dict[str, BenchmarkEntry], dict[str, 
 def load_benchmark(path: str | Path) -> tuple[dict[str, BenchmarkEntry], dict[str, str]]:
     """Read benchmark.json; a missing file means no entries (the validator runs without)."""
     path = Path(path)
-    if not path.exists():
-        return {}, {}
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        if not path.exists():
+            return {}, {}
+        # utf-8 as JSON requires, not the locale's encoding; -sig: tolerate an editor's BOM.
+        # ValueError covers UnicodeDecodeError (UTF-16, binary) and JSONDecodeError;
+        # RecursionError: absurdly deep nesting
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError, RecursionError) as e:
         raise BenchmarkError(f"{path}: cannot read benchmark.json: {e}") from e
-    return parse_benchmark(data)
+    return parse_benchmark(data, str(path))

@@ -61,3 +61,74 @@ def test_example_file_parses(tmp_path):
     entries, errors = parse_benchmark(data)
     # the example's paths are placeholders: both entries are reported, none crash
     assert entries == {} and set(errors) == {"my-candidate", "older-run"}
+
+
+@pytest.mark.parametrize("content", [
+    json.dumps({"a": {"competition": "c00", "path": "/x"}}).encode("utf-16"),  # BOM + UTF-16
+    bytes(range(256)) * 4,  # binary junk: not UTF-8
+    b"[" * 100_000,  # nesting too deep for the json module
+])
+def test_unreadable_file_is_a_benchmark_error(tmp_path, content):
+    bad = tmp_path / "bench.json"
+    bad.write_bytes(content)
+    with pytest.raises(BenchmarkError, match="bench.json: cannot read"):
+        load_benchmark(bad)
+
+
+def test_utf8_bom_is_tolerated(tmp_path):
+    d = _model_dir(tmp_path)
+    f = tmp_path / "bench.json"
+    f.write_bytes(json.dumps({"a": {"competition": "c00", "path": str(d)}}).encode("utf-8-sig"))
+    entries, errors = load_benchmark(f)
+    assert list(entries) == ["a"] and errors == {}
+
+
+def test_not_an_object_names_the_file(tmp_path):
+    f = tmp_path / "bench.json"
+    f.write_text("[1]")
+    with pytest.raises(BenchmarkError, match=r"bench\.json.*object"):
+        load_benchmark(f)
+
+
+def test_unknown_home_is_a_per_entry_error(tmp_path):
+    # Path.expanduser raises RuntimeError for an unknown user: the entry is skipped, the rest run
+    d = _model_dir(tmp_path)
+    f = tmp_path / "bench.json"
+    f.write_text(json.dumps({"bad": {"competition": "c00", "path": "~nosuchuser_zz/model"},
+                             "good": {"competition": "c00", "path": str(d)}}))
+    entries, errors = load_benchmark(f)
+    assert list(entries) == ["good"]
+    assert "path" in errors["bad"] and "~nosuchuser_zz/model" in errors["bad"], errors
+
+
+def test_permission_error_in_path_check_is_a_per_entry_error(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    d = _model_dir(tmp_path)
+
+    def denied(self: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_dir", denied)
+    entries, errors = parse_benchmark({"x": {"competition": "c00", "path": str(d)}})
+    assert entries == {} and "Permission denied" in errors["x"] and str(d) in errors["x"], errors
+
+
+def test_unstattable_file_is_a_benchmark_error(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    def denied(self: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "exists", denied)
+    with pytest.raises(BenchmarkError, match="bench.json.*Permission denied"):
+        load_benchmark(tmp_path / "bench.json")
+
+
+def test_validator_step_reports_a_bad_file_instead_of_crashing(tmp_path):
+    from validator.loop import benchmark_entries
+
+    f = tmp_path / "bench.json"
+    f.write_bytes("{}".encode("utf-16"))
+    entries, problems = benchmark_entries(f, {})
+    assert entries == [] and len(problems) == 1 and "bench.json" in problems[0]

@@ -447,3 +447,38 @@ def test_field_from_local_chain_and_hub(world, tmp_path):
     better = sec["candidates"][0]
     assert better["outcome"] == "beats the leader" and f"uid {uids['leader']}" in better["verdict"]
     assert better["leader_advantage"] == pytest.approx(0.004 * 0.995 ** ((chain.block - blocks["leader"]) / 361))
+
+
+# --- a full sample database -----------------------------------------------------------------------
+
+
+def test_runs_with_other_seeds_on_a_full_sample_db(world, tmp_path, monkeypatch):
+    """Runs with different seeds fill the sample db to its cap; a run whose samples are partly
+    old (the oldest of the db) must keep them all, not trim them and fail on their texts."""
+    from validator.evalcache import EvalCache, cache_file
+
+    cap, n = 50, 40
+    load = EvalCache.load.__func__
+    monkeypatch.setattr(EvalCache, "load", classmethod(lambda cls, path, **kw: load(cls, path, min_samples=10,
+                                                                                   max_samples=cap)))
+    bench = tmp_path / "b.json"
+    bench.write_text(json.dumps({
+        "leader": {"competition": "c00", "path": str(world["models"]["leader"]), "block": LEADER_BLOCK},
+        "better": {"competition": "c00", "path": str(world["models"]["better"])}}))
+    argv = _offline_argv(world)
+    argv[0] = str(bench)
+    argv[argv.index("--state-dir") + 1] = str(tmp_path / "state")
+    argv[argv.index("--samples") + 1] = str(n)
+    for seed in (1, 2, 3, 1):
+        argv[argv.index("--seed") + 1] = str(seed)
+        rc, text, _ = _run(argv + ["--out", str(tmp_path / f"out{seed}")])
+        assert rc == 0, text
+        report = json.loads((tmp_path / f"out{seed}" / "report.json").read_text())
+        ids = report["competitions"]["c00"]["sample_ids"]
+        assert len(ids) == n
+        dataset = json.loads(world["competitions"].read_text())["c00"]["dataset"]
+        db = EvalCache.load(cache_file(tmp_path / "state", dataset)).db
+        assert len(db) <= cap and all(sid in db for sid in ids)
+    rc, text, _ = _run(argv[:argv.index("--samples") + 1] + [str(C.constants.DB_MAX_SAMPLES + 1)]
+                       + argv[argv.index("--samples") + 2:])
+    assert rc == 2 and "the sample database's cap" in text

@@ -324,3 +324,68 @@ def test_crash_between_texts_and_losses_keeps_the_losses_of_kept_samples(tmp_pat
     again = EvalCache.load(path)
     assert again.db.ids() == ["b", "c"]
     assert again.losses.get("m", "b") == 2.0 and again.losses.get("m", "a") is None
+
+
+# --- adding at the cap: what a caller adds is never what the cap drops ----------------------
+
+
+def test_add_at_the_cap_keeps_every_id_of_the_batch():
+    db = make_db(min_samples=5, max_samples=10)
+    db.add([(f"old{i}", f"t{i}") for i in range(10)], now=0.0)  # full, old0 the oldest
+    # 6 known ids (the oldest ones, which the old logic left in place and then trimmed) + 3 new:
+    # 9 ids, of which the old logic kept only the 3 new and old{4,5} after dropping 3
+    batch = [(f"old{i}", "ignored: an id names one text forever") for i in range(6)] + \
+            [(f"new{i}", f"n{i}") for i in range(3)]
+    r = db.add(batch, now=1.0)
+    assert len(db) == 10
+    assert all(sid in db for sid, _ in batch)
+    assert db.texts([f"old{i}" for i in range(6)]) == [f"t{i}" for i in range(6)]
+    assert r.added == ["new0", "new1", "new2"]
+    assert r.dropped == ["old6", "old7", "old8"]  # the oldest of those not re-added
+    assert db.ids() == ["old9"] + [sid for sid, _ in batch]  # the batch is newest, in its order
+
+
+def test_add_a_batch_of_exactly_the_cap_replaces_everything_else():
+    db = make_db(min_samples=5, max_samples=10)
+    db.add([(f"a{i}", "x") for i in range(10)], now=0.0)
+    batch = [(f"a{i}", "x") for i in range(0, 10, 2)] + [(f"b{i}", "y") for i in range(5)]
+    r = db.add(batch, now=1.0)
+    assert db.ids() == [sid for sid, _ in batch] and sorted(r.dropped) == [f"a{i}" for i in range(1, 10, 2)]
+
+
+def test_add_refuses_a_batch_bigger_than_the_cap_and_changes_nothing():
+    db = make_db(min_samples=5, max_samples=10)
+    db.add([(f"a{i}", "x") for i in range(10)], now=0.0)
+    before, changes = db.ids(), db.changes
+    with pytest.raises(ValueError, match="cap of 10"):
+        db.add([(f"b{i}", "y") for i in range(11)], now=1.0)
+    assert db.ids() == before and db.changes == changes
+    # duplicates and garbage rows do not count against the cap
+    db.add([("b0", "y")] * 20 + [("", "no id"), ("c", " ")] * 5, now=2.0)
+    assert db.ids()[-1] == "b0" and len(db) == 10
+
+
+def test_touch_is_saved(tmp_path):
+    # the order is the age: a re-added id must stay newest after a save and load
+    ec = EvalCache(make_db(min_samples=2, max_samples=3))
+    ec.db.add([("a", "A"), ("b", "B"), ("c", "C")], now=0.0)
+    path = tmp_path / "c.json"
+    ec.save(path)
+    ec.db.add([("a", "A")], now=5.0)
+    ec.save(path)
+    back = EvalCache.load(path, min_samples=2, max_samples=3)
+    assert back.db.ids() == ["b", "c", "a"]
+    back.db.add([("d", "D")], now=6.0)
+    assert back.db.ids() == ["c", "a", "d"]
+
+
+def test_refresh_never_asks_for_more_than_the_cap():
+    db, src = make_db(min_samples=2, max_samples=3, extend_samples=5), CountingSource()
+    db.refresh(src, seed=1, now=0.0)
+    r = db.refresh(src, seed=2, now=1000.0)
+    assert src.calls[-1] == (2, 3) and len(db) == 3 and r.added == ["s2-0", "s2-1", "s2-2"]
+
+
+def test_usable_rows_keeps_order_first_text_and_skips_garbage():
+    rows = SampleDB.usable_rows([("b", "1"), ("a", "2"), ("b", "3"), ("", "x"), ("c", ""), (1, "y"), "zz", ("d", "4")])
+    assert rows == {"b": "1", "a": "2", "d": "4"} and list(rows) == ["b", "a", "d"]

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+import constants
 from benchmark import report as rep
 from benchmark import stats as S
 
@@ -110,3 +111,84 @@ def test_bad_report_is_named(tmp_path):
         rep.write_report({"competitions": {"c00": {"models": [{"label": "a"}, {"uid": 3}]}}}, tmp_path)
     with pytest.raises(rep.ReportError, match="'c00'.*shape"):
         rep.write_report({"competitions": {"c00": {"models": [{"label": "a"}], "win_matrix": [[0, 1]]}}}, tmp_path)
+
+
+# --- `leaderboard --out`: the win matrix of a saved step ------------------------------------------
+
+
+def _step(comp: dict) -> dict:
+    return {"step": 3, "block": 1000, "competitions": {"c00": comp}}
+
+
+def _model(label: str, uid) -> dict:
+    return {"label": label, "uid": uid, "block": 10, "win_rate": 0.5, "weight": 0.5, "loss_per_token": 2.0,
+            "losses_per_token": [2.0]}
+
+
+@pytest.mark.parametrize("group_samples,columns", [(3, 3), (None, 7)])  # None: saved before it was recorded
+def test_step_win_matrix_is_a_fraction_of_groups(group_samples, columns):
+    from validator.leaderboard import step_to_report
+
+    # 7 samples in groups of 3 -> 3 groups (3 + 3 + 1); a won 2 of them against b, b 1
+    comp = {"n_samples": 7, "models": [_model("a", 1), _model("b", 2)],
+            "win_matrix": {"labels": ["a", "b"], "adv_wins": [[0, 2], [1, 0]]}}
+    if group_samples is not None:
+        comp["group_samples"] = group_samples
+    values = step_to_report(_step(comp))["competitions"]["c00"]["win_matrix"]["values"]
+    assert values == [[None, pytest.approx(2 / columns)], [pytest.approx(1 / columns), None]]
+
+
+def _groups_won_by_hand(losses: np.ndarray, adv: np.ndarray, order: list[int], group: int, seed: int) -> np.ndarray:
+    """[i, j]: groups i wins against j alone, counted one group at a time (the permutation is
+    ranking.group_samples' documented seeded shuffle)."""
+    m, s = losses.shape
+    perm = np.random.default_rng(seed).permutation(s)
+    groups = [perm[k:k + group] for k in range(0, s, group)]
+    won = np.zeros((m, m), dtype=int)
+    for g in groups:
+        tot = losses[:, g].sum(axis=1)
+        for i in range(m):
+            for j in range(m):
+                if i == j or not math.isfinite(tot[i]):
+                    continue
+                if order.index(i) < order.index(j):  # i holds the group; j must beat it by i's advantage
+                    won[i, j] += not (math.isfinite(tot[j]) and tot[j] < tot[i] * (1 - adv[i]))
+                else:
+                    won[i, j] += not math.isfinite(tot[j]) or tot[i] < tot[j] * (1 - adv[j])
+    return won
+
+
+def test_step_from_rank_competition_with_groups_matches_a_count_by_hand():
+    from validator import loop
+    from validator.competitions import parse_competitions
+    from validator.evalcache import EvalCache
+    from validator.leaderboard import step_to_report
+
+    group, seed, block_now = 5, 11, 2000
+    comp = parse_competitions({"c00": {"reward": 1.0, "model_types": ["X"], "parameters": 1, "model_size": 1,
+                                       "dataset": "d", "group_samples": group}})["c00"]
+    rng = np.random.default_rng(3)
+    base = rng.uniform(40, 60, size=23)  # 23 samples -> 5 groups, the last of 3
+    losses = np.vstack([base * rng.uniform(0.95, 1.05, size=23) for _ in range(3)])
+    losses[2, 4] = np.inf  # a failed sample: its group can not be won by that model
+    sids = [f"s{k}" for k in range(23)]
+    cache = EvalCache()
+    entries = [loop.Entry(key=f"uid:{u}", competition="c00", label=f"m{u}", uid=u, block=b, content_hash=f"h{u}",
+                          status="scored") for u, b in ((0, 1500), (1, 1900))]
+    entries.append(loop.Entry(key="bench:x", competition="c00", label="x", content_hash="hx", status="scored"))
+    for e, row in zip(entries, losses):
+        cache.losses.put(e.cache_key, dict(zip(sids, row)), dict.fromkeys(sids, 10))
+    table = json.loads(json.dumps(loop.rank_competition(entries, comp, cache, sids, block_now, seed)))
+
+    adv = [comp.advantage_initial * comp.advantage_decay ** ((block_now - b) / constants.BLOCKS_PER_EPOCH)
+           for b in (1500, 1900)] + [0.0]
+    won = _groups_won_by_hand(losses, np.array(adv), [0, 1, 2], group, seed)
+    n_groups = 5
+    labels = table["win_matrix"]["labels"]
+    idx = [["m0", "m1", "x"].index(lab) for lab in labels]
+    expected = [[None if a == b else won[idx[a], idx[b]] / n_groups for b in range(3)] for a in range(3)]
+    assert 0 < np.nanmax(np.array(expected, dtype=float)) and any(
+        0 < v < 1 for row in expected for v in row if v is not None)  # not a trivial all-or-nothing matrix
+    assert table["group_samples"] == group  # rank_competition records what the wins count
+    values = step_to_report(_step(table))["competitions"]["c00"]["win_matrix"]["values"]
+    assert values == [[None if v is None else pytest.approx(v) for v in row] for row in expected]

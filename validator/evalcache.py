@@ -42,9 +42,10 @@ class Refresh:
 
 
 class SampleDB:
-    """sample_id -> (text, time added), oldest first. Filled up to `min_samples` at once,
-    then extended by `extend_samples` every `extend_interval` seconds, capped at
-    `max_samples` by dropping the oldest (the evaluation slowly moves onto fresh text)."""
+    """sample_id -> (text, time added or last re-added), oldest first. Filled up to
+    `min_samples` at once, then extended by `extend_samples` every `extend_interval`
+    seconds, capped at `max_samples` by dropping the oldest (the evaluation slowly moves
+    onto fresh text)."""
 
     def __init__(self, min_samples: int = constants.DB_MIN_SAMPLES,
                  max_samples: int = constants.DB_MAX_SAMPLES,
@@ -81,32 +82,52 @@ class SampleDB:
         return [(i, self.text(i)) for i in ids]
 
     def wanted(self, now: float) -> int:
-        """How many samples a refresh at `now` asks the source for."""
+        """How many samples a refresh at `now` asks the source for (never more than the cap
+        holds: add() refuses a bigger batch)."""
         if len(self) < self.min_samples:
             return self.min_samples - len(self)
         if self.last_extend is None or now - self.last_extend >= self.extend_interval:
-            return self.extend_samples
+            return min(self.extend_samples, self.max_samples)
         return 0
 
-    def add(self, samples: Iterable[tuple[str, str]], now: float) -> Refresh:
-        """Add new samples (known ids are left alone: an id names one text forever), then
-        drop the oldest beyond the cap."""
-        result = Refresh()
+    @staticmethod
+    def usable_rows(samples: Iterable[Any]) -> dict[str, str]:
+        """sample id -> text of the (id, non-empty text) rows, in order, the first text of an id
+        repeated in the batch: what add() stores. A source may misbehave: other rows are
+        counted and skipped."""
+        rows: dict[str, str] = {}
         garbage = 0
         for item in samples:
-            # a source may misbehave: rows that are not (id, non-empty text) are skipped, never stored
             sid, text = item if isinstance(item, (tuple, list)) and len(item) == 2 else (None, None)
             if not isinstance(sid, str) or not sid or not isinstance(text, str) or not text.strip():
                 garbage += 1
                 continue
-            if sid not in self._items:
-                self._items[sid] = (text, float(now))
-                result.added.append(sid)
+            rows.setdefault(sid, text)
         if garbage:
             log.warning("sample db: skipped %d rows that were not (sample id, non-empty text)", garbage)
+        return rows
+
+    def add(self, samples: Iterable[tuple[str, str]], now: float) -> Refresh:
+        """Add samples, then drop the oldest beyond the cap. A known id keeps its text (an id
+        names one text forever) but becomes newest, like a new one: what a caller adds is
+        what it is about to use, so it must never be what the cap drops. ValueError (and
+        nothing changed) when the batch alone exceeds the cap."""
+        batch = self.usable_rows(samples)
+        if len(batch) > self.max_samples:
+            raise ValueError(f"sample db: {len(batch)} samples at once exceed the cap of {self.max_samples}")
+        result = Refresh()
+        for sid, text in batch.items():
+            if sid in self._items:
+                # touch: keep the text, renew the age
+                self._items[sid] = (self._items[sid][0], float(now))
+                self._items.move_to_end(sid)
+            else:
+                self._items[sid] = (text, float(now))
+                result.added.append(sid)
+        # the batch is now the newest len(batch) <= max_samples items: trimming cannot reach it
         while len(self._items) > self.max_samples:
             result.dropped.append(self._items.popitem(last=False)[0])
-        if result.added or result.dropped:
+        if batch or result.dropped:  # order and ages are saved too, not only the set of ids
             self.changes += 1
         return result
 
@@ -115,7 +136,8 @@ class SampleDB:
         k = self.wanted(now)
         if k <= 0:
             return Refresh()
-        result = self.add(source.sample(seed, k), now)
+        # [:k]: a source that returns more than asked must not push the batch past the cap
+        result = self.add(list(source.sample(seed, k))[:k], now)
         self.last_extend = float(now)
         if len(result.added) < k:
             log.info("sample db: asked %s for %d samples, %d were new", getattr(source, "name", source),

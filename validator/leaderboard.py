@@ -152,6 +152,17 @@ class StepProgress:
         self._tasks.clear()
 
 
+def n_groups(comp: dict) -> int:
+    """How many columns a saved step's competition was ranked on: rank_competition sums its
+    `n_samples` samples in groups of `group_samples` (ranking.group_samples: ceil(n / group))
+    and every win (win matrix included) counts a group, not a sample."""
+    n = comp.get("n_samples") or 0
+    group = comp.get("group_samples")
+    if not (isinstance(group, int) and not isinstance(group, bool) and group >= 1):
+        group = 1  # a step saved before the group size was recorded
+    return max(-(-n // group), 1)
+
+
 def step_to_report(step: dict) -> dict:
     """A saved step in the report format of benchmark/report.py (plots and HTML)."""
     comps = {}
@@ -162,10 +173,10 @@ def step_to_report(step: dict) -> dict:
                    "losses_per_token": m.get("losses_per_token") or [],
                    "win_rate": m.get("win_rate"), "weight": m.get("weight")}
                   for m in comp["models"] if m.get("win_rate") is not None]
-        n = max(comp.get("n_samples") or 0, 1)
         wm = comp.get("win_matrix") or {}
         section = {"models": models}
         if wm.get("adv_wins") and len(wm.get("labels", [])) == len(models):
+            n = n_groups(comp)  # adv_wins counts groups: a fraction of them, like the win rates
             section["win_matrix"] = {"labels": wm["labels"], "title": "head to head, with the row's advantage",
                                      "values": [[None if i == j else v / n for j, v in enumerate(row)]
                                                 for i, row in enumerate(wm["adv_wins"])]}

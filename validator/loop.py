@@ -391,7 +391,8 @@ def rank_competition(entries: list[Entry], comp: Competition, cache: "EvalCache"
     # ties in win rate (often 0 for all but the leader) are ordered by loss per token
     table.sort(key=lambda r: (-r["win_rate"], math.inf if r["loss_per_token"] is None else r["loss_per_token"]))
     table += [_entry_row(e, block_now) for e in entries if e not in ok]
-    return {"models": table, "win_matrix": matrix, "n_samples": len(sample_ids), "block": block_now}
+    return {"models": table, "win_matrix": matrix, "n_samples": len(sample_ids),
+            "group_samples": comp.group_samples, "block": block_now}
 
 
 def _entry_row(e: Entry, block_now: int) -> dict:
