@@ -99,6 +99,13 @@ HUB_METADATA_RETRIES = 2  # extra tries of a metadata call that failed on the co
 MODEL_STORE_TMP_PREFIX = ".tmp-"  # downloads in progress, beside the snapshots they become
 UPLOAD_CHAIN_READBACK_TRIES = 5  # upload_model: read the commitment back this many times
 UPLOAD_CHAIN_READBACK_WAIT_S = 12  # ... waiting this long between reads (one block)
+# A config.json is refused before the model is built on the meta device when it declares
+# more than these (building costs ~1 ms and ~34 KB per layer: a config saying 10**7 layers
+# would take hours and hundreds of GB). Real models: Llama 3 405B 126 layers, DeepSeek-V3
+# 61 layers x 256 routed experts (15,616), Kimi K2 61 x 384 (23,424).
+CONFIG_MAX_LAYERS = 1_024  # any int field counting layers/blocks (num_hidden_layers, n_layer, ...)
+CONFIG_MAX_EXPERTS = 1_024  # any int field counting experts (num_local_experts, n_routed_experts, ...)
+CONFIG_MAX_MODULE_BLOCKS = 65_536  # largest layer count x max(1, largest expert count)
 
 # --- demo field (validator/demofield.py): the embedded default's corpus, tokenizer, models ---
 DEMO_MAX_DOCS = 4_000  # stdlib docstrings kept (train + eval)

@@ -417,12 +417,135 @@ def test_check_model_constraints_on_a_local_dir(src, comp, tmp_path):
     with pytest.raises(HubError) as err:
         hub.check_model_constraints(tok_code, comp)
     assert err.value.reason is FailureReason.remote_code
+    deep = variant(src, tmp_path / "deep")
+    (deep / "config.json").write_text("[" * 100_000 + "]" * 100_000)  # json.loads recurses per level
+    with pytest.raises(HubError) as err:
+        hub.check_model_constraints(deep, comp.model_copy(update={"model_size": 10**9}))
+    assert err.value.reason is FailureReason.constraint and "config.json: not readable JSON" in err.value.detail
 
 
 def test_count_parameters_matches_the_weights(src):
     arch, n = hub.count_parameters(json.loads((src / "config.json").read_text()))
     assert arch == "LlamaForCausalLM" and n == n_params_in(src)
 
+
+
+# --- config.json counts: bounded before the model is built --------------------------------
+
+
+def config_dict(arch: str = "llama", **kw) -> dict:
+    """A config.json as a miner's repo holds it (tests.factories.tiny_config, as a dict)."""
+    from tests.factories import tiny_config
+
+    cfg = tiny_config(arch, **kw).to_dict()
+    cfg["architectures"] = [{"llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM",
+                             "gpt2": "GPT2LMHeadModel"}[arch]]
+    return cfg
+
+
+def any_comp(*archs: str) -> Competition:
+    return Competition(id="c00", reward=1.0, model_types=list(archs or ["LlamaForCausalLM"]),
+                       parameters=10**12, model_size=10**13, dataset="local")
+
+
+@pytest.fixture
+def no_build(monkeypatch):
+    """Fails the test if a model is built: a refused config must cost no build."""
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*_a, **_k):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_config", refuse)
+
+
+@pytest.mark.parametrize("arch, edit, named", [
+    ("llama", {"num_hidden_layers": 10_000_000}, "num_hidden_layers = 10000000 exceeds CONFIG_MAX_LAYERS = 1024"),
+    ("gpt2", {"n_layer": 10_000_000}, "n_layer = 10000000 exceeds CONFIG_MAX_LAYERS"),
+    ("llama", {"text_config": {"num_hidden_layers": 10_000_000}},
+     "text_config.num_hidden_layers = 10000000 exceeds CONFIG_MAX_LAYERS"),
+    ("mixtral", {"num_local_experts": 1_000_000}, "num_local_experts = 1000000 exceeds CONFIG_MAX_EXPERTS = 1024"),
+    ("mixtral", {"num_hidden_layers": 512, "num_local_experts": 512},
+     "num_hidden_layers = 512 x num_local_experts = 512 = 262144 exceeds CONFIG_MAX_MODULE_BLOCKS = 65536"),
+    ("llama", {"num_hidden_layers": True}, "num_hidden_layers = True is a bool"),
+    ("llama", {"num_hidden_layers": -1}, "num_hidden_layers = -1 is negative"),
+    ("llama", {"num_hidden_layers": "32"}, "num_hidden_layers = '32' is not an integer"),
+    ("llama", {"num_hidden_layers": 1e7}, "num_hidden_layers = 10000000.0 is not an integer"),
+    ("mixtral", {"num_local_experts": False}, "num_local_experts = False is a bool"),
+])
+def test_hostile_counts_refused_before_building(arch, edit, named, no_build):
+    cfg = {**config_dict(arch), **edit}
+    comp = any_comp(*cfg["architectures"])
+    for call in (lambda: hub.check_config(cfg, comp, "alice/x@abc/config.json"),
+                 lambda: hub.count_parameters(cfg, "alice/x@abc/config.json")):
+        with pytest.raises(HubError) as err:
+            call()
+        assert err.value.reason is FailureReason.constraint
+        assert err.value.detail.startswith("alice/x@abc/config.json: ") and named in err.value.detail
+
+
+def test_real_model_counts_pass_the_precheck():
+    real = {
+        "llama3_405b": {"num_hidden_layers": 126, "num_key_value_heads": 8},
+        "deepseek_v3": {"num_hidden_layers": 61, "n_routed_experts": 256, "n_shared_experts": 1,
+                        "num_experts_per_tok": 8, "first_k_dense_replace": 3, "num_nextn_predict_layers": 1},
+        "kimi_k2": {"num_hidden_layers": 61, "n_routed_experts": 384, "n_shared_experts": 1},
+        "qwen3_moe": {"num_hidden_layers": 94, "num_experts": 128, "mlp_only_layers": [], "max_window_layers": 94},
+        # indices, flags and widths whose names look like counts
+        "vlm": {"text_config": {"num_hidden_layers": 32}, "vision_config": {"num_hidden_layers": 24},
+                "vision_feature_layer": -2, "freeze_vision_layers": True,
+                "shared_experts_intermediate_size": 1536, "num_experts": None},
+    }
+    for name, cfg in real.items():
+        hub.check_config_counts(cfg, name)
+
+
+def test_transformers_builtin_causal_lm_defaults_pass_the_precheck():
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    refused = {}
+    for model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        try:
+            cfg = CONFIG_MAPPING[model_type]().to_dict()
+        except Exception:  # noqa: BLE001 - a few need arguments to exist at all: nothing to check
+            continue
+        try:
+            hub.check_config_counts(cfg, model_type)
+        except HubError as exc:
+            refused[model_type] = exc.detail
+    # doge's num_experts (16384) counts rows of a product-key embedding, not modules; it
+    # is the one built-in causal LM beyond CONFIG_MAX_EXPERTS
+    assert set(refused) <= {"doge"}, refused
+
+
+def llama_parameters(vocab: int, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
+                     experts: int = 0) -> int:
+    """Closed form of a Llama / Mixtral parameter count (untied embeddings, no biases)."""
+    head_dim = hidden // heads
+    attention = 2 * hidden * hidden + 2 * hidden * kv_heads * head_dim  # q, o + k, v
+    mlp = 3 * hidden * intermediate  # gate, up, down
+    if experts:
+        mlp = experts * mlp + hidden * experts  # + the router
+    norms = 2 * hidden
+    return 2 * vocab * hidden + layers * (attention + mlp + norms) + hidden
+
+
+def test_llama_7b_config_is_counted_exactly():
+    cfg = config_dict("llama", vocab_size=32_000, hidden=4096, layers=32, intermediate_size=11_008,
+                      num_attention_heads=32, num_key_value_heads=32)
+    expected = llama_parameters(32_000, 4096, 11_008, 32, 32, 32)
+    assert expected == 6_738_415_616  # Llama 2 7B
+    assert hub.count_parameters(cfg) == ("LlamaForCausalLM", expected)
+    assert hub.check_config(cfg, any_comp("LlamaForCausalLM")) == expected
+
+
+def test_mixtral_config_with_experts_is_counted_exactly():
+    cfg = config_dict("mixtral", vocab_size=32_000, hidden=4096, layers=32, intermediate_size=14_336,
+                      num_attention_heads=32, num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2)
+    expected = llama_parameters(32_000, 4096, 14_336, 32, 32, 8, experts=8)
+    assert expected == 46_702_792_704  # Mixtral 8x7B
+    assert hub.check_config(cfg, any_comp("MixtralForCausalLM")) == expected
 
 def test_fetch_tokenizer(src, olah_mirror, olah_hub, tmp_path):
     assert hub.fetch_tokenizer(str(src), tmp_path) == src

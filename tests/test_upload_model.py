@@ -181,3 +181,118 @@ def test_register_creates_the_local_chain_and_commits(model_src, competitions_fi
     metagraph, commitments = LocalChain(db).sync()
     assert metagraph.uid_of("5NewMiner") is not None
     assert ModelId.from_commitment(commitments["5NewMiner"].text).name == "registered"
+
+
+# --- huggingface.co: a fake HfApi records what publish_hf and set_visibility ask of the hub ----
+
+HF_SHA = "c" * 40
+
+
+class FakeHub:
+    """One repo on a pretend huggingface.co; `events` is the order of every call, the
+    chain's included, each with the repo's visibility at that moment."""
+
+    def __init__(self, exists: bool, private: bool, refuse_private: bool = False) -> None:
+        self.exists, self.private, self.refuse_private = exists, private, refuse_private
+        self.events: list[tuple] = []
+
+    def record(self, name: str, **details) -> None:
+        self.events.append((name, details, "private" if self.private else "public"))
+
+    def api_class(self):
+        hub = self
+
+        class FakeHfApi:
+            def __init__(self, endpoint=None, token=None):
+                assert token == "hf_test_token"
+
+            def create_repo(self, repo_id, repo_type=None, private=False, exist_ok=False):
+                assert exist_ok and repo_type == "model"
+                if not hub.exists:  # exist_ok leaves an existing repo's visibility alone
+                    hub.exists, hub.private = True, private
+                hub.record("create_repo", private=private)
+
+            def repo_info(self, repo_id, repo_type=None):
+                hub.record("repo_info")
+                return type("Info", (), {"private": hub.private})()
+
+            def update_repo_settings(self, repo_id, *, private=None, repo_type=None):
+                if private and hub.refuse_private:
+                    raise RuntimeError("403: private repository storage limit reached")
+                hub.private = private
+                hub.record("update_repo_settings", private=private)
+
+            def upload_folder(self, **kwargs):
+                hub.record("upload_folder", **kwargs)
+                return type("CommitInfo", (), {"oid": HF_SHA})()
+
+        return FakeHfApi
+
+
+class RecordingChain:
+    netuid = 29
+
+    def __init__(self, hub: FakeHub) -> None:
+        self.hub, self.text = hub, None
+
+    def commit(self, signer, text):
+        self.text = text
+        self.hub.record("chain.commit")
+
+    def sync(self):
+        self.hub.record("chain.sync")
+        return None, ({HOTKEY: Commitment(self.text, 7)} if self.text else {})
+
+
+def publish_to_fake_hf(fake: FakeHub, model_src, competitions_file, monkeypatch):
+    import huggingface_hub
+
+    from validator import hub
+    from validator.competitions import load_competitions
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", fake.api_class())
+    def download_snapshot(repo_id, commit, *_args, **_kwargs) -> Path:
+        fake.record("download", commit=commit)
+        return Path(model_src)  # stands in for the snapshot at HF_SHA, downloaded as a validator would
+
+    monkeypatch.setattr(hub, "download_snapshot", download_snapshot)
+    comp = load_competitions(str(competitions_file))["c00"]
+    return upload_model.publish_and_commit(model_src, comp, hub_spec="hf", chain=RecordingChain(fake),
+                                           signer=HOTKEY, hotkey=HOTKEY, repo="carol/hf-model",
+                                           token="hf_test_token", readback_wait_s=0, log=lambda _m: None)
+
+
+def first(events: list[tuple], name: str, **details) -> int:
+    return next(i for i, (n, d, _v) in enumerate(events)
+                if n == name and all(d.get(k) == v for k, v in details.items()))
+
+
+@pytest.mark.parametrize("exists, private", [(False, True), (True, False), (True, True)],
+                         ids=["new", "existing-public", "existing-private"])
+def test_hf_publish_keeps_weights_private_until_committed(exists, private, model_src, competitions_file,
+                                                         monkeypatch):
+    fake = FakeHub(exists, private)
+    mid = publish_to_fake_hf(fake, model_src, competitions_file, monkeypatch)
+    assert mid.commit == HF_SHA
+    events = fake.events
+    upload = first(events, "upload_folder")
+    _name, kwargs, visibility = events[upload]
+    assert visibility == "private"  # the new weights were never public before the commitment
+    assert kwargs["delete_patterns"] == "*"  # stale remote files (an old model.safetensors) go
+    assert kwargs["folder_path"] == str(model_src) and ".*" in kwargs["ignore_patterns"]
+    made_private = [i for i, (n, d, _v) in enumerate(events) if n == "update_repo_settings" and d["private"]]
+    assert made_private == ([first(events, "repo_info") + 1] if exists and not private else [])
+    commit = first(events, "chain.commit")
+    made_public = first(events, "update_repo_settings", private=False)
+    assert upload < first(events, "download") < commit < made_public == len(events) - 1
+    assert events[made_public - 1][0] == "chain.sync"  # only once the chain shows the commitment
+    assert all(v == "private" for _n, _d, v in events[upload:made_public])
+
+
+def test_hf_publish_refuses_to_upload_when_the_repo_cannot_be_made_private(model_src, competitions_file,
+                                                                            monkeypatch):
+    fake = FakeHub(exists=True, private=False, refuse_private=True)
+    with pytest.raises(upload_model.UploadError) as err:
+        publish_to_fake_hf(fake, model_src, competitions_file, monkeypatch)
+    assert "carol/hf-model" in str(err.value) and "storage limit" in str(err.value)
+    assert [n for n, _d, _v in fake.events] == ["chain.sync", "create_repo", "repo_info"]  # nothing uploaded

@@ -19,9 +19,10 @@ hash of exactly what the miner published.
 
 Order of checks, so no weight byte is fetched for a model that must be refused:
 file list at the commit (names, formats, code files, total size vs the competition's
-model_size, free disk) -> config.json alone (auto_map, architecture, parameter count on
-the meta device) -> the download -> symlinks realised and confined to the download ->
-complete file set -> size / architecture / parameters again on disk -> secure hash.
+model_size, free disk) -> config.json alone (auto_map, architecture, layer and expert
+counts bounded, then the parameter count on the meta device) -> the download -> symlinks
+realised and confined to the download -> complete file set -> size / architecture /
+parameters again on disk -> secure hash.
 """
 from __future__ import annotations
 
@@ -313,11 +314,14 @@ def check_config(cfg: dict, competition: Any, what: str = "config.json") -> int:
 def count_parameters(cfg: dict, what: str = "config.json") -> tuple[str, int]:
     """(model class name, unique parameter count) of the causal LM a config describes.
 
-    Built on torch's meta device: shapes only, nothing allocated, no weights read."""
+    Built on torch's meta device: shapes only, nothing allocated, no weights read. The build
+    still costs time and memory per module, so the layer and expert counts are bounded first
+    (check_config_counts)."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    check_config_counts(cfg, what)  # before anything is built: a huge count is hours of building
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
         raise HubError(FailureReason.constraint,
@@ -333,6 +337,77 @@ def count_parameters(cfg: dict, what: str = "config.json") -> tuple[str, int]:
                        f"{what}: cannot build a causal LM from it ({type(exc).__name__}: {str(exc)[:200]})") from None
     # parameters() yields each tensor once, so tied embeddings are counted once
     return type(model).__name__, int(sum(p.numel() for p in model.parameters()))
+
+
+# Config keys that count what the meta-device build makes modules for, one by one. Layer or
+# block counts: plural names (num_hidden_layers, decoder_layers, num_blocks) or a count prefix
+# with the singular (n_layer). A singular name without the prefix is an index
+# (vision_feature_layer = -1), a list holds layer indices (mlp_only_layers), a bool under a
+# plural name is a flag (freeze_text_layers): none of those sizes the model.
+_LAYER_COUNT_KEY = re.compile(r"(layers|blocks)$|^(n|num)_(\w+_)?(layer|block)$")
+# Expert counts end in "experts" (num_local_experts, n_routed_experts, moe_num_experts);
+# shared_experts_intermediate_size contains the word but is a width.
+_EXPERT_COUNT_KEY = re.compile(r"experts$")
+_COUNT_PREFIX = re.compile(r"(^|_)(n|num)_")  # a name that says it is a number of things
+
+
+def _config_items(cfg: dict) -> Iterable[tuple[str, Any]]:
+    """(dotted path, value) of every leaf of a config, nested dicts (text_config, ...) and
+    dicts inside lists included. Iterative: a deeply nested JSON cannot exhaust the stack."""
+    stack: list[tuple[str, Any]] = [("", cfg)]
+    while stack:
+        prefix, node = stack.pop()
+        children = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in children:
+            path = f"{prefix}{key}"
+            if isinstance(value, (dict, list)):
+                stack.append((f"{path}.", value))
+            else:
+                yield path, value
+
+
+def _count_value(path: str, value: Any, bound_name: str, what: str) -> int | None:
+    """The integer a count key holds (None: unset or a flag); HubError if it is not a
+    count within the bound named by `bound_name` (a constant)."""
+    key = path.rsplit(".", 1)[-1].lower()
+    if value is None:
+        return None  # unset: transformers takes its default
+    if isinstance(value, bool):
+        if _COUNT_PREFIX.search(key) or bound_name == "CONFIG_MAX_EXPERTS":
+            raise HubError(FailureReason.constraint, f"{what}: {path} = {value} is a bool, not a count")
+        return None  # a flag about layers, e.g. freeze_text_layers
+    if not isinstance(value, int):
+        raise HubError(FailureReason.constraint, f"{what}: {path} = {value!r} is not an integer count")
+    if value < 0:
+        raise HubError(FailureReason.constraint, f"{what}: {path} = {value} is negative")
+    bound = getattr(constants, bound_name)
+    if value > bound:
+        raise HubError(FailureReason.constraint, f"{what}: {path} = {value} exceeds {bound_name} = {bound}")
+    return value
+
+
+def check_config_counts(cfg: dict, what: str = "config.json") -> None:
+    """Refuse a config whose layer, block or expert counts (at any depth) are not integers
+    within CONFIG_MAX_LAYERS / CONFIG_MAX_EXPERTS, or whose largest layer count times its
+    largest expert count exceeds CONFIG_MAX_MODULE_BLOCKS. Builds nothing; HubError
+    (constraint) names the key and the bound."""
+    if not isinstance(cfg, dict):
+        raise HubError(FailureReason.constraint, f"{what}: not a JSON object")
+    layers: tuple[str, int] = ("", 0)
+    experts: tuple[str, int] = ("", 0)
+    for path, value in _config_items(cfg):
+        key = path.rsplit(".", 1)[-1].lower()
+        if _LAYER_COUNT_KEY.search(key):
+            n = _count_value(path, value, "CONFIG_MAX_LAYERS", what)
+            layers = max(layers, (path, n or 0), key=lambda item: item[1])
+        elif _EXPERT_COUNT_KEY.search(key):
+            n = _count_value(path, value, "CONFIG_MAX_EXPERTS", what)
+            experts = max(experts, (path, n or 0), key=lambda item: item[1])
+    blocks = layers[1] * max(1, experts[1])
+    if blocks > constants.CONFIG_MAX_MODULE_BLOCKS:
+        raise HubError(FailureReason.constraint,
+                       f"{what}: {layers[0]} = {layers[1]} x {experts[0]} = {experts[1]} = {blocks} "
+                       f"exceeds CONFIG_MAX_MODULE_BLOCKS = {constants.CONFIG_MAX_MODULE_BLOCKS}")
 
 
 def check_model_constraints(path: str | os.PathLike, competition: Any) -> None:
@@ -386,8 +461,8 @@ def _check_recorded(marker: dict, competition: Any, what: str) -> None:
 def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise HubError(FailureReason.constraint, f"{what}: not readable JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
+        raise HubError(FailureReason.constraint, f"{what}: not readable JSON ({type(exc).__name__}: {exc})") from None
 
 
 # --- download -------------------------------------------------------------------------------
@@ -806,15 +881,37 @@ def publish_local(model_dir: str | os.PathLike, mirror_dir: str | os.PathLike, n
 
 def publish_hf(model_dir: str | os.PathLike, repo_id: str, token: str | None, private: bool = True,
                endpoint: str | None = None) -> str:
-    """Create `repo_id` (private by default) and upload the files of `model_dir` in one
-    commit; returns the commit sha. Hidden files (.git, .cache) are not uploaded."""
+    """Create `repo_id` (private by default) and upload the files of `model_dir`; returns the
+    sha of the commit holding them all (huggingface_hub may split a large folder into several
+    commits; the last is complete). Hidden files (.git, .cache) are not uploaded.
+
+    The repo ends up holding exactly these files (plus the hub's .gitattributes): remote
+    files left from an earlier upload are deleted, since a stale model.safetensors beside
+    new shards is what transformers would load. With `private`, an existing public repo is
+    made private before the upload, so the new weights stay unseen until committed on chain
+    (a copier could otherwise commit them first)."""
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=resolve_endpoint(endpoint), token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)  # exist_ok keeps its visibility
+    if private:
+        _make_private(api, repo_id)
+    # "*" deletes every remote file this upload does not write; huggingface_hub drops the
+    # files being uploaded from the deletions and never deletes .gitattributes.
     info = api.upload_folder(folder_path=str(model_dir), repo_id=repo_id, repo_type="model",
-                             commit_message="upload model", ignore_patterns=[".*", "**/.*"])
+                             commit_message="upload model", ignore_patterns=[".*", "**/.*"],
+                             delete_patterns="*")
     return info.oid
+
+
+def _make_private(api: Any, repo_id: str) -> None:
+    """Make `repo_id` private unless the hub says it already is (an unknown visibility is
+    treated as public)."""
+    if api.repo_info(repo_id, repo_type="model").private is True:
+        return
+    api.update_repo_settings(repo_id, private=True, repo_type="model")
+    log.warning("%s existed and was not private: made it private before uploading "
+                "(it is made public again once the commitment is on chain)", repo_id)
 
 
 def set_visibility(repo_id: str, public: bool, token: str | None, endpoint: str | None = None) -> None:
