@@ -200,3 +200,19 @@ def test_bf16_engine_agrees_with_the_bf16_reference(tmp_path, caplog):
     assert_same(out, ref, rel=constants.ENGINE_VERIFY_RTOL_LOWP)
     # and bf16 rounding moves the summed loss by far less than models differ by
     assert_same(out, fp32, rel=1e-2)
+
+
+def test_a_nan_model_keeps_the_engine_path_instead_of_rescoring_every_sample(tmp_path, monkeypatch):
+    import validator.scoring as scoring
+
+    model = load_model(make_model(tmp_path / "nan", "llama", vocab_size=VOCAB), "cpu")
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")  # one broken weight: every logit is NaN
+    lists = [ids for ids in token_lists(7) if ids is not None and len(ids) > 1]
+    reference_calls = []
+    real = scoring.reference_losses
+    monkeypatch.setattr(scoring, "reference_losses", lambda m, t, d: reference_calls.append(len(t)) or real(m, t, d))
+    out, used = scoring._engine_run(model, lists, "cpu")
+    assert all(math.isnan(x) for x in out)
+    assert reference_calls == [1]  # the probe only, not the whole model again
+    assert used.startswith("engine") and "non-finite" in used

@@ -257,3 +257,29 @@ def test_token_cache_is_bounded_and_saved_without_pickle(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="tokens.npz"):
         TokenCache.load(path)
+
+
+def test_token_cache_tells_apart_tokenizer_classes_picked_from_the_model_config(assets, tmp_path):
+    # Same tokenizer files, no tokenizer_class: AutoTokenizer picks the class from config.json's
+    # model_type, and the classes tokenize differently. A shared cache must not mix them up.
+    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
+
+    tok = Tokenizer(tok_models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(make_texts(100), trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok_files = tmp_path / "tok"
+    tok_files.mkdir()
+    tok.save(str(tok_files / "tokenizer.json"))
+    (tok_files / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}))
+    models = {arch: make_model(tmp_path / arch, arch, tokenizer_dir=tok_files) for arch in ("gemma", "gpt2")}
+    comp = dict(COMP, free_tokenizer=True)
+    samples = samples_of(make_texts(5, seed=21))
+    fresh = {arch: score_model(path, samples, comp).n_tokens for arch, path in models.items()}
+    assert fresh["gemma"] != fresh["gpt2"]  # the two classes really differ on these files
+    shared = TokenCache()
+    for arch in ("gemma", "gpt2"):
+        assert score_model(models[arch], samples, comp, token_cache=shared).n_tokens == fresh[arch], arch

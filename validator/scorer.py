@@ -51,7 +51,7 @@ def make_score_fn(device: str, cache_dir: Path, endpoint: str | None = None, iso
 
             res = run_isolated(JOB, kwargs, timeout_s=timeout_s)
             if not res.ok:
-                return {"losses": {}, "n_tokens": {}, "failure": f"{res.reason}: {res.detail[-200:]}".strip()}
+                return {"losses": {}, "n_tokens": {}, "failure": res.describe()[:300]}
             value = res.value
         else:
             from validator.scoring import score_model_job

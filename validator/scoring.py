@@ -595,6 +595,10 @@ def _engine_run(model, token_lists, device, token_budget=None, verify=True) -> t
         ref = reference_losses(model, [token_lists[probe]], dev)[0]
         low_precision = parts.weight.dtype not in (torch.float32, torch.float64)
         rtol = constants.ENGINE_VERIFY_RTOL_LOWP if low_precision else constants.ENGINE_VERIFY_RTOL_FP32
+        if not (math.isfinite(out[probe]) and math.isfinite(ref)):
+            # a NaN/inf model (e.g. a NaN weight): both paths agree it is broken, and it never
+            # wins a sample; re-running every sample through full-vocabulary logits gains nothing
+            return out, f"engine ({reason}; non-finite loss, reference probe skipped)"
         if not (abs(out[probe] - ref) <= rtol * max(abs(ref), 1e-6)):
             log.warning("engine loss %.6g differs from the reference %.6g on sample %d (%s); "
                         "using the reference path for this model", out[probe], ref, probe, reason)
@@ -634,7 +638,9 @@ def score_model(model_path: str | os.PathLike, samples: Sequence[tuple[str, str]
     try:
         tok_dir = _pick_tokenizer_dir(model_path, comp, tokenizer_path)
         tokenizer = load_tokenizer(tok_dir)
-        key = tokenizer_hash(tok_dir) if token_cache is not None else None
+        # The class is part of the identity: without a tokenizer_class, AutoTokenizer picks it
+        # from config.json's model_type, so the same files can tokenize differently.
+        key = f"{tokenizer_hash(tok_dir)}:{type(tokenizer).__name__}" if token_cache is not None else None
         tokenized = tokenize_samples(tokenizer, samples, comp, cache=token_cache, tokenizer_key=key)
         check_tokenize_fails(tokenized, comp)
         if model is None:

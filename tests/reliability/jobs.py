@@ -23,6 +23,8 @@ def score(model_path: str, samples: list, competition: dict, device: str = "cpu"
     if name.startswith("hang"):
         time.sleep(600)
     if name.startswith("raise"):
+        for i in range(40):  # a chatty library before the error: the reason must still name the error
+            print(f"library warning line {i}", flush=True)
         raise RuntimeError("forward pass exploded")
     q = 1.0 + (sum(map(ord, name)) % 10) / 10
     return {"losses": {sid: q * len(text) for sid, text in samples},
