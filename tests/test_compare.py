@@ -144,7 +144,10 @@ def _cached_losses(world, labels: list[str]) -> np.ndarray:
     cache = EvalCache.load(cache_file(world["state"], data))
     report = json.loads((world["out"] / "report.json").read_text())
     ids = report["competitions"]["c00"]["sample_ids"]
-    keys = [f"c00:{dir_hash(world['models'][lab])}" for lab in labels]
+    from validator.competitions import load_competitions
+
+    rule = load_competitions(str(world["competitions"]))["c00"].scoring_key
+    keys = [f"c00:{rule}:{dir_hash(world['models'][lab])}" for lab in labels]
     return cache.losses.get_matrix(keys, ids)
 
 

@@ -477,7 +477,7 @@ def test_loss_rows_of_content_no_longer_committed_or_listed_are_forgotten(tmp_pa
     v.competitions = lambda: comps
     v.step()
     losses = v.caches["texts"].losses
-    key = {name: f"c00:{_hash('content-' + name)}" for name in q}
+    key = {name: f"c00:{comps['c00'].scoring_key}:{_hash('content-' + name)}" for name in q}
     chain_keys = {key["m1"], key["m2"], key["m3"]}
     assert chain_keys < set(losses.models()) and len(set(losses.models()) - chain_keys) == 1  # + the candidate
     chain.commit("m2", _commit("m2b"))  # m2 replaces its model
@@ -489,3 +489,23 @@ def test_loss_rows_of_content_no_longer_committed_or_listed_are_forgotten(tmp_pa
     assert set(losses.models()) == {key["m1"], key["m3"], key["m2b"]}
     saved = json.loads(next((tmp_path / "state" / "evalcache").glob("*.json")).read_text())
     assert key["m2"] not in json.dumps(saved)
+
+
+def test_changing_a_competitions_tokenization_rescores_instead_of_mixing_old_losses(tmp_path, monkeypatch):
+    _no_revisits(monkeypatch)
+    q = {"m1": 1.0, "m2": 0.9}
+    chain, _ = _field(tmp_path, q)
+    calls = []
+    v = _validator(tmp_path, chain, q, calls)
+    v.step()
+    assert sorted(n for _, n in calls) == [40, 40]
+    calls.clear()
+    v.step()  # same rules: re-checks only
+    assert all(n < 40 for _, n in calls)
+    longer = parse_competitions({"c00": {**COMPS["c00"].model_dump(exclude={"id"}), "max_sequence_len": 8192}})
+    assert longer["c00"].scoring_key != COMPS["c00"].scoring_key
+    v.competitions = lambda: longer
+    calls.clear()
+    v.step()  # losses cached under 4096 tokens are not this rule's losses: every sample again
+    assert sorted(n for _, n in calls) == [40, 40]
+    assert all(k.startswith(f"c00:{longer['c00'].scoring_key}:") for k in v.caches["texts"].losses.models())

@@ -9,6 +9,7 @@ model_size, dataset; the other fields default from `constants`. Unknown keys (e.
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import re
@@ -56,6 +57,14 @@ class Competition(BaseModel):
     weight_skew_factor: float = Field(default=constants.WEIGHT_SKEW_FACTOR, gt=0)
     pool_size: int = Field(default=constants.POOL_SIZE, gt=0)
     pend_size: int = Field(default=constants.PEND_SIZE, ge=0)
+
+    @property
+    def scoring_key(self) -> str:
+        """A short digest of what a sample's loss depends on besides the model (tokenizer,
+        caps): cached losses are keyed by it, so changing any of them rescores everyone
+        instead of mixing losses computed under two rules."""
+        rule = [self.tokenizer, self.free_tokenizer, self.max_sequence_len, self.cap_sample_len]
+        return hashlib.sha256(json.dumps(rule).encode()).hexdigest()[:12]
 
     @field_validator("model_types")
     @classmethod

@@ -10,7 +10,7 @@ import logging
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -51,11 +51,12 @@ class Entry:
     content_hash: str | None = None
     status: str = "pending"  # pending | scored | cached | failed | skipped
     reason: str | None = None
+    scoring: str = ""  # the competition's scoring_key: its tokenization rules
 
     @property
     def cache_key(self) -> str:
-        # the same content scored under another competition's tokenization is another row
-        return f"{self.competition}:{self.content_hash}"
+        # the same content under another competition, or under changed tokenization rules, is another row
+        return f"{self.competition}:{self.scoring}:{self.content_hash}"
 
 
 # --- stage 1: chain ---------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def parse_commitments(
             problems[hotkey] = f"uid {uid}: same commitment as uid {owner_of_text[c.text].uid}, which committed first"
             continue
         e = Entry(key=f"uid:{uid}", competition=mid.competition, label=f"uid {uid}", uid=uid, hotkey=hotkey,
-                  block=c.block, commitment=c.text, model_id=mid)
+                  block=c.block, commitment=c.text, model_id=mid, scoring=competitions[mid.competition].scoring_key)
         owner_of_text[c.text] = e
         entries[hotkey] = e
     return entries, problems
@@ -277,7 +278,7 @@ def benchmark_entries(path: Path | None, competitions: dict[str, Competition],
             problems.append(f"benchmark entry {bid!r}: cannot read {b.path}: {e}")
             continue
         out.append(Entry(key=f"bench:{bid}", competition=b.competition, label=b.label or bid, block=b.block,
-                         path=b.path, content_hash=content))
+                         path=b.path, content_hash=content, scoring=competitions[b.competition].scoring_key))
     return out, problems
 
 
@@ -741,7 +742,7 @@ class Validator:
         no longer listed: without it the cache grows by a row per model ever scored, and is
         rewritten whole after every model. Models committed but out of the pool keep theirs
         (the revisit slice brings them back)."""
-        live = {f"{entries[hk].competition}:{r.content_hash}" for hk, r in records.items()
+        live = {replace(entries[hk], content_hash=r.content_hash).cache_key for hk, r in records.items()
                 if hk in entries and r.commitment == entries[hk].commitment and r.content_hash}
         live |= {e.cache_key for es in in_play.values() for e in es if e.content_hash}
         for cache in {id(c): c for c in cache_of.values()}.values():
