@@ -112,7 +112,7 @@ def _validator(tmp_path, chain, qualities, calls, bench=None, score_hook=None, *
     def fetch(mid, hotkey, comp):
         return tmp_path / "models" / hotkey, _hash("content-" + hotkey)
 
-    def score(path, samples, comp):
+    def score(path, samples, comp, step_samples=None):
         calls.append((path.name, len(samples)))
         if score_hook:
             score_hook(path)
@@ -166,7 +166,7 @@ def test_all_zero_weights_are_never_set(tmp_path):
     q = {"m1": 1.0}
     chain, _ = _field(tmp_path, q)
     v = _validator(tmp_path, chain, q, [])
-    v.score = lambda path, samples, comp: {"losses": {}, "n_tokens": {}, "failure": "forward: boom"}
+    v.score = lambda path, samples, comp, **kw: {"losses": {}, "n_tokens": {}, "failure": "forward: boom"}
     r = v.step()
     assert r["weights_set"] == "not set: no model has weight this step"
     assert chain.weights_record(VAL) is None
@@ -248,11 +248,11 @@ def test_a_model_whose_scoring_fails_is_not_rescored_every_step(tmp_path):
     v = _validator(tmp_path, chain, q, calls)
     good = v.score
 
-    def score(path, samples, comp):
+    def score(path, samples, comp, step_samples=None):
         if path.name == "m1":
             calls.append((path.name, len(samples)))
             return {"losses": {}, "n_tokens": {}, "failure": "crashed: SIGSEGV"}
-        return good(path, samples, comp)
+        return good(path, samples, comp, step_samples=step_samples)
 
     v.score = score
     # m1 is in no pool and in no revisit slot at these clock times: only "pending" would bring it back
@@ -407,9 +407,9 @@ def test_pool_members_not_scored_this_step_keep_their_slot_and_a_partial_step_ke
     # moves the pool or the average
     real_score = v.score
 
-    def stop_after_first(path, samples, comp):
+    def stop_after_first(path, samples, comp, **kw):
         v.stopping = True
-        return real_score(path, samples, comp)
+        return real_score(path, samples, comp, **kw)
     v.score = stop_after_first
     chain.advance(1)
     r = v.step()
@@ -451,7 +451,7 @@ def test_pool_is_chosen_by_chain_win_rate_a_benchmark_candidate_does_not_push_a_
     comps = parse_competitions({"c00": {"reward": 1.0, "model_types": ["LlamaForCausalLM"], "parameters": 10**6,
                                         "model_size": 10**8, "dataset": "texts", "pool_size": 2}})
     v.competitions = lambda: comps
-    v.score = lambda path, samples, comp: {"losses": {sid: table[path.name][group(sid)] for sid, _ in samples},
+    v.score = lambda path, samples, comp, **kw: {"losses": {sid: table[path.name][group(sid)] for sid, _ in samples},
                                            "n_tokens": {sid: 10 for sid, _ in samples}, "failure": None}
     r = v.step()
     rows = {m["hotkey"] or m["label"]: m for m in r["competitions"]["c00"]["models"]}
@@ -509,3 +509,20 @@ def test_changing_a_competitions_tokenization_rescores_instead_of_mixing_old_los
     v.step()  # losses cached under 4096 tokens are not this rule's losses: every sample again
     assert sorted(n for _, n in calls) == [40, 40]
     assert all(k.startswith(f"c00:{longer['c00'].scoring_key}:") for k in v.caches["texts"].losses.models())
+
+
+def test_every_scoring_job_sees_the_steps_whole_evaluation_set(tmp_path):
+    q = {"m1": 1.0}
+    chain, _ = _field(tmp_path, q)
+    v = _validator(tmp_path, chain, q, [])
+    seen = []
+    real = v.score
+    v.score = lambda path, samples, comp, step_samples=None: (
+        seen.append((len(samples), sorted(step_samples))) or real(path, samples, comp))
+    v.step()
+    v.step()
+    (n1, all1), (n2, all2) = seen
+    assert n1 == 40 and n2 < 40  # the second job computes re-checks only...
+    assert all1 == all2 and len(all2) == 40  # ...but sees all 40, with their texts
+    db = v.caches["texts"].db
+    assert all(db.text(sid) == text for sid, text in all2)

@@ -145,6 +145,16 @@ def test_roundtrip_failures_score_inf_and_too_many_disqualify(assets):
     assert result.failure == "tokenizer"
     assert all(v == math.inf for v in result.losses.values())
 
+    # Only two samples still to compute (the rest cached), but the step evaluates all eight:
+    # the rule counts the step's four failures, as a validator scoring everything would.
+    step = samples_of(good + bad)
+    part = [step[0], step[4]]
+    assert score_model(model, part, COMP, tokenizer_path=tok_dir).failure is None
+    result = score_model(model, part, COMP, tokenizer_path=tok_dir, step_samples=step)
+    assert result.failure == "tokenizer" and set(result.losses) == {"s0", "s4"}
+    three = samples_of(good + bad[:3])
+    assert score_model(model, part, COMP, tokenizer_path=tok_dir, step_samples=three).failure is None
+
 
 def test_vocab_too_small_is_rejected_before_forward(assets, monkeypatch):
     small = make_model(assets["root"] / "small_vocab", "llama", vocab_size=100)
@@ -283,3 +293,129 @@ def test_token_cache_tells_apart_tokenizer_classes_picked_from_the_model_config(
     shared = TokenCache()
     for arch in ("gemma", "gpt2"):
         assert score_model(models[arch], samples, comp, token_cache=shared).n_tokens == fresh[arch], arch
+
+
+def _tok_comp():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(cap_sample_len=100, max_sequence_len=10)
+
+
+def test_token_cache_round_trips_ids_beyond_int32(tmp_path):
+    import numpy as np
+
+    comp = _tok_comp()
+    big = [0, 2**31 - 1, 2**31, 2**40, 2**62, 7]
+    cache = TokenCache()
+    cache.put("tok", comp, "big", "big text", TokenizedSample("big", list(big), None))
+    cache.put("tok", comp, "small", "small text", TokenizedSample("small", [3, 2, 1], None))
+    path = tmp_path / "tokens.npz"
+    cache.save(path)
+    with np.load(path, allow_pickle=False) as f:
+        assert f["ids"].dtype == np.int64
+    loaded = TokenCache.load(path)
+    got = loaded.get("tok", comp, "big", "big text").ids
+    assert got == big and all(type(x) is int for x in got)
+    assert loaded.get("tok", comp, "small", "small text").ids == [3, 2, 1]
+    # Once the big entry is gone, a save is int32 again.
+    loaded.max_entries = 1
+    loaded.put("tok", comp, "s", "t", TokenizedSample("s", [5], None))
+    loaded.save(path)
+    with np.load(path, allow_pickle=False) as f:
+        assert f["ids"].dtype == np.int32
+    assert TokenCache.load(path).get("tok", comp, "s", "t").ids == [5]
+
+
+def test_token_cache_loaded_ids_equal_what_was_put(tmp_path):
+    import random
+
+    rng = random.Random(5)
+    comp = _tok_comp()
+    put = {}
+    cache = TokenCache()
+    for i in range(300):
+        kind = rng.random()
+        if kind < 0.1:
+            ts = TokenizedSample(f"s{i}", None, rng.choice(["roundtrip", "too_long"]), rng.random() < 0.5)
+        elif kind < 0.15:
+            ts = TokenizedSample(f"s{i}", [], None, False)
+        else:
+            ids = [rng.randrange(128_256) for _ in range(rng.randrange(1, 400))]
+            ts = TokenizedSample(f"s{i}", ids, None, rng.random() < 0.5)
+        put[ts.sample_id] = (ts.ids, ts.failure, ts.capped)
+        cache.put("tok", comp, ts.sample_id, f"text {i}", TokenizedSample(ts.sample_id, None if ts.ids is None
+                                                                          else list(ts.ids), ts.failure, ts.capped))
+    path = tmp_path / "tokens.npz"
+    cache.save(path)
+    loaded = TokenCache.load(path)
+    assert len(loaded) == 300 and not loaded.dirty
+    for i in rng.sample(range(300), 300):
+        sid = f"s{i}"
+        hit = loaded.get("tok", comp, sid, f"text {i}")
+        assert (hit.sample_id, hit.ids, hit.failure, hit.capped) == (sid, *put[sid]), sid
+        assert hit.ids is None or all(type(x) is int for x in hit.ids)
+        # Each hit is a fresh list: changing it does not change the cache.
+        if hit.ids:
+            hit.ids.append(-1)
+            assert loaded.get("tok", comp, sid, f"text {i}").ids == put[sid][0]
+    # Insertion order (which entry goes first beyond max_entries) survives the round trip.
+    loaded.max_entries = 300
+    loaded.put("tok", comp, "new", "new text", TokenizedSample("new", [1], None))
+    assert loaded.get("tok", comp, "s0", "text 0") is None
+    assert loaded.get("tok", comp, "s1", "text 1") is not None
+
+
+def test_token_cache_damaged_file_is_a_value_error_naming_it(tmp_path):
+    import numpy as np
+
+    comp = _tok_comp()
+    cache = TokenCache()
+    for i in range(20):
+        cache.put("tok", comp, f"s{i}", f"text {i}", TokenizedSample(f"s{i}", list(range(1000 + i, 1200)), None))
+    good = tmp_path / "good.npz"
+    cache.save(good)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated.npz"):
+        TokenCache.load(truncated)
+    # A flipped byte inside the ids: the member's CRC no longer matches.
+    flipped = bytearray(data)
+    at = data.index(np.arange(1000, 1010, dtype=np.int32).tobytes()) + 5
+    flipped[at] ^= 0xFF
+    (tmp_path / "flipped.npz").write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="flipped.npz"):
+        TokenCache.load(tmp_path / "flipped.npz")
+    # An index that points past the ids.
+    import io
+    import json as json_
+
+    with np.load(good, allow_pickle=False) as f:
+        ids, index = f["ids"], json_.loads(f["index"].tobytes())
+    index["entries"][next(iter(index["entries"]))][1] = len(ids)
+    buf = io.BytesIO()
+    np.savez(buf, ids=ids, index=np.frombuffer(json_.dumps(index).encode(), np.uint8))
+    (tmp_path / "badindex.npz").write_bytes(buf.getvalue())
+    with pytest.raises(ValueError, match="badindex.npz"):
+        TokenCache.load(tmp_path / "badindex.npz")
+
+
+def test_token_cache_load_does_not_build_python_lists(tmp_path):
+    # 200k ids as Python int lists are >= 36 bytes each (int object + list slot), ~7 MB;
+    # kept as one int32 array they are 0.8 MB.
+    import tracemalloc
+
+    comp = _tok_comp()
+    cache = TokenCache()
+    for i in range(100):
+        cache.put("tok", comp, f"s{i}", f"text {i}", TokenizedSample(f"s{i}", list(range(1000 + i, 3000 + i)), None))
+    path = tmp_path / "tokens.npz"
+    cache.save(path)
+    tracemalloc.start()
+    try:
+        loaded = TokenCache.load(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3_000_000, peak
+    assert loaded.get("tok", comp, "s42", "text 42").ids == list(range(1042, 3042))

@@ -12,7 +12,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -32,7 +32,12 @@ log = logging.getLogger(__name__)
 # fetch(model_id, hotkey, competition) -> (verified snapshot dir, its directory hash); raises hub.HubError
 FetchFn = Callable[[ModelId, str, Competition], tuple[Path, str]]
 # score(model_path, samples, competition) -> {"losses": {sid: float}, "n_tokens": {sid: int}, "failure": str|None}
-ScoreFn = Callable[[Path, list[tuple[str, str]], Competition], dict]
+class ScoreFn(Protocol):
+    """Losses of `samples` for the model in `path`: {"losses", "n_tokens", "failure"}. The
+    tokenizer-failure rule counts over `step_samples`, the step's whole evaluation set."""
+
+    def __call__(self, path: Path, samples: list[tuple[str, str]], comp: Competition, *,
+                 step_samples: list[tuple[str, str]] | None = None) -> dict: ...
 
 
 @dataclass
@@ -300,6 +305,7 @@ def score_entries(
     `on_scored(entry, n)` runs after each model, so the caller can save the cache: a kill
     between two models loses at most the model being scored."""
     forwards = 0
+    step_samples = list(zip(sample_ids, cache.db.texts(sample_ids)))
     for e in entries:
         if e.path is None or should_stop():
             continue
@@ -318,7 +324,7 @@ def score_entries(
         def run(ids: list[str]) -> dict | None:
             nonlocal forwards
             forwards += len(ids)
-            res = score(e.path, list(zip(ids, cache.db.texts(ids))), comp)
+            res = score(e.path, list(zip(ids, cache.db.texts(ids))), comp, step_samples=step_samples)
             if res.get("failure"):
                 e.status, e.reason = "failed", res["failure"]
                 return None

@@ -38,14 +38,16 @@ def make_score_fn(device: str, cache_dir: Path, endpoint: str | None = None, iso
             tokenizers[comp.tokenizer] = hub.fetch_tokenizer(comp.tokenizer, cache_dir, endpoint=endpoint)
         return str(tokenizers[comp.tokenizer])
 
-    def score(model_path: Path, samples: list[tuple[str, str]], comp: Competition) -> dict:
+    def score(model_path: Path, samples: list[tuple[str, str]], comp: Competition,
+              step_samples: list[tuple[str, str]] | None = None) -> dict:
         try:
             tok = tokenizer_for(comp)
         except Exception as e:  # noqa: BLE001 - reported per model, the step goes on
             return {"losses": {}, "n_tokens": {}, "failure": f"tokenizer: cannot fetch {comp.tokenizer!r}: {e}"}
         kwargs = {"model_path": str(model_path), "samples": [list(s) for s in samples],
                   "competition": comp.model_dump(mode="json"), "device": device, "tokenizer_path": tok,
-                  "engine": engine, "token_cache_path": str(cache_dir / "tokens.npz")}
+                  "engine": engine, "token_cache_path": str(cache_dir / "tokens.npz"),
+                  "step_samples": None if step_samples is None else [list(s) for s in step_samples]}
         if isolate:
             from validator.worker import run_isolated
 

@@ -217,15 +217,21 @@ class TokenCache:
     """(tokenizer content hash, tokenization params, sample id) -> token ids, across models and steps.
 
     A short digest of the text is stored with each entry, so a sample id that now names a
-    different text is a miss rather than a wrong answer. Saved as one .npz (all ids in one
-    int32 array, the index as JSON bytes; read with allow_pickle=False), written atomically
+    different text is a miss rather than a wrong answer. Saved as one .npz: all ids in one
+    integer array (int32 when every id fits, else int64), the index (key -> digest, offset,
+    length, failure, capped) as JSON bytes; read with allow_pickle=False, written atomically
     and only when something was added; the oldest entries go beyond `max_entries`.
+
+    In memory the ids stay numpy (views into the loaded array, or the array `put` made):
+    loading does Python work per entry, not per token, and an entry becomes a Python list
+    only when `get` returns it.
     """
 
-    VERSION = 2
+    VERSION = 2  # the layout is unchanged since version 2; only the ids dtype may now be int64
 
     def __init__(self, max_entries: int = constants.TOKEN_CACHE_MAX_ENTRIES) -> None:
-        self._entries: dict[str, tuple[str, list[int] | None, str | None, bool]] = {}
+        # key -> (text digest, ids as a 1-D integer array or None, failure, capped)
+        self._entries: dict[str, tuple[str, Any, str | None, bool]] = {}
         self.max_entries = max_entries
         self.dirty = False
 
@@ -244,13 +250,14 @@ class TokenCache:
         entry = self._entries.get(self._key(tokenizer_key, comp, sample_id))
         if entry is None or entry[0] != self._digest(text):
             return None
-        ids = list(entry[1]) if entry[1] is not None else None
+        ids = entry[1].tolist() if entry[1] is not None else None  # a fresh list of Python ints
         return TokenizedSample(sample_id, ids, entry[2], entry[3])
 
     def put(self, tokenizer_key: str, comp: SimpleNamespace, sample_id: str, text: str, ts: TokenizedSample) -> None:
         key = self._key(tokenizer_key, comp, sample_id)
+        ids = None if ts.ids is None else _token_array(ts.ids)
         self._entries.pop(key, None)  # re-inserted last: the oldest entries are the first to go
-        self._entries[key] = (self._digest(text), list(ts.ids) if ts.ids is not None else None, ts.failure, ts.capped)
+        self._entries[key] = (self._digest(text), ids, ts.failure, ts.capped)
         while len(self._entries) > self.max_entries:
             self._entries.pop(next(iter(self._entries)))
         self.dirty = True
@@ -262,15 +269,25 @@ class TokenCache:
 
         from validator.state import atomic_write_bytes
 
-        index, chunks, offset = {}, [], 0
+        index, arrays, offset = {}, [], 0
         for k, (digest, ids, failure, capped) in self._entries.items():
             n = -1 if ids is None else len(ids)
             index[k] = [digest, offset, n, failure, capped]
-            if ids is not None:
-                chunks.append(np.asarray(ids, dtype=np.int32))
+            if n > 0:
+                arrays.append(ids)
                 offset += n
+        if not arrays:
+            flat = np.zeros(0, np.int32)
+        elif all(a.dtype == np.int32 for a in arrays):
+            flat = np.concatenate(arrays)
+        else:  # an int64 entry (a loaded int64 file, or a put beyond int32): int32 again if all fit
+            flat = np.concatenate(arrays, dtype=np.int64)
+            if flat.max() <= _INT32_MAX:
+                flat = flat.astype(np.int32)
         buf = io.BytesIO()
-        np.savez(buf, ids=np.concatenate(chunks) if chunks else np.zeros(0, np.int32),
+        # Uncompressed: savez_compressed makes the file 1.5-2.5x smaller but the save ~100x
+        # slower (13 s vs 0.1 s for 20M ids) and the load ~10x (benchmarks/bench_token_cache.py).
+        np.savez(buf, ids=flat,
                  index=np.frombuffer(json.dumps({"version": self.VERSION, "entries": index}).encode(), np.uint8))
         atomic_write_bytes(Path(path), buf.getvalue())
         self.dirty = False
@@ -285,17 +302,44 @@ class TokenCache:
         if not p.exists():
             return cache
         try:
-            with np.load(p, allow_pickle=False) as f:
+            with np.load(p, allow_pickle=False) as f:  # reading a member checks its CRC
                 ids, data = f["ids"], json.loads(f["index"].tobytes())
             if data.get("version") != cls.VERSION:
                 log.warning("token cache %s has version %r, starting empty", p, data.get("version"))
                 return cache
+            if ids.ndim != 1 or ids.dtype.kind not in "iu":
+                raise ValueError(f"ids must be a 1-D integer array, got {ids.dtype} of shape {ids.shape}")
+            if ids.size and ids.min() < 0:
+                raise ValueError("negative token id")
+            ids.flags.writeable = False  # entries are views into it
+            total = len(ids)
+            entries = cache._entries
             for k, (digest, offset, n, failure, capped) in data["entries"].items():
-                cache._entries[k] = (digest, None if n < 0 else ids[offset:offset + n].tolist(), failure, bool(capped))
+                if n < 0:
+                    entries[k] = (digest, None, failure, bool(capped))
+                elif 0 <= offset and offset + n <= total:
+                    entries[k] = (digest, ids[offset:offset + n], failure, bool(capped))
+                else:
+                    raise ValueError(f"entry {k!r} ({offset}, {n}) lies outside the {total} ids")
         except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as e:
             # (a truncated or damaged .npz is a BadZipFile, which is none of the others)
             raise ValueError(f"token cache {p} is not a valid cache file: {e}") from e
         return cache
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _token_array(ids: Sequence[int]):
+    """A TokenizedSample's ids as a 1-D array: int32 when every id fits, else int64."""
+    import numpy as np
+
+    arr = np.array(ids, dtype=np.int64)  # a copy: later changes to the caller's list don't leak in
+    if arr.ndim != 1:
+        raise ValueError(f"token ids must be a flat sequence, got shape {arr.shape}")
+    if arr.size and arr.min() < 0:
+        raise ValueError("token ids must be non-negative")
+    return arr.astype(np.int32) if not arr.size or arr.max() <= _INT32_MAX else arr
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -623,12 +667,15 @@ def _pick_tokenizer_dir(model_path: Path, comp: SimpleNamespace, tokenizer_path:
 
 def score_model(model_path: str | os.PathLike, samples: Sequence[tuple[str, str]], competition: Any, *,
                 device: str = "cpu", tokenizer_path: str | os.PathLike | None = None, engine: bool = True,
-                token_cache: TokenCache | None = None, model: Any = None) -> ScoreResult:
+                token_cache: TokenCache | None = None, model: Any = None,
+                step_samples: Sequence[tuple[str, str]] | None = None) -> ScoreResult:
     """Score one model on the samples. Never raises for a model's fault: a model-level
     failure comes back as ScoreResult.failure (every loss inf); per-sample failures are inf.
 
-    `model` may be given already loaded (benchmarks, tests); otherwise it is loaded from
-    model_path with load_model.
+    `step_samples`: the step's whole evaluation set when `samples` is only the part whose
+    losses are not cached: the max_tokenize_fails rule counts over all of it, as the live
+    validators do (they evaluate every sample every step). `model` may be given already
+    loaded (benchmarks, tests); otherwise it is loaded from model_path with load_model.
     """
     t0 = time.monotonic()
     model_path = Path(model_path)
@@ -642,7 +689,10 @@ def score_model(model_path: str | os.PathLike, samples: Sequence[tuple[str, str]
         # from config.json's model_type, so the same files can tokenize differently.
         key = f"{tokenizer_hash(tok_dir)}:{type(tokenizer).__name__}" if token_cache is not None else None
         tokenized = tokenize_samples(tokenizer, samples, comp, cache=token_cache, tokenizer_key=key)
-        check_tokenize_fails(tokenized, comp)
+        wanted = set(ids_of)
+        rest = [(str(sid), text) for sid, text in (step_samples or ()) if str(sid) not in wanted]
+        check_tokenize_fails(tokenized + tokenize_samples(tokenizer, rest, comp, cache=token_cache,
+                                                          tokenizer_key=key), comp)
         if model is None:
             try:
                 model = load_model(model_path, device)
@@ -699,13 +749,14 @@ def result_from_json(data: dict) -> ScoreResult:
 
 def score_model_job(model_path: str, samples: list, competition: dict, device: str = "cpu",
                     tokenizer_path: str | None = None, engine: bool = True,
-                    token_cache_path: str | None = None) -> dict:
+                    token_cache_path: str | None = None, step_samples: list | None = None) -> dict:
     """Worker entry point ("validator.scoring:score_model_job"): JSON-able in and out.
 
     samples: [[sample_id, text], ...]; competition: Competition.model_dump() (or a dict
     with the same keys). Returns result_to_json(score_model(...)): losses keyed by sample
     id with inf encoded as the string "inf", n_tokens, failure, seconds, detail, engine.
-    token_cache_path: a TokenCache file loaded before and saved after.
+    token_cache_path: a TokenCache file loaded before and saved after. step_samples:
+    [[sample_id, text], ...], the step's whole evaluation set (see score_model).
     """
     cache = None
     if token_cache_path:
@@ -715,7 +766,8 @@ def score_model_job(model_path: str, samples: list, competition: dict, device: s
             log.warning("%s; starting an empty token cache", e)
             cache = TokenCache()
     result = score_model(model_path, [(str(s[0]), s[1]) for s in samples], competition, device=device,
-                         tokenizer_path=tokenizer_path, engine=engine, token_cache=cache)
+                         tokenizer_path=tokenizer_path, engine=engine, token_cache=cache,
+                         step_samples=None if step_samples is None else [(str(s[0]), s[1]) for s in step_samples])
     if cache is not None and cache.dirty:
         cache.save(token_cache_path)
     return result_to_json(result)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def score(model_path: str, samples: list, competition: dict, device: str = "cpu", tokenizer_path=None,
-          engine: bool = True, token_cache_path=None) -> dict:
+          engine: bool = True, token_cache_path=None, step_samples=None) -> dict:
     name = Path(model_path).name
     if name.startswith("segv"):
         os.kill(os.getpid(), signal.SIGSEGV)

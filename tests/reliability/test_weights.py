@@ -30,11 +30,11 @@ def test_weights_under_random_faults(plan):
         interval = v.settings.weights_interval_blocks
         score = f.score
 
-        def faulty_score(path, samples, comp):
+        def faulty_score(path, samples, comp, step_samples=None):
             name = path.name
             if name in step["broken"]:
                 return {"losses": {}, "n_tokens": {}, "failure": "crashed: killed by SIGSEGV"}
-            out = score(path, samples, comp)
+            out = score(path, samples, comp, step_samples=step_samples)
             if name in step["nan"]:
                 out["losses"] = {sid: (math.nan if i % 2 else math.inf) for i, sid in enumerate(out["losses"])}
             return out

@@ -135,7 +135,7 @@ class FakeField:
             raise self.fetch_faults[hotkey]
         return self.root / "models" / hotkey, b64sha("content-" + hotkey)
 
-    def score(self, path: Path, samples, comp) -> dict:
+    def score(self, path: Path, samples, comp, step_samples=None) -> dict:
         self.calls.append((path.name, len(samples)))
         if path.name in self.score_faults:
             return {"losses": {}, "n_tokens": {}, "failure": self.score_faults[path.name]}
