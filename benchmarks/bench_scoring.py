@@ -36,6 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=None, help="attention heads (default hidden // 64)")
+    p.add_argument("--intermediate", type=int, default=None, help="MLP width (default 4 x hidden)")
     p.add_argument("--vocab", type=int, default=128_256)
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--median", type=float, default=700.0, help="median sample length in tokens")
@@ -55,9 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.heads is None:
         args.heads = max(1, args.hidden // 64)
+    if args.intermediate is None:
+        args.intermediate = 4 * args.hidden
     if args.dtype == "auto":
         args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
-    for name in ("hidden", "layers", "vocab", "samples", "max_len"):
+    for name in ("hidden", "layers", "intermediate", "vocab", "samples", "max_len"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.hidden % args.heads:
@@ -87,7 +90,7 @@ def build_model(args):
 
     config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
                          num_attention_heads=args.heads, num_key_value_heads=args.heads,
-                         intermediate_size=args.hidden * 4, max_position_embeddings=max(4096, args.max_len),
+                         intermediate_size=args.intermediate, max_position_embeddings=max(4096, args.max_len),
                          tie_word_embeddings=False, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     torch.manual_seed(args.seed)
     config._attn_implementation = "sdpa"
@@ -175,7 +178,7 @@ def git_commit() -> str | None:
 
 def child_command(args, path: str) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", path]
-    for name in ("hidden", "layers", "heads", "vocab", "samples", "median", "sigma", "max_len", "device",
+    for name in ("hidden", "layers", "heads", "intermediate", "vocab", "samples", "median", "sigma", "max_len", "device",
                  "dtype", "seed", "token_budget"):
         value = getattr(args, name)
         if value is not None:

@@ -29,4 +29,4 @@ def test_a_tiny_run_records_both_paths_and_their_agreement(tmp_path):
     assert ref["tokens"] == eng["tokens"] == expected_tokens
     assert saved["max_rel_loss_diff"] < 1e-4  # same model, same tokens: the same losses
     assert saved["time_ratio_engine_over_reference"] == round(eng["seconds"] / ref["seconds"], 4)
-    assert saved["device"] and saved["flags"]["vocab"] == 500
+    assert saved["device"] and saved["flags"]["vocab"] == 500 and saved["flags"]["intermediate"] == 128
