@@ -10,7 +10,9 @@ median --median tokens, capped at --max-len.
 
 Appends one JSON line per run to benchmarks/results/scoring.jsonl (unless --no-record).
 --flops adds forward FLOP/s ~ 2 x (parameters outside the input embedding) x tokens, and
-with --peak-tflops the fraction of that peak (attention score FLOPs are not counted).
+with --peak-tflops the fraction of that peak (attention score FLOPs are not counted);
+--measure-peak also times a large matrix product on the device, the ceiling actually
+reachable there, and reports the fraction of that.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=None, help="attention heads (default hidden // 64)")
+    p.add_argument("--kv-heads", type=int, default=None,
+                   help="key/value heads (default: as many as --heads; Llama-3 shapes use 8)")
     p.add_argument("--intermediate", type=int, default=None, help="MLP width (default 4 x hidden)")
     p.add_argument("--vocab", type=int, default=128_256)
     p.add_argument("--samples", type=int, default=200)
@@ -50,21 +54,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--paths", default="reference,engine", help="which paths to run, comma-separated")
     p.add_argument("--flops", action="store_true", help="report forward FLOP/s (and fraction of --peak-tflops)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s at --dtype")
+    p.add_argument("--measure-peak", action="store_true",
+                   help="also time a large matrix product at --dtype on --device (the ceiling a forward "
+                        "can reach) and report each path's fraction of it")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--no-record", action="store_true", help="do not append to the results file")
     p.add_argument("--child", choices=["reference", "engine"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.heads is None:
         args.heads = max(1, args.hidden // 64)
+    if args.kv_heads is None:
+        args.kv_heads = args.heads
     if args.intermediate is None:
         args.intermediate = 4 * args.hidden
     if args.dtype == "auto":
         args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
-    for name in ("hidden", "layers", "intermediate", "vocab", "samples", "max_len"):
+    for name in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab", "samples", "max_len"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.hidden % args.heads:
         p.error(f"--hidden {args.hidden} is not a multiple of --heads {args.heads}")
+    if args.heads % args.kv_heads:
+        p.error(f"--heads {args.heads} is not a multiple of --kv-heads {args.kv_heads}")
     return args
 
 
@@ -89,7 +100,7 @@ def build_model(args):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                         num_attention_heads=args.heads, num_key_value_heads=args.heads,
+                         num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
                          intermediate_size=args.intermediate, max_position_embeddings=max(4096, args.max_len),
                          tie_word_embeddings=False, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     torch.manual_seed(args.seed)
@@ -150,6 +161,26 @@ def run_child(args) -> dict:
     return out
 
 
+def matmul_tflops(device: str, dtype: str, n: int = 8192, reps: int = 10) -> float:
+    """TFLOP/s of an n x n x n product on random data (zeros run faster than real inputs):
+    the mean of `reps` timed products after three warm-ups."""
+    import torch
+
+    dt_ = getattr(torch, dtype)
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dt_, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dt_, generator=g)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(3):
+        a @ b
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -178,8 +209,8 @@ def git_commit() -> str | None:
 
 def child_command(args, path: str) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", path]
-    for name in ("hidden", "layers", "heads", "intermediate", "vocab", "samples", "median", "sigma", "max_len", "device",
-                 "dtype", "seed", "token_budget"):
+    for name in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab", "samples", "median", "sigma",
+                 "max_len", "device", "dtype", "seed", "token_budget"):
         value = getattr(args, name)
         if value is not None:
             cmd += [f"--{name.replace('_', '-')}", str(value)]
@@ -191,6 +222,17 @@ def main(argv=None) -> dict | None:
     if args.child:
         print("RESULT " + json.dumps(run_child(args)), flush=True)
         return None
+
+    measured_peak = None
+    if args.measure_peak:
+        # Before the paths run, in this process: the children start with the device to themselves.
+        size = 8192 if args.device.startswith("cuda") else 1024
+        measured_peak = matmul_tflops(args.device, args.dtype, n=size)
+        print(f"matrix product {size}^3 at {args.dtype}: {measured_peak:.1f} TFLOP/s", flush=True)
+        if args.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
 
     results = {}
     for path in [p.strip() for p in args.paths.split(",") if p.strip()]:
@@ -210,18 +252,23 @@ def main(argv=None) -> dict | None:
              "tokens_per_s": round(r["tokens"] / r["seconds"], 1),
              "peak_mem_bytes": r[mem_key],
              "peak_mem_above_start_bytes": r[mem_key] - (r["cuda_bytes_before"] if cuda else r["rss_before_bytes"]),
-             "loadavg_1m_before_after": r["loadavg_1m"], "threads": r["threads"]}
+             "loadavg_1m_before_after": r["loadavg_1m"], "threads": r["threads"],
+             "forward_params": r["forward_params"]}
         if args.flops:
             flops = 2 * r["forward_params"] * r["tokens"]
             f["forward_tflops"] = round(flops / r["seconds"] / 1e12, 4)
             if args.peak_tflops:
                 f["fraction_of_peak"] = round(flops / r["seconds"] / 1e12 / args.peak_tflops, 4)
+            if measured_peak:
+                f["fraction_of_measured_matmul"] = round(flops / r["seconds"] / 1e12 / measured_peak, 4)
         figures[path] = f
         print(f"{path:>9}: {f['seconds']:8.2f} s  {f['tokens_per_s']:10.1f} tok/s  "
               f"peak {f['peak_mem_bytes'] / 2**20:8.1f} MiB ({f['peak_mem_above_start_bytes'] / 2**20:8.1f} MiB "
               "above the start of scoring)"
               + (f"  {f['forward_tflops']:.4f} TFLOP/s" if args.flops else "")
               + (f" = {f['fraction_of_peak']:.1%} of peak" if "fraction_of_peak" in f else "")
+              + (f" = {f['fraction_of_measured_matmul']:.1%} of the measured matmul"
+                 if "fraction_of_measured_matmul" in f else "")
               + f"  (load {r['loadavg_1m'][0]:.1f} -> {r['loadavg_1m'][1]:.1f})")
 
     record = {
@@ -233,6 +280,8 @@ def main(argv=None) -> dict | None:
         "flags": {k: v for k, v in vars(args).items() if k not in ("child", "out", "no_record")},
         "figures": figures,
     }
+    if measured_peak:
+        record["measured_matmul_tflops"] = round(measured_peak, 4)
     if "reference" in results and "engine" in results:
         ref, eng = results["reference"]["losses"], results["engine"]["losses"]
         record["max_rel_loss_diff"] = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(ref, eng))

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -30,3 +32,50 @@ def test_a_tiny_run_records_both_paths_and_their_agreement(tmp_path):
     assert saved["max_rel_loss_diff"] < 1e-4  # same model, same tokens: the same losses
     assert saved["time_ratio_engine_over_reference"] == round(eng["seconds"] / ref["seconds"], 4)
     assert saved["device"] and saved["flags"]["vocab"] == 500 and saved["flags"]["intermediate"] == 128
+
+
+def llama_forward_params(hidden, layers, heads, kv_heads, inter, vocab) -> int:
+    """Parameters of a Llama decoder + untied head, the input embedding left out."""
+    head_dim = hidden // heads
+    attn = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim  # q, o; k, v
+    return layers * (attn + 3 * hidden * inter + 2 * hidden) + hidden + vocab * hidden
+
+
+def test_grouped_query_attention_and_the_measured_ceiling_are_recorded(tmp_path):
+    out = tmp_path / "scoring.jsonl"
+    record = bench_scoring.main(["--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
+                                 "--vocab", "300", "--samples", "4", "--median", "16", "--max-len", "32",
+                                 "--paths", "engine", "--flops", "--measure-peak", "--out", str(out)])
+    eng = record["figures"]["engine"]
+    assert eng["forward_params"] == llama_forward_params(64, 2, 4, 2, 256, 300)
+    assert record["flags"]["kv_heads"] == 2
+    ceiling = record["measured_matmul_tflops"]
+    assert ceiling > 0
+    achieved = 2 * eng["forward_params"] * eng["tokens_per_s"] / 1e12  # (seconds is rounded to ms)
+    assert eng["fraction_of_measured_matmul"] == pytest.approx(achieved / ceiling, rel=0.02, abs=1e-4)
+
+
+def test_kv_heads_must_divide_heads():
+    with pytest.raises(SystemExit):
+        bench_scoring.parse_args(["--hidden", "64", "--heads", "4", "--kv-heads", "3"])
+
+
+def test_the_gpu_check_script_runs_its_stages_in_smoke_mode(tmp_path):
+    # The script a session with a lent GPU runs in one call: its plumbing is tried here, on
+    # the CPU with tiny shapes, so no device time is lost to a broken script.
+    import os
+    import subprocess
+
+    env = dict(os.environ, OUT=str(tmp_path), GPU_CHECK_SMOKE="1")
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = (tmp_path / "summary.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in summary] == ["== tests", "== bench_1b", "== bench_7b"]
+    assert all(": exit 0 " in line for line in summary)
+    records = [json.loads(line) for line in (tmp_path / "scoring.jsonl").read_text().splitlines()]
+    assert [r["flags"]["kv_heads"] for r in records] == [2, 4]  # grouped-query 1B shape, then full MHA
+    for r in records:
+        assert set(r["figures"]) == {"reference", "engine"}
+        assert r["max_rel_loss_diff"] < 1e-4 and r["measured_matmul_tflops"] > 0
+    assert "torch" in (tmp_path / "machine.txt").read_text()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tests.factories import make_model
 from validator.scoring import (
     ScoringError,
+    _engine_run,
     chunked_ce_sums,
     engine_losses,
     engine_supported,
@@ -42,16 +43,36 @@ def assert_same(engine, reference, rel=1e-4):
             assert e == pytest.approx(r, rel=rel), f"sample {i}"
 
 
+# The equality tests run on CUDA too where there is a GPU (never in CI): the same models,
+# in fp32 (the 1e-4 rule) and in bf16 as load_model gives them there.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="needs a CUDA GPU"))]
+EQUALITY_ARCHS = ["llama", "phi3", "qwen2", "mistral", "gpt_neox"]
+
+
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine")
-    cache = {}
+    dirs = {}
 
     def get(arch, **extra):
         key = (arch, tuple(sorted(extra.items())))
+        if key not in dirs:
+            dirs[key] = make_model(root / f"{arch}_{len(dirs)}", arch, vocab_size=VOCAB, **extra)
+        return dirs[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def models(model_dirs):
+    """fp32 models on a device, one saved copy per architecture for every device."""
+    cache = {}
+
+    def get(arch, device="cpu", **extra):
+        key = (arch, device, tuple(sorted(extra.items())))
         if key not in cache:
-            path = make_model(root / f"{arch}_{len(cache)}", arch, vocab_size=VOCAB, **extra)
-            cache[key] = load_model(path, "cpu")
+            cache[key] = load_model(model_dirs(arch, **extra), "cpu").to(device)
         return cache[key]
 
     return get
@@ -74,16 +95,17 @@ class CountingForward:
         return self.inner(*args, **kwargs)
 
 
-@pytest.mark.parametrize("arch", ["llama", "phi3", "qwen2", "mistral", "gpt_neox", "phi", "gpt2", "opt"])
-def test_engine_equals_reference(models, arch):
-    model = models(arch)  # phi: an lm_head with a bias
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("arch", EQUALITY_ARCHS + ["phi", "gpt2", "opt"])
+def test_engine_equals_reference(models, arch, device):
+    model = models(arch, device)  # phi: an lm_head with a bias
     ok, reason = engine_supported(model)
     assert ok, reason
     lists = token_lists()
-    ref = reference_losses(model, lists, "cpu")
-    assert_same(engine_losses(model, lists, "cpu"), ref)
+    ref = reference_losses(model, lists, device)
+    assert_same(engine_losses(model, lists, device), ref)
     # A tiny budget: many batches, the longest sample alone.
-    assert_same(engine_losses(model, lists, "cpu", token_budget=16), ref)
+    assert_same(engine_losses(model, lists, device, token_budget=16), ref)
 
 
 def test_batches_respect_the_token_budget(models, monkeypatch):
@@ -185,18 +207,24 @@ def test_chunked_ce_sums_equals_cross_entropy():
     assert sums[1] == 0.0
 
 
-def test_bf16_engine_agrees_with_the_bf16_reference(tmp_path, caplog):
-    # bf16 is what the engine runs on CUDA; CPU bf16 exercises the same code path (bf16
-    # logits chunks upcast to fp32, low-precision probe tolerance) without a GPU.
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("arch", EQUALITY_ARCHS)
+def test_bf16_engine_agrees_with_the_bf16_reference(model_dirs, models, arch, device, caplog):
+    # bf16 is what the engine runs on CUDA (load_model: bf16, flash-attention 2 or SDPA);
+    # CPU bf16 exercises the same code path (bf16 logits chunks upcast to fp32,
+    # low-precision probe tolerance) without a GPU.
     import constants
 
-    model = load_model(make_model(tmp_path / "bf16", "llama", vocab_size=VOCAB), "cpu").to(torch.bfloat16)
+    path = model_dirs(arch)
+    model = load_model(path, "cuda") if device == "cuda" else load_model(path, "cpu").to(torch.bfloat16)
+    assert model.dtype == torch.bfloat16
     lists = token_lists(6)
-    fp32 = reference_losses(load_model(tmp_path / "bf16", "cpu"), lists, "cpu")
-    ref = reference_losses(model, lists, "cpu")
+    fp32 = reference_losses(models(arch, device), lists, device)
+    ref = reference_losses(model, lists, device)
     with caplog.at_level(logging.WARNING, logger="validator.scoring"):
-        out = engine_losses(model, lists, "cpu", token_budget=128)
-    assert "differs from the reference" not in caplog.text  # the engine's numbers were kept
+        out, used = _engine_run(model, lists, device, token_budget=128)
+    assert used.startswith("engine"), used  # the engine's numbers were kept, not the reference's
+    assert "differs from the reference" not in caplog.text
     assert_same(out, ref, rel=constants.ENGINE_VERIFY_RTOL_LOWP)
     # and bf16 rounding moves the summed loss by far less than models differ by
     assert_same(out, fp32, rel=1e-2)
