@@ -2,7 +2,7 @@
 
 Each path runs in its own child process (same seed -> same random-init Llama and the same
 token lists), so one path's allocations never count against the other's peak: on CPU the
-child's RSS high-water mark (getrusage RUSAGE_SELF ru_maxrss), on CUDA
+child's RSS high-water mark (VmHWM: the parent's memory is not counted), on CUDA
 torch.cuda.max_memory_allocated. Sample lengths follow FineWeb-edu roughly: log-normal,
 median --median tokens, capped at --max-len.
 
@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -29,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from peakmem import peak_rss_bytes  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "scoring.jsonl"
 
@@ -148,8 +150,7 @@ def run_child(args) -> dict:
         "tokens": sum(len(t) for t in lists),
         "losses": losses,
         "rss_before_bytes": base_rss,
-        # ru_maxrss is in KiB on Linux: the high-water mark of this child (model included).
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),  # this child's high-water mark, model included
         "forward_params": forward_params(model),
         # Other work on the machine skews wall time: the 1-minute load average around the run.
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],

@@ -18,27 +18,20 @@ import argparse
 import importlib.util
 import io
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from peakmem import peak_rss_bytes  # benchmarks/, beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
 def _rss_mb() -> float:
-    """This process's peak RSS in MiB: VmHWM (per address space, so it starts afresh at exec;
-    getrusage's ru_maxrss would carry the parent's peak over into a child)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return peak_rss_bytes() / 2**20
 
 
 def make_arrays(entries: int, tokens: int, vocab: int, dist: str, seed: int = 0):

@@ -79,3 +79,18 @@ def test_the_gpu_check_script_runs_its_stages_in_smoke_mode(tmp_path):
         assert set(r["figures"]) == {"reference", "engine"}
         assert r["max_rel_loss_diff"] < 1e-4 and r["measured_matmul_tflops"] > 0
     assert "torch" in (tmp_path / "machine.txt").read_text()
+
+
+def test_a_childs_peak_memory_leaves_out_the_parents():
+    # The benchmark's paths run in children of a parent that may hold hundreds of MiB
+    # (pytest, or torch after --measure-peak): a child's peak must be its own.
+    import subprocess
+
+    ballast = bytearray(400 * 2**20)
+    ballast[::4096] = b"\1" * len(ballast[::4096])  # resident, not only reserved
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from peakmem import peak_rss_bytes; "
+            "x = bytearray(50 * 2**20); x[::4096] = b'\\1' * len(x[::4096]); print(peak_rss_bytes())")
+    child_peak = int(subprocess.run([sys.executable, "-c", code, str(ROOT / "benchmarks")], check=True,
+                                    capture_output=True, text=True).stdout)
+    assert 50 * 2**20 <= child_peak < 300 * 2**20
+    del ballast
