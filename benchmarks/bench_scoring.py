@@ -256,12 +256,12 @@ def main(argv=None) -> dict | None:
              "loadavg_1m_before_after": r["loadavg_1m"], "threads": r["threads"],
              "forward_params": r["forward_params"]}
         if args.flops:
-            flops = 2 * r["forward_params"] * r["tokens"]
-            f["forward_tflops"] = round(flops / r["seconds"] / 1e12, 4)
+            tflops = 2 * r["forward_params"] * r["tokens"] / r["seconds"] / 1e12
+            f["forward_tflops"] = round(tflops, 4)
             if args.peak_tflops:
-                f["fraction_of_peak"] = round(flops / r["seconds"] / 1e12 / args.peak_tflops, 4)
+                f["fraction_of_peak"] = round(tflops / args.peak_tflops, 4)
             if measured_peak:
-                f["fraction_of_measured_matmul"] = round(flops / r["seconds"] / 1e12 / measured_peak, 4)
+                f["fraction_of_measured_matmul"] = round(tflops / measured_peak, 4)
         figures[path] = f
         print(f"{path:>9}: {f['seconds']:8.2f} s  {f['tokens_per_s']:10.1f} tok/s  "
               f"peak {f['peak_mem_bytes'] / 2**20:8.1f} MiB ({f['peak_mem_above_start_bytes'] / 2**20:8.1f} MiB "

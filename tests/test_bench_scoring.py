@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -63,9 +65,6 @@ def test_kv_heads_must_divide_heads():
 def test_the_gpu_check_script_runs_its_stages_in_smoke_mode(tmp_path):
     # The script a session with a lent GPU runs in one call: its plumbing is tried here, on
     # the CPU with tiny shapes, so no device time is lost to a broken script.
-    import os
-    import subprocess
-
     env = dict(os.environ, OUT=str(tmp_path), GPU_CHECK_SMOKE="1")
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=600)
@@ -84,8 +83,6 @@ def test_the_gpu_check_script_runs_its_stages_in_smoke_mode(tmp_path):
 def test_a_childs_peak_memory_leaves_out_the_parents():
     # The benchmark's paths run in children of a parent that may hold hundreds of MiB
     # (pytest, or torch after --measure-peak): a child's peak must be its own.
-    import subprocess
-
     ballast = bytearray(400 * 2**20)
     ballast[::4096] = b"\1" * len(ballast[::4096])  # resident, not only reserved
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from peakmem import peak_rss_bytes; "
