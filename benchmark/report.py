@@ -19,6 +19,10 @@ The report dict (JSON-able; non-finite numbers are written as null):
       }
     }
 
+An optional top-level "consensus" (validator.consensus.consensus_report's dict, from a
+validator step) adds a plot of our weights against the validators' consensus per uid and its
+tables.
+
 ``competition_section`` builds one competition's entry from arrays with the validator's
 ranking and benchmark.stats, so compare.py only gathers the losses.
 
@@ -92,6 +96,15 @@ def _check(report: Any) -> dict[str, dict]:
             if values.shape != (len(labels), len(labels)):
                 raise ReportError(f"report: competition {comp!r}: win_matrix shape {values.shape} "
                                   f"does not match {len(labels)} labels")
+    cons = report.get("consensus")
+    if cons is not None:
+        if not isinstance(cons, dict) or not all(isinstance(cons.get(k), dict) for k in ("ours", "consensus_weights")):
+            raise ReportError("report: 'consensus' must be an object with 'ours' and 'consensus_weights' objects")
+        for key in ("ours", "consensus_weights"):
+            bad = [k for k, v in cons[key].items()
+                   if not str(k).isdigit() or isinstance(v, bool) or not isinstance(v, (int, float))]
+            if bad:
+                raise ReportError(f"report: consensus {key!r}: entries {bad[:5]} are not uid -> number")
     return report["competitions"]
 
 
@@ -216,6 +229,39 @@ def plot_win_matrix(comp: str, values: np.ndarray, labels: list[str], path: Path
     return path
 
 
+def _consensus_uids(cons: dict) -> list[int]:
+    """The uids worth a bar: our weight or the consensus above the display threshold."""
+    ours, consensus = cons["ours"], cons["consensus_weights"]
+    return sorted(int(k) for k in set(ours) | set(consensus)
+                  if max(_num(ours.get(k, 0.0)), _num(consensus.get(k, 0.0))) > constants.WEIGHT_MIN_DISPLAY)
+
+
+def plot_consensus(cons: dict, path: Path) -> Path:
+    """Per uid, our weight beside the validators' consensus (Yuma's stake-weighted median)."""
+    uids = _consensus_uids(cons)
+    fig = Figure(figsize=(max(8.0, 0.32 * len(uids) + 2.0), 4.2), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(uids))
+    ours = np.nan_to_num([_num(cons["ours"].get(str(u))) for u in uids])
+    consensus = np.nan_to_num([_num(cons["consensus_weights"].get(str(u))) for u in uids])
+    ax.bar(x - 0.2, ours, width=0.4, color=KIND_COLOURS["candidate"], label="our weight")
+    ax.bar(x + 0.2, consensus, width=0.4, color=KIND_COLOURS["chain"], label="consensus")
+    ax.set_xticks(x, [str(u) for u in uids], rotation=90 if len(uids) > 30 else 0)
+    ax.set_xlabel("uid")
+    ax.set_ylabel("weight")
+    vtrust = cons.get("vtrust")
+    ax.set_title("our weights against the validators' consensus"
+                 + (f" (estimated vtrust {vtrust:.3f})" if isinstance(vtrust, (int, float)) else ""))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    if not uids:
+        ax.text(0.5, 0.5, "no weights", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
 # --- HTML ---------------------------------------------------------------------------------------
 
 def _fmt(x: Any, spec: str = ".4f") -> str:
@@ -231,7 +277,8 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _html(report: dict, comps: dict[str, dict], images: dict[str, dict[str, Path]]) -> str:
+def _html(report: dict, comps: dict[str, dict], images: dict[str, dict[str, Path]],
+          consensus_image: Path | None = None) -> str:
     title = report.get("title") or "coldint benchmark report"
     out = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -245,6 +292,8 @@ def _html(report: dict, comps: dict[str, dict], images: dict[str, dict[str, Path
     meta = [f"{k}: {html.escape(str(report[k]))}" for k in ("block", "generated") if report.get(k) is not None]
     if meta:
         out.append(f"<p>{' · '.join(meta)}</p>")
+    if report.get("consensus") is not None:
+        out += _consensus_html(report["consensus"], consensus_image)
     for comp, sec in comps.items():
         out.append(f"<h2>Competition {html.escape(comp)}</h2>")
         cands = sec.get("candidates") or []
@@ -269,13 +318,51 @@ def _html(report: dict, comps: dict[str, dict], images: dict[str, dict[str, Path
     return "\n".join(out)
 
 
+def _consensus_html(cons: dict, image: Path | None) -> list[str]:
+    out = ["<h2>Consensus with the other validators</h2>",
+           f"<p>estimated validator trust {_fmt(cons.get('vtrust'), '.3f')}"
+           f" (with our stake in the median: {_fmt(cons.get('vtrust_if_set'), '.3f')}) · "
+           f"L1 to consensus {_fmt(cons.get('l1_to_consensus'), '.3f')} · "
+           f"stake-weighted cosine with the validators {_fmt(cons.get('agreement'), '.3f')}</p>"]
+    if cons.get("warning"):
+        out.append(f"<p><strong>{html.escape(str(cons['warning']))}</strong></p>")
+    out += [f"<p>{html.escape(str(n))}</p>" for n in cons.get("notes") or []]
+    if image is not None:
+        out.append(_img(image, "our weights against consensus"))
+    diffs = cons.get("top_differences") or []
+    if diffs:
+        out.append("<h3>Where we differ most</h3><table><tr><th>uid</th><th>hotkey</th><th>ours</th>"
+                   "<th>consensus</th><th>difference</th><th>win rate</th><th>status</th></tr>")
+        for d in diffs:
+            status = (d.get("status") or "–") + (f": {d['reason']}" if d.get("reason") else "")
+            out.append(f"<tr><td>{_fmt(d.get('uid'))}</td><td>{_fmt(d.get('hotkey'))}</td>"
+                       f"<td>{_fmt(d.get('ours'))}</td><td>{_fmt(d.get('consensus'))}</td>"
+                       f"<td>{_fmt(d.get('diff'), '+.4f')}</td><td>{_fmt(d.get('win_rate'), '.3f')}</td>"
+                       f"<td>{html.escape(status)}</td></tr>")
+        out.append("</table>")
+    vals = cons.get("validators") or []
+    if vals:
+        out.append("<h3>Validators in the consensus</h3><table><tr><th>uid</th><th>hotkey</th><th>stake %</th>"
+                   "<th>age (blocks)</th><th>weights</th><th>cosine</th><th>L1</th><th>vtrust</th></tr>")
+        for v in vals:
+            share = v.get("stake_share")
+            out.append(f"<tr><td>{_fmt(v.get('uid'))}</td><td>{_fmt(v.get('hotkey'))}</td>"
+                       f"<td>{_fmt(None if share is None else 100 * share, '.1f')}</td>"
+                       f"<td>{_fmt(v.get('age_blocks'))}</td><td>{_fmt(v.get('n_weights'))}</td>"
+                       f"<td>{_fmt(v.get('cosine'), '.3f')}</td><td>{_fmt(v.get('l1'), '.3f')}</td>"
+                       f"<td>{_fmt(v.get('vtrust'), '.3f')}</td></tr>")
+        out.append("</table>")
+    return out
+
+
 # --- entry points -------------------------------------------------------------------------------
 
 def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     """Write report.json, the PNGs and report.html into ``out_dir``; return what was written.
 
     Keys: "json", "html", and "<competition>/losses", "<competition>/win_rates",
-    "<competition>/win_matrix" (the last only when the competition has a win matrix).
+    "<competition>/win_matrix" (the last only when the competition has a win matrix), and
+    "consensus" when the report has a consensus section.
     """
     _check(report)
     out_dir = Path(out_dir)
@@ -299,8 +386,11 @@ def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
             images[comp]["win_matrix"] = plot_win_matrix(comp, matrix[0], matrix[1],
                                                           out_dir / f"{stem}_win_matrix.png", title)
         written.update({f"{comp}/{k}": p for k, p in images[comp].items()})
+    consensus_image = None
+    if clean.get("consensus") is not None:
+        consensus_image = written["consensus"] = plot_consensus(clean["consensus"], out_dir / "consensus.png")
     html_path = out_dir / "report.html"
-    html_path.write_text(_html(clean, clean["competitions"], images), encoding="utf-8")
+    html_path.write_text(_html(clean, clean["competitions"], images, consensus_image), encoding="utf-8")
     written["html"] = html_path
     return written
 

@@ -192,3 +192,61 @@ def test_step_from_rank_competition_with_groups_matches_a_count_by_hand():
     assert table["group_samples"] == group  # rank_competition records what the wins count
     values = step_to_report(_step(table))["competitions"]["c00"]["win_matrix"]["values"]
     assert values == [[None if v is None else pytest.approx(v) for v in row] for row in expected]
+
+
+# --- the consensus section (a validator step's "consensus") ----------------------------------------
+
+
+def _consensus_step(tmp_path):
+    """A real consensus report on a LocalChain, inside a saved step."""
+    from validator.chain.local import LocalChain
+    from validator.consensus import consensus_report
+
+    chain = LocalChain(tmp_path / "chain.sqlite", clock=lambda: 0.0)
+    for i in range(10):
+        chain.register(f"miner{i}")
+    for hk, stake in (("a", 100.0), ("b", 50.0), ("us", 10.0)):
+        chain.register(hk, stake=stake, validator=True)
+    chain.set_weights_as("a", [5, 6, 7], [0.6, 0.3, 0.1], 1)
+    chain.set_weights_as("b", [5, 6, 7], [0.5, 0.4, 0.1], 1)
+    step = {"step": 4, "block": 0, "weights": {"8": 0.6, "6": 0.3, "7": 0.1}, "competitions": {"c00": {
+        "n_samples": 1, "models": [dict(_model("m8", 8), status="scored"),
+                                   dict(_model("m5", 5), status="failed", reason="hash: mismatch", win_rate=None)]}}}
+    step["consensus"] = consensus_report(chain.sync()[0], step["weights"], step, hotkey="us")
+    return step
+
+
+def test_consensus_plot_and_tables_in_the_html(tmp_path):
+    from validator.leaderboard import step_to_report
+
+    step = _consensus_step(tmp_path)
+    files = rep.write_report(step_to_report(step), tmp_path / "out")
+    assert "consensus" in files
+    img = imread(files["consensus"])
+    assert img.ndim == 3 and img.shape[1] > 300 and img.std() > 0.01
+    text = files["html"].read_text()
+    assert text.count("data:image/png;base64,") == sum(p.suffix == ".png" for p in files.values())
+    assert "Consensus with the other validators" in text
+    assert f"estimated validator trust {step['consensus']['vtrust']:.3f}" in text
+    assert "<td>5</td><td>miner5</td>" in text and "failed: hash: mismatch" in text
+    assert "<td>8</td><td>miner8</td>" in text and "+0.6000" in text
+    loaded = json.loads(files["json"].read_text())
+    assert loaded["consensus"]["vtrust"] == pytest.approx(step["consensus"]["vtrust"])
+
+
+def test_consensus_plot_bars_are_the_report_numbers(tmp_path):
+    cons = _consensus_step(tmp_path)["consensus"]
+    # the bars: every uid with our weight or consensus above the display threshold, in uid order
+    assert rep._consensus_uids(cons) == [5, 6, 7, 8]
+    path = rep.plot_consensus(cons, tmp_path / "c.png")
+    assert path.exists() and imread(path).std() > 0.01
+    # no weights at all: still a (labelled) plot, never a crash
+    assert rep.plot_consensus({"ours": {}, "consensus_weights": {}}, tmp_path / "empty.png").exists()
+
+
+def test_bad_consensus_section_is_named(tmp_path):
+    comps = {"c00": {"models": []}}
+    with pytest.raises(rep.ReportError, match="'consensus' must be an object"):
+        rep.write_report({"competitions": comps, "consensus": {"ours": []}}, tmp_path)
+    with pytest.raises(rep.ReportError, match="consensus 'ours'.*'x'"):
+        rep.write_report({"competitions": comps, "consensus": {"ours": {"x": 1.0}, "consensus_weights": {}}}, tmp_path)

@@ -178,6 +178,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from benchmark.compare import register_benchmark_command
     from validator.chain.cli import register_commands
+    from validator.consensus_cli import register_consensus_command
 
     parser = argparse.ArgumentParser(prog="coldint-validator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -203,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_benchmark_command(sub)
     register_commands(sub)
+    register_consensus_command(sub)
     return parser
 
 

@@ -87,6 +87,61 @@ def weights_table(weights: dict[str, float], hotkeys: dict[str, str]) -> Table:
     return t
 
 
+def _short_hotkey(hotkey) -> str:
+    return (hotkey or "?")[:8]
+
+
+def consensus_table(report: dict) -> Group:
+    """A headline with the estimated validator trust, then the uids where our weights differ
+    most from the other validators' consensus, each with its status this step.
+    `report`: validator.consensus.consensus_report's dict (a step report's "consensus")."""
+    vtrust, warn = report.get("vtrust"), report.get("warning")
+    parts = [f"consensus at block {report.get('block', '-')}: estimated vtrust {_num(vtrust, '{:.3f}')}"]
+    if report.get("vtrust_if_set") is not None:
+        parts.append(f"{_num(report['vtrust_if_set'], '{:.3f}')} with our stake in the median")
+    parts.append(f"L1 to consensus {_num(report.get('l1_to_consensus'), '{:.3f}')}")
+    parts.append(f"cosine with the validators {_num(report.get('agreement'), '{:.3f}')}")
+    n = len(report.get("validators") or [])
+    parts.append(f"{n} validator{'' if n == 1 else 's'}")
+    low = vtrust is not None and vtrust < constants.CONSENSUS_VTRUST_WARN
+    lines: list = [Text("; ".join(parts), style="bold red" if warn or low else "bold")]
+    if warn:
+        lines.append(Text(f"! {warn}", style="red"))
+    lines += [Text(f"  {n}", style="yellow") for n in report.get("notes") or []]
+    diffs = report.get("top_differences") or []
+    if diffs:
+        t = Table(title="where our weights differ most from consensus", title_justify="left", header_style="bold")
+        for col, just in [("uid", "right"), ("hotkey", "left"), ("ours", "right"), ("consensus", "right"),
+                          ("diff", "right"), ("win rate", "right"), ("status", "left")]:
+            t.add_column(col, justify=just)
+        for d in diffs:
+            status = d.get("status") or "-"
+            if d.get("reason"):
+                status += f": {d['reason']}"
+            t.add_row(str(d["uid"]), _short_hotkey(d.get("hotkey")), _num(d.get("ours")), _num(d.get("consensus")),
+                      Text(f"{d['diff']:+.4f}", style="green" if d["diff"] > 0 else "red"),
+                      _num(d.get("win_rate"), "{:.3f}"),
+                      Text(status[:60], style=STATUS_STYLE.get(d.get("status") or "", "")))
+        lines.append(t)
+    return Group(*lines)
+
+
+def consensus_validators_table(report: dict, limit: int = constants.CONSENSUS_TABLE_VALIDATORS) -> Table:
+    """The validators in the consensus, largest stake first (at most `limit`): how close our
+    weights are to each, and each one's own trust as the chain computes it."""
+    rows = report.get("validators") or []
+    more = len(rows) - limit
+    t = Table(title="validators in the consensus" + (f" (largest {limit} of {len(rows)})" if more > 0 else ""),
+              title_justify="left", header_style="bold")
+    for col in ("uid", "hotkey", "stake %", "age", "weights", "cosine", "L1", "vtrust"):
+        t.add_column(col, justify="left" if col == "hotkey" else "right")
+    for v in rows[:limit]:
+        t.add_row(str(v["uid"]), _short_hotkey(v.get("hotkey")), _num(100 * v["stake_share"], "{:.1f}"),
+                  _num(v.get("age_blocks"), "{:d}"), str(v.get("n_weights", "-")),
+                  _num(v.get("cosine"), "{:.3f}"), _num(v.get("l1"), "{:.3f}"), _num(v.get("vtrust"), "{:.3f}"))
+    return t
+
+
 def render(report: dict) -> Group:
     parts: list = [Text(f"step {report.get('step')} at block {report.get('block')}  "
                         f"({report.get('seconds', 0):.1f} s; "
@@ -98,6 +153,9 @@ def render(report: dict) -> Group:
         if wm is not None:
             parts.append(wm)
     parts.append(weights_table(report.get("weights", {}), report.get("hotkeys", {})))
+    if isinstance(report.get("consensus"), dict):
+        parts.append(consensus_table(report["consensus"]))
+        parts.append(consensus_validators_table(report["consensus"]))
     ws = report.get("weights_set")
     if ws:
         parts.append(Text(f"weights: {ws}", style="green" if ws.startswith("set") else "yellow"))
@@ -181,5 +239,8 @@ def step_to_report(step: dict) -> dict:
                                      "values": [[None if i == j else v / n for j, v in enumerate(row)]
                                                 for i, row in enumerate(wm["adv_wins"])]}
         comps[cid] = section
-    return {"title": f"coldint validator: step {step.get('step')} at block {step.get('block')}",
-            "block": step.get("block"), "competitions": comps}
+    out = {"title": f"coldint validator: step {step.get('step')} at block {step.get('block')}",
+           "block": step.get("block"), "competitions": comps}
+    if isinstance(step.get("consensus"), dict):
+        out["consensus"] = step["consensus"]  # plotted and tabled by benchmark/report.py
+    return out
