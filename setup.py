@@ -6,6 +6,7 @@ setup(
     description="Validator and benchmark harness for the coldint pretraining subnet (netuid 29)",
     python_requires=">=3.10",
     packages=find_packages(include=["constants", "validator", "validator.*", "benchmark", "benchmark.*", "scripts"]),
+    package_data={"constants": ["competitions.json"]},  # the live competitions.json (sn29 80b4226), shipped
     install_requires=[
         "torch>=2.3",
         "transformers>=4.45",

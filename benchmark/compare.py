@@ -337,7 +337,6 @@ def _chain_field(args, competitions: dict, wanted: set[str], caches: dict, model
                  progress, problems: list[str]) -> tuple[int, list]:
     """(block_now, fetched chain entries) of the competitions in `wanted`."""
     from validator import hub, loop
-    from validator.identity import dir_hash
 
     chain = _open_chain(args)
     meta, commitments = chain.sync()
@@ -350,9 +349,10 @@ def _chain_field(args, competitions: dict, wanted: set[str], caches: dict, model
     for e in picked:  # "uid 7 org/name": the uid for the verdicts, the repo for a person
         e.label = f"uid {e.uid} {e.model_id.repo_id}"
 
-    def fetch(model_id, hotkey, competition):  # loop.FetchFn: (verified snapshot, its content hash)
-        path = hub.ensure_model(model_id, hotkey, competition, model_dir, endpoint=endpoint, progress=False)
-        return path, hub.verified_dir_hash(path) or dir_hash(path)
+    def fetch(model_id, hotkey, competition, deadline=None):  # loop.FetchFn: (snapshot, content hash)
+        path = hub.ensure_model(model_id, hotkey, competition, model_dir, endpoint=endpoint, progress=False,
+                                deadline=deadline)
+        return path, hub.verified_dir_hash(path) or hub.model_dir_hash(path)
 
     def first_seen(content: str, hotkey: str, block: int) -> str:
         comp = competitions[entries[hotkey].competition]

@@ -1,17 +1,27 @@
 """benchmark.json: local candidate models a miner injects into the evaluation.
 
-Format: `{ "<id>": {"competition": "c00", "path": "/models/mine", "label": "my v2", "block": 123?} }`.
-Keys starting with `_` are comments. A bad entry is reported and skipped; the rest run.
+Two forms, per entry:
+- ours: `{ "<id>": {"competition": "c00", "path": "/models/mine", "label": "my v2", "block": 123?} }`
+- live's (benchmark_example.json of coldint_validator, read by `load_benchmark_config`):
+  integer uid keys, an optional `hotkey`, `block` defaulting to 2**31. Such an entry gets
+  `uid` set; its label defaults to the path's last part, as live.
+`block` absent (or live's 2**31) stays None here: no advantage, evaluated last, which is
+what live's 2**31 amounts to; `BenchmarkEntry.live_block` gives live's number.
+Keys starting with `_` are comments. A bad entry is reported (its id and why) and skipped;
+the rest run.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+import constants
+from validator.config_source import SourceError, decode_json
+
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_UID = re.compile(r"^[0-9]{1,5}$")  # live: int(key)
 
 
 class BenchmarkEntry(BaseModel):
@@ -21,6 +31,8 @@ class BenchmarkEntry(BaseModel):
     path: Path
     label: str | None = None
     block: int | None = Field(default=None, ge=0)
+    hotkey: str | None = Field(default=None, min_length=1, max_length=64)  # live form: copy checks use it
+    uid: int | None = Field(default=None, ge=0)  # set from a live-form key, never read from the entry
 
     @field_validator("path")
     @classmethod
@@ -31,6 +43,16 @@ class BenchmarkEntry(BaseModel):
             return _model_dir(v)
         except (OSError, RuntimeError) as e:
             raise ValueError(f"cannot use {v}: {e}") from e
+
+    @field_validator("block")
+    @classmethod
+    def _live_no_block(cls, v: int | None) -> int | None:
+        return None if v is not None and v >= constants.BENCHMARK_NO_BLOCK else v
+
+    @property
+    def live_block(self) -> int:
+        """The block live's validator uses for this entry (2**31 when none is given)."""
+        return constants.BENCHMARK_NO_BLOCK if self.block is None else self.block
 
 
 def _model_dir(v: Path) -> Path:
@@ -47,6 +69,15 @@ class BenchmarkError(ValueError):
     """benchmark.json as a whole cannot be read."""
 
 
+def _reasons(exc: ValidationError) -> str:
+    out = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "entry"
+        got = "" if e["type"] in ("missing", "model_type") or where == "path" else f" (got {e.get('input')!r})"
+        out.append(f"{where}: {e['msg']}{got}")
+    return "; ".join(out)
+
+
 def parse_benchmark(data: object, source: str = "benchmark.json",
                     ) -> tuple[dict[str, BenchmarkEntry], dict[str, str]]:
     """Valid entries by id, and a reason for each entry that was skipped; `source` names the file."""
@@ -58,16 +89,23 @@ def parse_benchmark(data: object, source: str = "benchmark.json",
         if not isinstance(key, str) or key.startswith("_"):
             continue
         if not _ID.match(key):
-            errors[key] = "entry id must be 1-64 of [A-Za-z0-9_.-]"
+            errors[key] = "entry id must be 1-64 of [A-Za-z0-9_.-] (or a uid, as live)"
             continue
+        if not isinstance(raw, dict):
+            errors[key] = f"entry: expected an object with competition and path, got {type(raw).__name__}"
+            continue
+        if "uid" in raw:
+            errors[key] = "uid: not a field (a live-form entry's uid is its key)"
+            continue
+        live_uid = int(key) if _UID.match(key) else None
         try:
-            entry = BenchmarkEntry.model_validate(raw)
+            entry = BenchmarkEntry.model_validate({**raw, "uid": live_uid})
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "entry"
-            errors[key] = f"{where}: {first['msg']}"
+            errors[key] = _reasons(e)
             continue
-        entries[key] = entry.model_copy(update={"label": entry.label or key})
+        if entry.label is None:
+            entry = entry.model_copy(update={"label": entry.path.name if live_uid is not None else key})
+        entries[key] = entry
     return entries, errors
 
 
@@ -77,10 +115,20 @@ def load_benchmark(path: str | Path) -> tuple[dict[str, BenchmarkEntry], dict[st
     try:
         if not path.exists():
             return {}, {}
-        # utf-8 as JSON requires, not the locale's encoding; -sig: tolerate an editor's BOM.
-        # ValueError covers UnicodeDecodeError (UTF-16, binary) and JSONDecodeError;
-        # RecursionError: absurdly deep nesting
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError, RecursionError) as e:
+        # bounded: size checked before reading, nesting and value count before parsing;
+        # utf-8 as JSON requires (an editor's BOM tolerated), not the locale's encoding
+        if path.stat().st_size > constants.BENCHMARK_MAX_BYTES:
+            raise BenchmarkError(f"{path}: cannot read benchmark.json: more than "
+                                 f"{constants.BENCHMARK_MAX_BYTES} bytes")
+        with open(path, "rb") as f:
+            raw = f.read(constants.BENCHMARK_MAX_BYTES + 1)
+        if len(raw) > constants.BENCHMARK_MAX_BYTES:
+            raise BenchmarkError(f"{path}: cannot read benchmark.json: more than "
+                                 f"{constants.BENCHMARK_MAX_BYTES} bytes")
+        data = decode_json(raw, str(path))
+    except OSError as e:
         raise BenchmarkError(f"{path}: cannot read benchmark.json: {e}") from e
+    except SourceError as e:
+        reason = str(e).removeprefix(f"{path}: ")
+        raise BenchmarkError(f"{path}: cannot read benchmark.json: {reason}") from e
     return parse_benchmark(data, str(path))

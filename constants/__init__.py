@@ -9,7 +9,7 @@ NETUID = 29
 SUBNET_UIDS = 256
 BLOCK_TIME_S = 12  # seconds per block on subtensor
 BLOCKS_PER_EPOCH = 361  # the advantage decays once per epoch; sample seeds use epoch boundaries
-WEIGHTS_VERSION_KEY = 4_000  # sent with every set_weights
+WEIGHTS_VERSION_KEY = 1_017  # sent with every set_weights: the live spec version (1.0.17, coldint_validator a5860df)
 MIN_WEIGHT_SET_INTERVAL_BLOCKS = 100  # never set weights more often than this
 CHAIN_TIMEOUT_S = 60
 
@@ -21,7 +21,7 @@ POOL_SIZE = 7  # best models kept in a competition's pool
 PEND_SIZE = 3  # newcomers evaluated alongside the pool
 EMA_ALPHA = 0.5  # new_weights = alpha * step + (1 - alpha) * previous
 HALL_OF_FAME_DECAY = 0.995  # per epoch
-HALL_OF_FAME_MAX_REWARD = 0.2  # cap on the summed hall-of-fame share of the weights
+REWARDS_MAX_FRACTION = 1.0  # cap on the summed hall-of-fame share of the weights (live HEAD; 0.4 at v1.0.16)
 WEIGHT_MIN_DISPLAY = 0.001
 
 # --- samples and tokenization (competition defaults) -----------------------------------
@@ -34,7 +34,7 @@ GROUP_SAMPLES = 1
 DB_MIN_SAMPLES = 2_000
 DB_MAX_SAMPLES = 20_000
 DB_EXTEND_SAMPLES = 500
-DB_EXTEND_INTERVAL_S = 6 * 3600
+DB_EXTEND_INTERVAL_S = 4 * 3600  # live db_extend_interval: 3600*4 seconds
 EVAL_SAMPLES = 1_500
 RECHECK_FRACTION = 0.02
 RECHECK_MAX = 10
@@ -53,8 +53,8 @@ TTL_DOWNLOADS_S = 1_800  # all downloads of one step
 STEP_MIN_INTERVAL_S = 60
 REVISIT_PERIOD_S = 4 * 3600  # every uid is revisited within this wall-clock period
 TOP_MINERS_TO_VISIT = 10  # by other validators' weights
-COMPETITIONS_URL = "https://raw.githubusercontent.com/coldint/coldint_validator/main/competitions.json"
-COMPETITIONS_REFRESH_S = 3600
+COMPETITIONS_URL = "https://github.com/coldint/sn29/raw/main/competitions.json"  # as live
+COMPETITIONS_REFRESH_S = 15 * 60  # live CFG_FETCH_INTERVAL
 
 # --- scoring engine ---------------------------------------------------------------------
 TOKEN_BUDGET_GPU = 65_536  # tokens per forward batch on CUDA (halved on out-of-memory)
@@ -70,7 +70,8 @@ LOCAL_CHAIN_DB = "chain.sqlite"  # the local chain file, inside the state dir
 FINEWEB_TIMEOUT_S = 120  # one shard read (ranged) or download (whole shard)
 FINEWEB_RETRIES = 3  # attempts per shard read before giving up
 FINEWEB_RETRY_BACKOFF_S = 2.0  # doubled after each failed attempt
-FINEWEB_ROWS_PER_GROUP = 50  # rows taken from one row group (fewer reads, still spread out)
+ROWS_PER_PAGE = 25  # live default rows_per_page (competitions.json's default block sets 50)
+FINEWEB_FOOTER_WORKERS = 8  # parquet footers of one dump read at once (row counts)
 
 # --- validator/competitions.py, validator/chain/local.py, validator/chain/cli.py --------
 COMPETITIONS_TIMEOUT_S = 30  # fetching competitions.json from a URL
@@ -89,8 +90,13 @@ ENGINE_VERIFY_MIN_TOKENS = 32  # the probe is the shortest sample at least this 
 ENGINE_VERIFY_RTOL_FP32 = 1e-4
 ENGINE_VERIFY_RTOL_LOWP = 2e-2  # bf16/fp16: batched vs single-sample kernels differ more
 # Files whose content defines a tokenizer (hashed for the tokenization cache key).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model")
+# Also every name AutoTokenizer (transformers 4.44, as live) may fetch for a tokenizer: the
+# download set's tokenizer files are among these, and fetch_tokenizer fetches these (exact names).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "sentencepiece.model", "spm.model", "bpe.codes", "emoji.json",
+                   "normalizer.json", "entity_vocab.json", "vocab-src.json", "vocab-tgt.json", "prophetnet.tokenizer",
+                   "word_shape.json", "word_pronunciation.json", "artists.json", "lyrics.json", "genres.json")
 
 # --- hub (validator/hub.py, validator/localhub.py, scripts/upload_model.py) --------------
 MODEL_LOCK_TIMEOUT_S = 1_800  # wait this long for another process downloading the same model
@@ -138,3 +144,61 @@ BENCH_SEED = 0  # default seed of the benchmark's samples and bootstrap (same se
 # --- token cache (validator/scoring.py)
 TOKEN_CACHE_MAX_ENTRIES = 60_000  # (tokenizer, sample) entries kept; ~3x the sample database
 HUB_MAX_NETWORK_FAILURES_IN_A_ROW = 3  # then the hub is taken as down for the rest of the step
+
+# --- consensus with the other validators (validator/consensus.py, validator/consensus_cli.py) ---
+# Yuma's kappa: subtensor's default Kappa, the u16 32_767, read as kappa / u16::MAX (~0.5).
+CONSENSUS_KAPPA = 32_767 / 65_535
+# A validator whose last set_weights is older than this is inactive for the epoch (subtensor's
+# default ActivityCutoff): its stake and weights leave the consensus.
+CONSENSUS_ACTIVITY_CUTOFF_BLOCKS = 5_000
+CONSENSUS_TOP_DIFFERENCES = 10  # uids listed where our weight differs most from consensus
+CONSENSUS_MIN_DIFFERENCE = 1e-4  # smaller |ours - consensus| differences are not listed
+CONSENSUS_VTRUST_WARN = 0.8  # estimated validator trust below this ...
+CONSENSUS_WARN_STEPS = 2  # ... this many steps in a row -> a WARNING
+CONSENSUS_HISTORY_STEPS = 100  # estimates a ConsensusWatch keeps
+CONSENSUS_TABLE_VALIDATORS = 8  # validators shown in the console table (largest stake first)
+
+# --- selection: which uids a step visits and evaluates (validator/selection.py; live v1.0.16) ---
+PRIO_POOL = 100  # visit / evaluation priorities; a visited uid's priority adds a random r in [0, 1)
+PRIO_TOP_MODEL = 80
+PRIO_INJECT = 60
+PRIO_NEW_MODEL = 40  # a pending uid below this leaves pending when a step does not pick it
+PRIO_REVISIT = 20
+CHAIN_UPDATE_INTERVAL_S = 16 * 60
+TOP_MINER_VALIDATORS = 10  # the largest-stake permit holders whose weights name the top miners
+TOP_MINER_MAX_VALIDATOR_IDLE_BLOCKS = 1_200  # a validator idle for longer is skipped
+TOP_MINER_FRACTION = 0.05  # a miner holding more than this of such a validator's weight
+TOP_MODEL_RETRY_INTERVAL_S = 24 * 3600  # an unchanged top miner is visited again after this
+REVISIT_SLICE_PERIOD_S = 48 * 3600  # the wall clock sweeps the revisit slice over all uids in this
+REVISIT_SLICE_MAX_UIDS = 10  # uids one chain update revisits at most
+REVISIT_RETRY_INTERVAL_S = 24 * 3600  # a uid in the slice is visited when its last visit is older
+
+# --- config sources (validator/config_source.py, competitions.py, halloffame.py; benchmark/config.py)
+HALL_OF_FAME_URL = "https://github.com/coldint/sn29/raw/main/hall_of_fame.json"  # as live (HOF_URL)
+HALL_OF_FAME_REFRESH_S = 15 * 60  # live re-reads both files every CFG_FETCH_INTERVAL
+HALL_OF_FAME_TIMEOUT_S = 30
+HALL_OF_FAME_MAX_BYTES = 1_000_000
+CONFIG_MAX_DEPTH = 32  # JSON nesting refused beyond this, before parsing (the live files nest 3 deep)
+CONFIG_MAX_ELEMENTS = 100_000  # JSON values (containers + items) refused beyond this
+CONFIG_CACHE_DIR = "config"  # under the state dir: the last good copy of each fetched config
+# validator-wide keys of competitions.json's "default" block: live constants.defaults where ours lack them
+DISCARD_WINRATE = 0.02  # below this win rate and absolute win rate a commitment is discarded (0: never)
+USE_EVAL_CACHE = True
+BENCHMARK_MAX_BYTES = 1_000_000  # a larger benchmark.json is refused
+BENCHMARK_NO_BLOCK = 2**31  # live's block of a benchmark entry without one (no advantage, sorted last)
+
+# --- ranking and weights (validator/ranking.py): the live rules -------------------------------
+MIN_WEIGHT_SET_INTERVAL_S = 35 * 60  # live HEAD: never set weights more often than this (wall clock)
+HALL_OF_FAME_IV_FACTOR = 1 / (1 - HALL_OF_FAME_DECAY)  # ~200: an award's share at its block is reward / this
+
+# --- hub: which files count, commitments (validator/hub.py, validator/live_repo.py, identity, chain) ---
+COMMITMENT_MAX_BYTES = 128  # one Raw field of the Commitments pallet; a longer commitment is refused
+HUB_SMALL_FILE_MAX_BYTES = 16 * 1024**2  # config / tokenizer_config / safetensors index read before the weights
+HUB_DOWNLOAD_WORKERS = 8  # files of one model fetched in parallel (huggingface_hub's snapshot default)
+
+# --- tokenization as the live validator under transformers 4.44 (validator/tokens.py) ---------
+TOKENIZER_JSON_MAX_BYTES = 64 * 1024**2  # a larger tokenizer.json is refused (common ones are 2-35 MB)
+
+# --- hub: hostile repos (validator/hub.py) ---------------------------------------------------
+HUB_MAX_REPO_FILES = 1000  # a repo listing more files is refused (bad_repo) before any download
+HUB_MAX_NAME_BYTES = 255  # a path component of a file to download longer than this is refused (NAME_MAX)

@@ -6,16 +6,18 @@
         --hub local:./mirror --network local --chain-db state/chain.sqlite --hotkey 5F...
 
 Steps (any failure exits non-zero with a message saying which step and why):
-1. the model dir is checked against the competition (architecture, parameters, size,
-   safetensors only, no custom code) before anything is uploaded;
+1. the model dir is checked against the competition before anything is uploaded: the
+   commitment fits the chain's 128 bytes, the dir's size, and the files validators will
+   download (safetensors weights, model class from model_type, parameter count);
 2. upload: a private repo on huggingface.co (token from HF_TOKEN / HF_ACCESS_TOKEN, a
    .env file, or `huggingface-cli login`), or a git commit in a local mirror
    (`--hub local:<dir>`, the repos olah serves);
-3. the snapshot is downloaded back at the new commit through the same hub client a
-   validator uses, and its directory hash is taken from that download (so files the hub
-   adds, like .gitattributes, are counted exactly as validators count them). For a
-   local mirror the download goes through olah: the one at `--endpoint`, else a
-   temporary olah started on 127.0.0.1 for the purpose;
+3. the snapshot is downloaded back at the new commit through the same hub client and the
+   same rule a validator uses (validator/live_repo.py: only the files transformers 4.44
+   loads, the repo's total size checked), and its directory hash is taken from that
+   download, so the commitment verifies on live validators and ours. For a local mirror
+   the download goes through olah: the one at `--endpoint`, else a temporary olah started
+   on 127.0.0.1 for the purpose;
 4. `namespace:name:commit:hash:competition` is committed on chain with the hotkey, and read
    back (chain.sync()) until it shows;
 5. the repo is made public (a hub repo; a local mirror has no visibility).
@@ -38,7 +40,7 @@ if not __package__:  # run as a file (python scripts/upload_model.py): make the 
 
 import constants  # noqa: E402
 from validator import hub  # noqa: E402
-from validator.identity import ModelId, check_repo_part, dir_hash, secure_hash  # noqa: E402
+from validator.identity import InvalidCommitment, ModelId, check_repo_part, dir_hash, secure_hash  # noqa: E402
 
 LOCAL_PREFIX = "local:"
 
@@ -97,7 +99,8 @@ def _hash_as_validator(repo_id: str, commit: str, mirror: Path | None, endpoint:
     """Directory hash of the snapshot at `commit` as a validator downloads it, after checking
     that download against the competition."""
     def fetch(ep: str | None) -> Path:
-        return hub.download_snapshot(repo_id, commit, work, endpoint=ep, token=token, progress=False)
+        return hub.download_snapshot(repo_id, commit, work, competition=competition, endpoint=ep, token=token,
+                                     progress=False)
 
     if mirror is not None and endpoint is None:
         from validator.localhub import LocalHub
@@ -108,8 +111,7 @@ def _hash_as_validator(repo_id: str, commit: str, mirror: Path | None, endpoint:
     else:
         log(f"downloading {repo_id}@{commit[:12]} back from {hub.resolve_endpoint(endpoint)}")
         snap = fetch(endpoint)
-    hub.check_model_constraints(snap, competition)
-    return dir_hash(snap)
+    return dir_hash(snap)  # exactly the files a validator downloads (download_snapshot checked them)
 
 
 def _read_back(chain: Any, hotkey: str, text: str, tries: int, wait_s: float, log: Callable[[str], None]) -> int:
@@ -129,6 +131,15 @@ def _read_back(chain: Any, hotkey: str, text: str, tries: int, wait_s: float, lo
             log(f"commitment not visible yet ({seen}); reading again in {wait_s:.0f} s")
             time.sleep(wait_s)
     raise UploadError(f"read back: after {tries} reads the chain shows {seen!r} for {hotkey}, not {text!r}")
+
+
+def check_commitment_fits(namespace: str, name: str, competition_id: str) -> None:
+    """UploadError unless `namespace:name:<commit>:<hash>:competition` fits the chain (128
+    bytes of UTF-8): checked before anything is uploaded."""
+    try:
+        ModelId(namespace, name, "0" * 40, "A" * 43 + "=", competition_id)
+    except InvalidCommitment as exc:
+        raise UploadError(f"commitment for {namespace}/{name} in {competition_id}: {exc}") from None
 
 
 def _check_registered(chain: Any, hotkey: str) -> None:
@@ -163,6 +174,7 @@ def publish_and_commit(model_dir: str | os.PathLike | None, competition: Any, *,
     _check_registered(chain, hotkey)
     if model_id is not None:
         ns, name, commit = parse_model_id(model_id)
+        check_commitment_fits(ns, name, competition.id)
         log(f"committing the existing upload {ns}/{name}@{commit[:12]} (no upload)")
     else:
         if repo is None:
@@ -170,6 +182,7 @@ def publish_and_commit(model_dir: str | os.PathLike | None, competition: Any, *,
         if model_dir is None or not Path(model_dir).is_dir():
             raise UploadError(f"model dir {model_dir}: not a directory")
         ns, name = parse_repo(repo)
+        check_commitment_fits(ns, name, competition.id)
         try:
             hub.check_model_constraints(model_dir, competition)
         except hub.HubError as exc:

@@ -132,3 +132,66 @@ def test_validator_step_reports_a_bad_file_instead_of_crashing(tmp_path):
     f.write_bytes("{}".encode("utf-16"))
     entries, problems = benchmark_entries(f, {})
     assert entries == [] and len(problems) == 1 and "bench.json" in problems[0]
+
+
+# --- live's form: coldint_validator's benchmark_example.json, read by load_benchmark_config ------
+
+LIVE_EXAMPLE = {  # coldint_validator 4690180:benchmark_example.json, paths replaced by real dirs
+    "254": {"competition": "c01", "block": 3461910, "path": "<phi3_v1>", "label": "phi3_v1"},
+    "255": {"competition": "c01", "block": 3461904, "path": "<Phi-3-mini-4k>", "label": "Phi-3-mini-4k"},
+}
+
+
+def test_live_example_is_read_unchanged(tmp_path):
+    data = json.loads(json.dumps(LIVE_EXAMPLE))
+    for entry in data.values():
+        entry["path"] = str(_model_dir(tmp_path, entry["path"].strip("<>")))
+    f = tmp_path / "benchmark.json"
+    f.write_text(json.dumps(data, indent=1))
+    entries, errors = load_benchmark(f)
+    assert errors == {} and list(entries) == ["254", "255"]
+    e = entries["254"]
+    assert (e.uid, e.competition, e.block, e.label) == (254, "c01", 3461910, "phi3_v1")
+    assert e.path == (tmp_path / "phi3_v1").resolve() and e.hotkey is None
+
+
+def test_live_form_defaults_block_label_and_takes_a_hotkey(tmp_path):
+    d = _model_dir(tmp_path, "20240724_phi3mini")
+    entries, errors = parse_benchmark({"7": {"competition": "c00", "path": str(d), "hotkey": "5Fxyz"},
+                                       "8": {"competition": "c00", "path": str(d), "block": 2**31},
+                                       "mine": {"competition": "c00", "path": str(d)}})
+    assert errors == {}
+    e7 = entries["7"]
+    assert e7.block is None and e7.live_block == 2**31  # live: bcfg.get("block", 1 << 31)
+    assert e7.label == "20240724_phi3mini"  # live: the path's last part
+    assert e7.hotkey == "5Fxyz" and e7.uid == 7
+    assert entries["8"].block is None  # live's 2**31 written out means the same: no block
+    assert entries["mine"].uid is None and entries["mine"].label == "mine"  # ours: the id
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ({"competition": "c00", "path": "X", "block": "soon"}, "block: Input should be a valid integer"),
+    ({"competition": "c00", "path": "X", "hotkey": ""}, "hotkey: String should have at least 1 character"),
+    ({"competition": "c00", "path": "X", "uid": 3}, "uid: not a field"),
+    ({"path": "X", "block": -5}, "competition: Field required; block: Input should be greater than or equal to 0"),
+    ([1, 2], "entry: expected an object with competition and path, got list"),
+])
+def test_bad_entry_names_every_reason(tmp_path, raw, reason):
+    d = _model_dir(tmp_path)
+    if isinstance(raw, dict):
+        raw = {**raw, "path": str(d)}
+    entries, errors = parse_benchmark({"12": raw, "good": {"competition": "c00", "path": str(d)}})
+    assert list(entries) == ["good"] and reason in errors["12"], errors
+
+
+def test_oversize_and_deep_files_refused_before_parsing(tmp_path):
+    import constants
+
+    f = tmp_path / "bench.json"
+    with open(f, "wb") as fh:
+        fh.truncate(constants.BENCHMARK_MAX_BYTES + 1)
+    with pytest.raises(BenchmarkError, match=r"bench\.json: cannot read benchmark\.json: more than"):
+        load_benchmark(f)
+    f.write_bytes(b'{"a": ' * 50_000 + b"{}" + b"}" * 50_000)
+    with pytest.raises(BenchmarkError, match=r"bench\.json: cannot read benchmark\.json: JSON nested deeper"):
+        load_benchmark(f)

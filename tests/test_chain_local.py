@@ -134,6 +134,17 @@ def test_commit_requires_registration(chain):
         chain.commit("m1", 5)
 
 
+def test_commit_longer_than_one_raw_field_is_refused(chain):
+    """As on chain, a commitment is one Raw field of at most 128 bytes of UTF-8."""
+    chain.register("m1")
+    chain.commit("m1", "x" * 128)
+    with pytest.raises(ChainError, match="129 bytes"):
+        chain.commit("m1", "x" * 129)
+    with pytest.raises(ChainError, match="130 bytes"):
+        chain.commit("m1", "x" * 126 + "éé")  # 128 characters, 130 bytes
+    assert chain.sync()[1]["m1"].text == "x" * 128  # the refused ones changed nothing
+
+
 def test_set_weights_normalises_and_shows_in_metagraph(chain):
     chain.register("val", stake=10, validator=True)
     chain.register("m1")

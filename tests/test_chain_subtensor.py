@@ -17,6 +17,7 @@ from validator.chain.subtensor import (  # noqa: E402
     SubtensorChain,
     commitment_info,
     commitments_from_sdk,
+    first_field_text,
     metagraph_from_sdk,
 )
 
@@ -24,15 +25,26 @@ NETUID = 29
 RAO = 10**9
 U16 = 65535
 COMMIT_A = "alice:model-a:" + "a" * 40 + ":" + "A" * 43 + "=:c00"
-# longer than one 128-byte Raw field: exercises the split and the SDK's re-assembly
+COMMIT_B = "bob:model-b:" + "b" * 40 + ":" + "B" * 43 + "=:c01"
+# longer than one 128-byte Raw field: refused when committing; split by other tools, only
+# its first field is read
 COMMIT_LONG = "n" * 60 + ":" + "m" * 60 + ":" + "b" * 40 + ":" + "B" * 43 + "=:c01"
+TIMELOCK = {"TimelockEncrypted": {"encrypted": "0x00", "reveal_round": 123}}
 
 
-def sdk_commitment(hotkey, uid, block, data="", encrypted=False, revealed=()):
+def raw(text: str) -> dict:
+    """One Raw field as the transport decodes it."""
+    data = text.encode()
+    return {f"Raw{len(data)}": "0x" + data.hex()}
+
+
+def sdk_commitment(hotkey, uid, block, data="", encrypted=False, revealed=(), fields=None):
+    if fields is None:
+        fields = ([TIMELOCK] if encrypted else []) + ([raw(data)] if data else [])
     return NeuronCommitment(
         hotkey=hotkey, netuid=NETUID, uid=uid, block=block, queried_block=1000,
         deposit=Balance.from_rao(0), data=data, encrypted=encrypted,
-        reveal_round=123 if encrypted else None, revealed=list(revealed), fields=[],
+        reveal_round=123 if encrypted else None, revealed=list(revealed), fields=fields,
     )
 
 
@@ -60,7 +72,7 @@ def sdk_metagraph(neurons, unregistered=None):
 def test_mapping_from_sdk_dataclasses():
     plain = sdk_commitment("hk1", 1, 500, data=COMMIT_A)
     sealed = sdk_commitment("hk2", 2, 600, encrypted=True)
-    revealed = sdk_commitment("hk3", 3, 700, encrypted=True, revealed=[(710, "revealed:text")])
+    revealed = sdk_commitment("hk3", 3, 700, encrypted=True, revealed=[(710, COMMIT_B)])
     record = sdk_metagraph(
         [
             sdk_neuron(0, "val", 250 * RAO, 0.0, True, 990),
@@ -83,18 +95,36 @@ def test_mapping_from_sdk_dataclasses():
     assert mg.weights == {0: {1: 0.6, 2: 0.4}}
 
     commitments = commitments_from_sdk(record)
-    # sealed commitment has no visible value; deregistered hotkeys are not part of the subnet
-    assert commitments == {"hk1": Commitment(COMMIT_A, 500), "hk3": Commitment("revealed:text", 700)}
+    # only the first field is read, as live: a sealed or a revealed (timelocked) commitment is
+    # not seen; deregistered hotkeys are not part of the subnet
+    assert commitments == {"hk1": Commitment(COMMIT_A, 500)}
 
 
-def test_commitment_info_splits_into_raw_fields():
-    info = commitment_info(COMMIT_LONG)
-    fields = info["fields"]
-    assert len(COMMIT_LONG.encode()) > RAW_FIELD_MAX_BYTES
-    assert all(len(f) == 1 for f in fields)
-    assert [next(iter(f)) for f in fields] == [f"Raw{len(next(iter(f.values())))}" for f in fields]
-    assert b"".join(next(iter(f.values())) for f in fields) == COMMIT_LONG.encode()
-    assert max(len(next(iter(f.values()))) for f in fields) == RAW_FIELD_MAX_BYTES
+def test_only_the_first_field_of_a_commitment_is_read():
+    halves = [COMMIT_LONG.encode()[:128], COMMIT_LONG.encode()[128:]]
+    split = [{f"Raw{len(h)}": "0x" + h.hex()} for h in halves]
+    assert first_field_text(split) == halves[0].decode()  # the rest is not seen
+    assert first_field_text([raw(COMMIT_A), raw(COMMIT_B)]) == COMMIT_A
+    assert first_field_text([TIMELOCK, raw(COMMIT_A)]) is None  # first field sealed: nothing readable
+    assert first_field_text([{"Sha256": "0x" + "00" * 32}]) is None
+    assert first_field_text(["ResetBondsFlag"]) is None
+    assert first_field_text([]) is None
+    assert first_field_text([{"Raw2": "0xc328"}]) is None  # not UTF-8: the live decode fails
+    # other encodings of the same bytes: a list of ints, bytes, the older ((bytes,),) wrapping
+    data = COMMIT_A.encode()
+    assert first_field_text([{f"Raw{len(data)}": list(data)}]) == COMMIT_A
+    assert first_field_text([({f"Raw{len(data)}": (data,)},)]) == COMMIT_A
+
+
+def test_commitment_info_is_one_raw_field_of_at_most_128_bytes():
+    assert RAW_FIELD_MAX_BYTES == 128
+    assert commitment_info(COMMIT_A) == {"fields": [{f"Raw{len(COMMIT_A)}": COMMIT_A.encode()}]}
+    fits = "x" * 126 + "é"  # 127 characters, 128 bytes
+    assert commitment_info(fits) == {"fields": [{"Raw128": fits.encode()}]}
+    with pytest.raises(ChainError, match="129 bytes"):
+        commitment_info(fits + "x")
+    with pytest.raises(ChainError, match="more than the 128"):
+        commitment_info(COMMIT_LONG)
     with pytest.raises(ChainError, match="empty"):
         commitment_info("")
 
@@ -153,10 +183,9 @@ class FakeSubstrate:
         return None
 
 
-def chain_record(text, block):
+def chain_record(block, *fields):
     """A CommitmentOf value as the transport decodes it (Raw fields as 0x-hex)."""
-    fields = [{k: "0x" + v.hex() for k, v in f.items()} for f in commitment_info(text)["fields"]]
-    return {"block": block, "deposit": 0, "info": {"fields": fields}}
+    return {"block": block, "deposit": 0, "info": {"fields": list(fields)}}
 
 
 def runtime_graph(block):
@@ -193,8 +222,8 @@ def test_sync_through_the_sdk(sdk_client):
     substrate = FakeSubstrate(
         block=1000,
         graph=runtime_graph(1000),
-        commitments=[("hk1", chain_record(COMMIT_A, 500)), ("hk2", chain_record(COMMIT_LONG, 600)),
-                     ("deregistered", chain_record("old:stuff", 100))],
+        commitments=[("hk1", chain_record(500, raw(COMMIT_A))), ("hk2", chain_record(600, raw(COMMIT_B), raw("more"))),
+                     ("deregistered", chain_record(100, raw("old:stuff")))],
         weights=[(0, [(1, U16), (2, U16 // 3)])],
     )
     chain = SubtensorChain(netuid=NETUID, client=sdk_client(substrate))
@@ -210,7 +239,7 @@ def test_sync_through_the_sdk(sdk_client):
     assert mg.last_update == [995, 20, 30]
     total = U16 + U16 // 3
     assert mg.weights == {0: pytest.approx({1: U16 / total, 2: (U16 // 3) / total})}
-    assert commitments == {"hk1": Commitment(COMMIT_A, 500), "hk2": Commitment(COMMIT_LONG, 600)}
+    assert commitments == {"hk1": Commitment(COMMIT_A, 500), "hk2": Commitment(COMMIT_B, 600)}  # first fields
     # one metagraph runtime call and whole-map reads, all pinned to one block; no per-hotkey query
     kinds = [(c[0], c[2]) for c in substrate.calls]
     assert kinds.count(("runtime", "get_metagraph")) == 1
@@ -278,12 +307,15 @@ def test_set_weights_failures_become_chain_errors():
 def test_commit_submits_set_commitment_signed_by_hotkey():
     client = RecordingClient()
     wallet = object()
-    SubtensorChain(netuid=NETUID, client=client).commit(wallet, COMMIT_LONG)
+    SubtensorChain(netuid=NETUID, client=client).commit(wallet, COMMIT_A)
     (call, used_wallet, kwargs), = client.submitted
     assert (call.module, call.function) == ("Commitments", "set_commitment")
     assert call.params["netuid"] == NETUID
-    assert call.params["info"] == commitment_info(COMMIT_LONG)
+    assert call.params["info"] == {"fields": [{f"Raw{len(COMMIT_A)}": COMMIT_A.encode()}]}
     assert used_wallet is wallet and kwargs == {"signer": "hotkey"}
+    with pytest.raises(ChainError, match="more than the 128"):  # refused before anything is sent
+        SubtensorChain(netuid=NETUID, client=client).commit(wallet, COMMIT_LONG)
+    assert len(client.submitted) == 1
 
     failed = bt.ExtrinsicResult(success=False, error=bt.ChainError("SpaceLimitExceeded"))
     with pytest.raises(ChainError, match="SpaceLimitExceeded"):

@@ -90,7 +90,8 @@ def test_a_failed_competitions_reload_is_in_the_step_report_and_the_last_good_co
         "--hf-endpoint", "http://127.0.0.1:9", "--no-isolation", "--dont-set-weights"])
     v = cli.build_validator(args)
     v.progress = None
-    v.fetch = lambda model_id, hotkey, competition: (_ for _ in ()).throw(RuntimeError("no hub in this test"))
+    v.fetch = lambda model_id, hotkey, competition, deadline=None: (_ for _ in ()).throw(
+        RuntimeError("no hub in this test"))
     first = v.step()
     assert not any(p.startswith("competitions") for p in first["problems"]), first["problems"]
     comps.write_text('{"c00": {"reward": "lots"')  # someone pushed a typo

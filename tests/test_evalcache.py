@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import constants
 from validator.evalcache import (EvalCache, LossCache, SampleDB, pick_eval_samples, pick_rechecks,
-                                 verify_rechecks)
+                                 sample_db_settings, verify_rechecks)
 from validator.state import StateError
 
 
@@ -46,12 +46,14 @@ def test_db_fills_to_min_then_extends_on_interval_and_caps_dropping_oldest():
     assert len(db) == 10 and len(r.added) == 10 and r.dropped == []
     assert db.refresh(src, seed=2, now=50.0).added == []  # interval not over: nothing asked
     assert src.calls == [(1, 10)]
-    db.refresh(src, seed=2, now=100.0)
+    # live extends when now - last > interval, strictly: exactly the interval is not enough
+    assert db.refresh(src, seed=2, now=100.0).added == [] and len(src.calls) == 1
+    db.refresh(src, seed=2, now=100.5)
     assert len(db) == 15 and src.calls[-1] == (2, 5)
-    for i, now in enumerate((200.0, 300.0)):
+    for i, now in enumerate((201.0, 301.5)):
         db.refresh(src, seed=3 + i, now=now)
     assert len(db) == 25
-    r = db.refresh(src, seed=9, now=400.0)
+    r = db.refresh(src, seed=9, now=402.0)
     assert len(db) == 25  # capped
     assert r.dropped == [f"s1-{i}" for i in range(5)]  # the five oldest
     assert db.ids()[:5] == [f"s1-{i}" for i in range(5, 10)]
@@ -389,3 +391,80 @@ def test_refresh_never_asks_for_more_than_the_cap():
 def test_usable_rows_keeps_order_first_text_and_skips_garbage():
     rows = SampleDB.usable_rows([("b", "1"), ("a", "2"), ("b", "3"), ("", "x"), ("c", ""), (1, "y"), "zz", ("d", "4")])
     assert rows == {"b": "1", "a": "2", "d": "4"} and list(rows) == ["b", "a", "d"]
+
+
+# --- sizes from competitions.json, changed at run time -------------------------------------
+
+
+def test_sample_db_settings_follow_the_live_keys_and_defaults():
+    # the live validator's constants.defaults (v1.0.16): 2000 / 20000 / 500 every 3600*4 s
+    assert sample_db_settings({}) == {"min_samples": 2000, "max_samples": 20000,
+                                      "extend_samples": 500, "extend_interval": 4 * 3600}
+    live_default_block = {"group_samples": 10, "rows_per_page": 50, "db_min_samples": 300.0,
+                          "db_max_samples": 900, "db_extend_samples": 50, "db_extend_interval": 90.5}
+    got = sample_db_settings(live_default_block)
+    assert got == {"min_samples": 300, "max_samples": 900, "extend_samples": 50, "extend_interval": 90.5}
+    assert isinstance(got["min_samples"], int)  # 300.0 read leniently, as live does
+    db = SampleDB(**got)
+    assert (db.min_samples, db.max_samples, db.extend_samples, db.extend_interval) == (300, 900, 50, 90.5)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"db_min_samples": "2000"}, "db_min_samples '2000': must be a number"),
+    ({"db_max_samples": True}, "db_max_samples True: must be a number"),
+    ({"db_extend_samples": 2.5}, "db_extend_samples 2.5: must be a whole number"),
+    ({"db_extend_interval": -1}, "db_extend_interval -1: must be >= 0"),
+    ({"db_min_samples": 0}, "db_min_samples 0: must be >= 1"),
+    ({"db_min_samples": 50, "db_max_samples": 40}, "db_min_samples 50 exceeds db_max_samples 40"),
+    ({"db_extend_interval": float("inf")}, "db_extend_interval inf: must be a number"),
+])
+def test_sample_db_settings_name_the_bad_key(config, message):
+    with pytest.raises(ValueError, match=message):
+        sample_db_settings(config)
+
+
+def test_configure_shrinks_the_cap_dropping_oldest_with_their_losses():
+    ec = EvalCache(make_db(min_samples=5, max_samples=10, extend_samples=5))
+    ec.db.add([(f"s{i}", f"t{i}") for i in range(10)], now=0.0)
+    ec.losses.put("m", fake_losses("m", ec.db.ids()))
+    r = ec.configure(min_samples=4, max_samples=6)
+    assert r.dropped == ["s0", "s1", "s2", "s3"] and ec.db.ids() == [f"s{i}" for i in range(4, 10)]
+    assert sorted(ec.losses.cached("m")) == sorted(ec.db.ids())
+    assert (ec.db.extend_samples, ec.db.extend_interval) == (5, 100.0)  # None keeps a value
+    # a longer interval applies to the next refresh
+    ec.db.last_extend = 0.0
+    ec.configure(extend_interval=500)
+    assert ec.db.wanted(400.0) == 0 and ec.db.wanted(501.0) == 5
+
+
+def test_configure_refuses_bad_sizes_and_changes_nothing():
+    db = make_db()
+    before = (db.min_samples, db.max_samples, db.extend_samples, db.extend_interval)
+    with pytest.raises(ValueError, match="min_samples"):
+        db.configure(min_samples=30)  # above max_samples 25
+    with pytest.raises(ValueError, match="extend_interval"):
+        db.configure(extend_interval=float("nan"))
+    assert (db.min_samples, db.max_samples, db.extend_samples, db.extend_interval) == before
+    with pytest.raises(ValueError, match="max_samples=2.5"):
+        SampleDB(min_samples=1, max_samples=2.5)
+
+
+def test_a_file_written_before_paged_sampling_still_loads(tmp_path):
+    """The persisted form did not change with paged sampling (ids are still
+    <dump>/<shard file>/<row>): both layouts written earlier load as they are."""
+    sid = "CC-MAIN-2024-10/000_00000.parquet/17"
+    # one document (texts inside), the first layout
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"version": 1, "losses": {"m": {sid: [2.5, 7], "gone": ["inf", 0]}},
+                               "first_seen": {"h": ["alice", 10]},
+                               "db": {"last_extend": 50.0, "samples": [[sid, "some text", 40.0]]}}))
+    back = EvalCache.load(one)
+    assert back.db.ids() == [sid] and back.db.text(sid) == "some text" and back.db.last_extend == 50.0
+    assert back.losses.get("m", sid) == 2.5 and back.losses.get("m", "gone") is None  # not in the db
+    assert back.first_seen.get("h") == ("alice", 10)
+    # index + sibling texts file, the current layout
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"version": 1, "losses": {"m": {sid: [1.0, 3]}}, "first_seen": {}}))
+    EvalCache.samples_path(two).write_text(json.dumps({"last_extend": None, "samples": [[sid, "t", 1.0]]}))
+    back = EvalCache.load(two)
+    assert back.db.ids() == [sid] and back.losses.get("m", sid) == 1.0 and back.db.wanted(0.0) > 0

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -18,10 +19,16 @@ from tests.olah_fixture import publish
 from validator import hub
 from validator.competitions import Competition
 from validator.hub import FailureReason, HubError, ModelStore, ensure_model, snapshot_path
-from validator.identity import ModelId, dir_hash, secure_hash
+from validator.identity import ModelId, dir_hash, files_hash, secure_hash
 from validator.localhub import LocalHub
 
 HOTKEY = "5GoodHotkeyAAAA"
+# What a live validator downloads from `src` (written out here, not derived from the rule):
+# the tokenizer is declared PreTrainedTokenizerFast, whose files 4.44 fetches are
+# tokenizer.json plus the common ones (tokenizer_config.json here; special_tokens_map.json
+# and added_tokens.json are absent); README.md and .gitattributes are not downloaded.
+DOWNLOADED = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
 
 
 def n_params_in(safetensors_dir: Path) -> int:
@@ -36,11 +43,24 @@ def n_params_in(safetensors_dir: Path) -> int:
     return total
 
 
+def as_a_hub_repo(model_dir: Path) -> Path:
+    """A dir shaped as on the hub: the tokenizer class transformers 4.44 saves
+    (PreTrainedTokenizerFast; 5.x writes TokenizersBackend, which 4.44 cannot load), plus the
+    README.md and .gitattributes every hub repo has."""
+    cfg_path = model_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    (model_dir / "README.md").write_text("---\nlibrary_name: transformers\n---\n# a model\n")
+    (model_dir / ".gitattributes").write_bytes(GITATTRIBUTES)
+    return model_dir
+
+
 @pytest.fixture(scope="module")
 def src(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("src")
     make_tokenizer(root / "tok")
-    return make_model(root / "good", tokenizer_dir=root / "tok")
+    return as_a_hub_repo(make_model(root / "good", tokenizer_dir=root / "tok"))
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +84,11 @@ def variant(src: Path, dst: Path, config_edit=None, extra: dict[str, bytes] | No
     return dst
 
 
-def commit_of(mirror: Path, name: str, model_dir: Path, hotkey: str = HOTKEY, ns: str = "alice") -> ModelId:
+def commit_of(mirror: Path, name: str, model_dir: Path, hotkey: str = HOTKEY, ns: str = "alice",
+              files: list[str] = DOWNLOADED) -> ModelId:
     sha = publish(mirror, ns, name, model_dir)
-    # The committed hash is computed from the source dir: what was published, file for file.
-    return ModelId(ns, name, sha, secure_hash(dir_hash(model_dir), hotkey), "c00")
+    # The committed hash is computed from the source dir: the published files a validator downloads.
+    return ModelId(ns, name, sha, secure_hash(files_hash(model_dir, files), hotkey), "c00")
 
 
 def assert_clean(model_dir: Path) -> None:
@@ -80,7 +101,8 @@ def assert_clean(model_dir: Path) -> None:
 
 @pytest.fixture
 def count_downloads(monkeypatch):
-    """Counts bulk snapshot downloads (config.json alone is fetched separately, before)."""
+    """Counts weight downloads (the small JSON files the download set depends on are fetched
+    separately, before)."""
     calls = []
     real = hub._download_snapshot
 
@@ -115,13 +137,17 @@ def test_good_model_downloads_and_verifies(src, comp, olah_mirror, olah_hub, tmp
     path = ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
     assert path == snapshot_path(tmp_path, HOTKEY, mid)
     assert path == tmp_path / "models" / HOTKEY / "models--alice--good" / "snapshots" / mid.commit
-    # real files, byte for byte the published ones, nothing else in the snapshot
-    assert sorted(p.name for p in path.iterdir()) == sorted(p.name for p in src.iterdir())
-    for f in src.iterdir():
-        assert not (path / f.name).is_symlink()
-        assert (path / f.name).read_bytes() == f.read_bytes()
+    # real files, byte for byte the published ones; only what a live validator downloads
+    assert sorted(p.name for p in path.iterdir()) == DOWNLOADED
+    for name in DOWNLOADED:
+        assert not (path / name).is_symlink()
+        assert (path / name).read_bytes() == (src / name).read_bytes()
     assert secure_hash(dir_hash(path), HOTKEY) == mid.hash
-    assert hub.verified_dir_hash(path) == dir_hash(src)
+    assert hub.verified_dir_hash(path) == files_hash(src, DOWNLOADED)
+    marker = hub.read_marker(path)
+    assert marker["repo_size"] == sum(f.stat().st_size for f in src.iterdir())  # .gitattributes, README included
+    assert marker["class"] == "<class 'transformers_llama.modeling_llama.SlicedLlamaForCausalLM'>"
+    assert marker["files"] == DOWNLOADED
     assert count_downloads == ["alice/good"]
     assert_no_temp = [p for p in path.parent.parent.iterdir() if p.name.startswith(constants.MODEL_STORE_TMP_PREFIX)]
     assert assert_no_temp == []
@@ -143,40 +169,92 @@ def test_wrong_hash_is_refused_and_removed(src, comp, olah_mirror, olah_hub, tmp
     assert_clean(tmp_path)
 
 
+def index_for(model: Path, shard: str) -> bytes:
+    """A safetensors index mapping every tensor of `model` to `shard`."""
+    from safetensors import safe_open
+
+    with safe_open(model / "model.safetensors", "pt") as st:
+        keys = list(st.keys())
+    return json.dumps({"metadata": {"total_size": 1}, "weight_map": {k: shard for k in keys}}).encode()
+
+
 @pytest.mark.parametrize("case, reason", [
     ("pickle_only", FailureReason.unsafe_format),
-    ("pickle_beside_safetensors", FailureReason.unsafe_format),
-    ("auto_map", FailureReason.remote_code),
-    ("python_file", FailureReason.remote_code),
+    ("index_elsewhere", FailureReason.unsafe_format),
+    ("index_absolute", FailureReason.unsafe_format),
+    ("index_missing_shard", FailureReason.unsafe_format),
     ("ten_x_parameters", FailureReason.constraint),
-    ("wrong_architecture", FailureReason.constraint),
+    ("other_model_type", FailureReason.constraint),
     ("unknown_model_type", FailureReason.constraint),
+    ("no_model_type", FailureReason.constraint),
 ])
 def test_bad_repos_refused_before_weights(case, reason, src, comp, olah_mirror, olah_hub, tmp_path,
                                           count_downloads):
     def ten_x(cfg):
         cfg["num_hidden_layers"] = 40
 
+    def as_shard(dst_name: str) -> dict:  # weights moved into a shard named by an index
+        return dict(drop=("model.safetensors",),
+                    extra={"model.safetensors.index.json": index_for(src, dst_name),
+                           "model-00001-of-00001.safetensors": (src / "model.safetensors").read_bytes()})
+
     builders = {
         "pickle_only": dict(drop=("model.safetensors",), extra={"pytorch_model.bin": b"\x80\x04fake pickle"}),
-        "pickle_beside_safetensors": dict(extra={"training_args.bin": b"\x80\x04fake pickle"}),
-        "auto_map": dict(config_edit=lambda c: c.update(auto_map={"AutoModelForCausalLM": "modeling_x.XForCausalLM"})),
-        "python_file": dict(extra={"modeling_x.py": b"import os\nos.system('echo pwned')\n"}),
+        # a shard of another repo's snapshot, outside this one, or not in the repo at all
+        "index_elsewhere": as_shard("../../models--bob--other/snapshots/" + "0" * 40 + "/model.safetensors"),
+        "index_absolute": as_shard("/etc/passwd"),
+        "index_missing_shard": as_shard("model-00002-of-00002.safetensors"),
         "ten_x_parameters": dict(config_edit=ten_x),
-        "wrong_architecture": dict(config_edit=lambda c: c.update(architectures=["GPT2LMHeadModel"])),
+        # the class comes from model_type (gpt2 -> GPT2LMHeadModel), whatever `architectures` says
+        "other_model_type": dict(config_edit=lambda c: c.update(model_type="gpt2")),
         "unknown_model_type": dict(config_edit=lambda c: c.update(model_type="my_secret_arch")),
+        "no_model_type": dict(config_edit=lambda c: c.pop("model_type")),
     }
     model = variant(src, tmp_path / "src", **builders[case])
     if case == "ten_x_parameters":  # the config, built on the meta device, declares >= 10x the limit
         arch, n = hub.count_parameters(json.loads((model / "config.json").read_text()))
         assert arch == "LlamaForCausalLM" and n >= 10 * comp.parameters
     name = case.replace("_", "-")
-    mid = commit_of(olah_mirror, name, model)
+    mid = commit_of(olah_mirror, name, model, files=["config.json"])  # refused before any hash
+    roomy = comp.model_copy(update={"model_size": comp.model_size + 10_000})  # the index adds bytes
     with pytest.raises(HubError) as err:
-        ensure_model(mid, HOTKEY, comp, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
+        ensure_model(mid, HOTKEY, roomy, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
     assert err.value.reason is reason, err.value.detail
     assert count_downloads == []  # refused before any weight byte was fetched
     assert_clean(tmp_path / "store")
+    with pytest.raises(HubError) as local:  # a miner's check of the dir says the same
+        hub.check_model_constraints(model, comp.model_copy(update={"model_size": 10**9}))
+    assert local.value.reason is reason
+
+
+@pytest.mark.parametrize("case", ["pickle_beside_safetensors", "auto_map_and_code", "other_architectures",
+                                  "extras_in_folders"])
+def test_files_the_live_validator_ignores_are_no_reason_to_refuse(case, src, comp, olah_mirror, olah_hub,
+                                                                   tmp_path):
+    """As live: pickles beside safetensors, auto_map with its code, `architectures` and
+    anything else a validator does not download are neither fetched, hashed nor refused."""
+    builders = {
+        "pickle_beside_safetensors": dict(extra={"pytorch_model.bin": b"\x80\x04fake pickle",
+                                                 "training_args.bin": b"\x80\x04fake pickle"}),
+        "auto_map_and_code": dict(
+            config_edit=lambda c: c.update(auto_map={"AutoModelForCausalLM": "modeling_x.XForCausalLM"}),
+            extra={"modeling_x.py": b"import os\nos.system('echo pwned')\n"}),
+        "other_architectures": dict(config_edit=lambda c: c.update(architectures=["GPT2LMHeadModel"])),
+        "extras_in_folders": dict(extra={"original/params.json": b"{}", "optimizer.pt": b"\x80\x04",
+                                         "train.py": b"print('x')\n"}),
+    }
+    spec = builders[case]
+    extra = spec.pop("extra", {})
+    model = variant(src, tmp_path / "src", **spec)
+    for rel, data in extra.items():
+        (model / rel).parent.mkdir(parents=True, exist_ok=True)
+        (model / rel).write_bytes(data)
+    big = comp.model_copy(update={"model_size": comp.model_size + 10_000})
+    mid = commit_of(olah_mirror, case.replace("_", "-"), model)
+    path = ensure_model(mid, HOTKEY, big, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
+    assert sorted(p.name for p in path.iterdir()) == DOWNLOADED
+    hub.check_model_constraints(model, big)
+    assert hub.model_dir_hash(model) == files_hash(model, DOWNLOADED) == hub.verified_dir_hash(path)
 
 
 def test_oversized_repo_refused_before_download(src, comp, olah_mirror, olah_hub, tmp_path, count_downloads):
@@ -223,20 +301,18 @@ def test_symlink_escaping_the_snapshot_is_refused(src, comp, olah_mirror, olah_h
 
 def test_git_symlink_is_served_as_text_not_followed(src, comp, olah_mirror, olah_hub, tmp_path):
     """A symlink committed to the repo reaches the client as a file holding the link text."""
-    model = variant(src, tmp_path / "src")
-    os.symlink("/etc/hostname", model / "notes.txt")
-    sha = publish(olah_mirror, "alice", "gitlink", model)  # copies the target's content...
+    sha = publish(olah_mirror, "alice", "gitlink", src)
     repo = olah_mirror / "models" / "alice" / "gitlink"
-    (repo / "notes.txt").unlink()
-    os.symlink("../../../../../../etc/hostname", repo / "notes.txt")  # ...so commit a real link
+    (repo / "tokenizer.json").unlink()
+    os.symlink("../../../../../../etc/hostname", repo / "tokenizer.json")  # a real git link, downloaded
     hub._git(["add", "-A"], repo)
     hub._git(["commit", "-q", "-m", "link"], repo)
     sha = hub._git(["rev-parse", "HEAD"], repo)
     link_text = b"../../../../../../etc/hostname"
-    expected = variant(src, tmp_path / "expected", extra={"notes.txt": link_text})
-    mid = ModelId("alice", "gitlink", sha, secure_hash(dir_hash(expected), HOTKEY), "c00")
+    expected = variant(src, tmp_path / "expected", extra={"tokenizer.json": link_text})
+    mid = ModelId("alice", "gitlink", sha, secure_hash(files_hash(expected, DOWNLOADED), HOTKEY), "c00")
     path = ensure_model(mid, HOTKEY, comp, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
-    assert (path / "notes.txt").read_bytes() == link_text and not (path / "notes.txt").is_symlink()
+    assert (path / "tokenizer.json").read_bytes() == link_text and not (path / "tokenizer.json").is_symlink()
 
 
 @pytest.mark.parametrize("what", ["commit", "repo"])
@@ -254,7 +330,7 @@ def test_missing_commit_or_repo_is_not_found(what, src, comp, olah_mirror, olah_
 
 def test_present_model_needs_no_network_and_stopped_download_recovers(src, comp, olah_mirror, tmp_path,
                                                                         monkeypatch, fast_retries):
-    import huggingface_hub._snapshot_download as sd
+    import huggingface_hub as sd
 
     first = commit_of(olah_mirror, "offline-a", src)
     second = commit_of(olah_mirror, "offline-b", variant(src, tmp_path / "b", extra={"README.md": b"b"}))
@@ -300,10 +376,24 @@ def test_snapshot_without_marker_is_rechecked_locally(src, comp, olah_mirror, ol
 def test_limits_tightened_after_verification_apply_without_network(src, comp, olah_mirror, olah_hub, tmp_path):
     mid = commit_of(olah_mirror, "tighten", src)
     ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
+    offline = "http://127.0.0.1:9"
     tighter = comp.model_copy(update={"parameters": comp.parameters - 1})
     with pytest.raises(HubError) as err:
-        ensure_model(mid, HOTKEY, tighter, tmp_path, endpoint="http://127.0.0.1:9", progress=False)
-    assert err.value.reason is FailureReason.constraint
+        ensure_model(mid, HOTKEY, tighter, tmp_path, endpoint=offline, progress=False)
+    assert err.value.reason is FailureReason.constraint and "parameters:" in err.value.detail
+    # the type rule on the recorded class: a substring of SlicedLlamaForCausalLM passes, others not
+    assert ensure_model(mid, HOTKEY, comp.model_copy(update={"model_types": ["SlicedLlama"]}), tmp_path,
+                        endpoint=offline, progress=False)
+    with pytest.raises(HubError) as err:
+        ensure_model(mid, HOTKEY, comp.model_copy(update={"model_types": ["Phi3ForCausalLM"]}), tmp_path,
+                     endpoint=offline, progress=False)
+    assert err.value.reason is FailureReason.constraint and "SlicedLlamaForCausalLM" in err.value.detail
+    # the recorded size is the whole repo's (README.md and .gitattributes count, as live)
+    repo_size = sum(f.stat().st_size for f in src.iterdir())
+    with pytest.raises(HubError) as err:
+        ensure_model(mid, HOTKEY, comp.model_copy(update={"model_size": repo_size - 1}), tmp_path,
+                     endpoint=offline, progress=False)
+    assert err.value.reason is FailureReason.too_large and str(repo_size) in err.value.detail
 
 
 def test_concurrent_ensures_download_once(src, comp, olah_mirror, olah_hub, tmp_path, count_downloads):
@@ -369,7 +459,8 @@ def test_cleanup_keeps_in_use_and_removes_least_recently_used(src, comp, olah_mi
     # a tiny budget still never removes what is in use or younger than the grace period
     assert ModelStore(store_dir, budget_gb=1e-9, grace_s=60).cleanup({paths["5KeyInUse"]}, now=now) == []
     # the kept ones are still served without a download
-    mid_new = ModelId("alice", "lru", paths["5KeyNew"].name, secure_hash(dir_hash(src), "5KeyNew"), "c00")
+    mid_new = ModelId("alice", "lru", paths["5KeyNew"].name, secure_hash(files_hash(src, DOWNLOADED), "5KeyNew"),
+                      "c00")
     assert ensure_model(mid_new, "5KeyNew", comp, store_dir, endpoint="http://127.0.0.1:9") == paths["5KeyNew"]
 
 
@@ -410,13 +501,17 @@ def test_check_model_constraints_on_a_local_dir(src, comp, tmp_path):
     with pytest.raises(HubError) as err:
         hub.check_model_constraints(linked, comp)
     assert err.value.reason is FailureReason.unsafe_format
+    # a tokenizer auto_map beside a built-in tokenizer class: 4.44 uses the built-in one, no refusal
     tok_code = variant(src, tmp_path / "tokcode")
     cfg = json.loads((tok_code / "tokenizer_config.json").read_text())
     cfg["auto_map"] = {"AutoTokenizer": ["tok.T", None]}
     (tok_code / "tokenizer_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(HubError) as err:
-        hub.check_model_constraints(tok_code, comp)
-    assert err.value.reason is FailureReason.remote_code
+    hub.check_model_constraints(tok_code, comp.model_copy(update={"model_size": 10**9}))
+    # a hidden folder (a git checkout, a cache) is not published, so it does not count
+    hidden = variant(src, tmp_path / "hidden")
+    (hidden / ".cache").mkdir()
+    (hidden / ".cache" / "blob").write_bytes(b"x" * 100_000)
+    hub.check_model_constraints(hidden, comp)
     deep = variant(src, tmp_path / "deep")
     (deep / "config.json").write_text("[" * 100_000 + "]" * 100_000)  # json.loads recurses per level
     with pytest.raises(HubError) as err:
@@ -537,7 +632,8 @@ def test_llama_7b_config_is_counted_exactly():
     expected = llama_parameters(32_000, 4096, 11_008, 32, 32, 32)
     assert expected == 6_738_415_616  # Llama 2 7B
     assert hub.count_parameters(cfg) == ("LlamaForCausalLM", expected)
-    assert hub.check_config(cfg, any_comp("LlamaForCausalLM")) == expected
+    assert hub.check_config(cfg, any_comp("LlamaForCausalLM")) == (
+        "<class 'transformers_llama.modeling_llama.SlicedLlamaForCausalLM'>", expected)
 
 
 def test_mixtral_config_with_experts_is_counted_exactly():
@@ -545,7 +641,8 @@ def test_mixtral_config_with_experts_is_counted_exactly():
                       num_attention_heads=32, num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2)
     expected = llama_parameters(32_000, 4096, 14_336, 32, 32, 8, experts=8)
     assert expected == 46_702_792_704  # Mixtral 8x7B
-    assert hub.check_config(cfg, any_comp("MixtralForCausalLM")) == expected
+    assert hub.check_config(cfg, any_comp("MixtralForCausalLM")) == (
+        "<class 'transformers.models.mixtral.modeling_mixtral.MixtralForCausalLM'>", expected)
 
 def test_fetch_tokenizer(src, olah_mirror, olah_hub, tmp_path):
     assert hub.fetch_tokenizer(str(src), tmp_path) == src
@@ -553,7 +650,8 @@ def test_fetch_tokenizer(src, olah_mirror, olah_hub, tmp_path):
     for spec in (f"alice/tokrepo@{sha}", "alice/tokrepo"):
         path = hub.fetch_tokenizer(spec, tmp_path / "cache", endpoint=olah_hub.endpoint)
         names = {p.name for p in path.iterdir()}
-        assert "tokenizer.json" in names and "model.safetensors" not in names and "config.json" not in names
+        # config.json too: 4.44 reads the tokenizer class from its model_type when tokenizer_config has none
+        assert "tokenizer.json" in names and "config.json" in names and "model.safetensors" not in names
         assert (path / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
     with pytest.raises(HubError) as err:
         hub.fetch_tokenizer("alice/missing-tok", tmp_path / "cache", endpoint=olah_hub.endpoint)
@@ -569,8 +667,29 @@ def test_publish_local_replaces_the_tree(src, olah_mirror, tmp_path):
     assert hub._git(["rev-parse", "--abbrev-ref", "HEAD"], repo) == "main"
     files = set(hub._git(["ls-tree", "-r", "--name-only", second], repo).splitlines())
     assert files == {p.name for p in smaller.iterdir()}
+    assert ".gitattributes" in files  # hidden files are published, as on the hub
     with pytest.raises(Exception):
         hub.publish_local(src, olah_mirror, "bad--ns", "x")
+
+
+def test_publish_local_is_byte_exact_whatever_the_repo_attributes(olah_mirror, tmp_path):
+    """git would apply the model's own .gitattributes (eol conversion, LFS filters) and
+    .gitignore on `git add`; the mirror must hold the files byte for byte, as the hub does."""
+    model = tmp_path / "m"
+    (model / "sub").mkdir(parents=True)
+    files = {".gitattributes": b"* text eol=crlf\n*.safetensors filter=lfs diff=lfs merge=lfs -text\n",
+             ".gitignore": b"*.json\nsub/\n", "config.json": b'{"a": 1}\r\n{"b": 2}\n', "weights.safetensors": b"\0\1",
+             "sub/notes.txt": b"line\n"}
+    for rel, data in files.items():
+        (model / rel).write_bytes(data)
+    (model / ".git").mkdir()  # a hidden folder: not published
+    (model / ".git" / "config").write_bytes(b"[core]\n")
+    sha = publish(olah_mirror, "bob", "exact", model)
+    repo = olah_mirror / "models" / "bob" / "exact"
+    assert set(hub._git(["ls-tree", "-r", "--name-only", sha], repo).splitlines()) == set(files)
+    for rel, data in files.items():
+        blob = subprocess.run(["git", "cat-file", "blob", f"{sha}:{rel}"], cwd=repo, capture_output=True, check=True)
+        assert blob.stdout == data, rel
 
 
 def test_hotkey_must_be_a_safe_dir_name(src, comp, tmp_path):

@@ -6,18 +6,20 @@ import hashlib
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import constants
 from validator.chain import ChainError, Commitment, Metagraph
 from validator.chain.local import LocalChain
 from validator.competitions import parse_competitions
 from validator.identity import ModelId
 from validator.leaderboard import load_report, render
-from validator.loop import (Entry, Settings, Validator, choose_visits, other_validators_top, parse_commitments,
-                            revisit_slice)
+from validator.loop import Settings, Validator, parse_commitments
+from validator.selection import SelectionState
 
 VAL = "5Val"
 COMPS = parse_competitions({"c00": {"reward": 1.0, "model_types": ["LlamaForCausalLM"], "parameters": 10**6,
@@ -42,46 +44,25 @@ def _meta(hotkeys: list[str], weights=None, stake=None) -> Metagraph:
 # --- pure stages -------------------------------------------------------------------------------
 
 
-def test_parse_commitments_drops_bad_and_dedupes_identical_text():
-    meta = _meta(["a", "b", "c", "d", "e"])
+def test_parse_commitments_drops_bad_and_dedupes_as_live():
+    meta = _meta(["a", "b", "c", "d", "e", "f", "g"])
     same = _commit("m1")
+    mid = ModelId.from_commitment(same)
+    other_hash = ModelId(mid.namespace, mid.name, mid.commit, _hash("other"), "c00").to_commitment()
     commits = {"a": Commitment(same, 20), "b": Commitment(same, 10), "c": Commitment("garbage", 5),
                "d": Commitment(_commit("x", "c99"), 5), "gone": Commitment(_commit("g"), 1),
-               "e": Commitment(_commit("m2"), 30)}
+               "e": Commitment(_commit("m2"), 30), "f": Commitment(other_hash, 15),
+               "g": Commitment(_commit("m2"), 30)}
     entries, problems = parse_commitments(meta, commits, COMPS)
-    assert set(entries) == {"b", "e"}  # b committed the text first; a's identical one is dropped
-    assert "same commitment as uid 1" in problems["a"]
+    # b holds team/m1|commit first; a (the same text, later) and f (the same repo and commit under
+    # another hash, later) are dropped: the key is namespace/name|commit, not the whole text
+    assert set(entries) == {"b", "e", "g"}
+    assert "same model as uid 1, committed earlier" in problems["a"]
+    assert "same model as uid 1, committed earlier" in problems["f"]
+    assert "e" not in problems and "g" not in problems  # equal blocks keep both (live)
     assert "invalid commitment" in problems["c"] and "unknown competition 'c99'" in problems["d"]
     assert "gone" not in problems  # a deregistered hotkey's stale commitment is silently ignored
     assert entries["b"].block == 10 and entries["b"].uid == 1
-
-
-def test_choose_visits_pool_pending_top_and_revisit():
-    comps = parse_competitions({"c00": {"reward": 1.0, "model_types": ["X"], "parameters": 1, "model_size": 1,
-                                        "dataset": "d", "pend_size": 2}})
-    entries = {f"h{i}": Entry(key=f"uid:{i}", competition="c00", label=f"uid {i}", uid=i, hotkey=f"h{i}",
-                              block=100 + i, commitment=f"c{i}") for i in range(8)}
-    evaluated = {"h0": "c0", "h1": "c1", "h2": "old text", "h5": "c5", "h6": "c6", "h7": "c7"}
-    pools = {"c00": ["h0", "h1", "h2"]}
-    visit = choose_visits(entries, pools, evaluated, comps, top_uids=[6], revisit={7})
-    # pool members with unchanged commitments; h2 changed -> pending; pending oldest-first, 2 per step
-    assert visit == {"h0", "h1", "h2", "h3", "h6", "h7"}
-
-
-def test_other_validators_top_is_stake_weighted_and_skips_self():
-    meta = _meta(["v1", "v2", "me", "m3", "m4"], stake=[10.0, 1.0, 100.0, 0, 0],
-                 weights={0: {3: 1.0}, 1: {4: 1.0}, 2: {4: 1.0}})
-    assert other_validators_top(meta, "me", 5) == [3, 4]
-
-
-def test_revisit_slice_is_wall_clock_synchronised():
-    uids = range(64)
-    a = revisit_slice(uids, now=1_000_000.0)
-    assert a == revisit_slice(uids, now=1_000_000.0 + 1)  # same slot for every validator
-    assert a and all(u % 16 == next(iter(a)) % 16 for u in a)
-    period = 4 * 3600
-    covered = set().union(*(revisit_slice(uids, now=t) for t in np.arange(0, period, period / 16)))
-    assert covered == set(uids)
 
 
 # --- whole steps with fakes -------------------------------------------------------------------
@@ -108,8 +89,9 @@ def _field(tmp_path: Path, qualities: dict[str, float]):
     return chain, paths
 
 
-def _validator(tmp_path, chain, qualities, calls, bench=None, score_hook=None, **settings):
-    def fetch(mid, hotkey, comp):
+def _validator(tmp_path, chain, qualities, calls, bench=None, score_hook=None, clock=None, comps=None,
+               **settings):
+    def fetch(mid, hotkey, comp, deadline=None):
         return tmp_path / "models" / hotkey, _hash("content-" + hotkey)
 
     def score(path, samples, comp, step_samples=None):
@@ -121,7 +103,122 @@ def _validator(tmp_path, chain, qualities, calls, bench=None, score_hook=None, *
                 "failure": None}
 
     s = Settings(state_dir=tmp_path / "state", eval_samples=40, step_interval_s=0, benchmark_path=bench, **settings)
-    return Validator(chain, lambda: COMPS, fetch, score, lambda name: Source(), s, hotkey=VAL)
+    comps = comps or COMPS
+    return Validator(chain, lambda: comps, fetch, score, lambda name, **kw: Source(), s, hotkey=VAL,
+                     clock=clock or time.time)
+
+
+class Clock:
+    """The validator's wall clock, moved by the test (chain updates: every 16 minutes of it)."""
+
+    def __init__(self, t: float = 1_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, s: float) -> None:
+        self.t += s
+
+
+def _comps(**kw):
+    return parse_competitions({"c00": {"reward": 1.0, "model_types": ["LlamaForCausalLM"], "parameters": 10**6,
+                                       "model_size": 10**8, "dataset": "texts", **kw}})
+
+
+def _pool(v: Validator, cid: str = "c00") -> list[int]:
+    return SelectionState.from_json(v.state.selection).competitions[cid].pool
+
+
+def _by_hotkey(report: dict) -> dict[str, dict]:
+    return {m["hotkey"]: m for m in report["competitions"]["c00"]["models"] if m["hotkey"]}
+
+
+def _name_fetch(tmp_path: Path, calls: list[str]):
+    """A hub whose content is the committed repo name: a recommit is new content."""
+    def fetch(mid, hotkey, comp, deadline=None):
+        calls.append(mid.name)
+        return tmp_path / "models" / mid.name, _hash("content-" + mid.name)
+    return fetch
+
+
+UPDATE = constants.CHAIN_UPDATE_INTERVAL_S
+
+
+def test_pool_stays_evaluated_newcomers_are_picked_and_a_discarded_model_waits_for_a_recommit(tmp_path):
+    q = {"m1": 1.0, "m2": 0.9, "m3": 0.8, "m4": 0.7, "m1b": 0.5}  # loss per character
+    chain, _ = _field(tmp_path, {k: q[k] for k in ("m1", "m2", "m3")})
+    uid = {hk: chain.sync()[0].uid_of(hk) for hk in ("m1", "m2", "m3")}
+    # the clock is placed so that the update of step 3, a day later, has m1's uid in its revisit slice
+    period = constants.REVISIT_SLICE_PERIOD_S
+    clock, fetched = Clock(period * 10 - 86_400 - 1_000), []
+    v = _validator(tmp_path, chain, q, [], clock=clock, comps=_comps(pool_size=2, pend_size=2))
+    v.fetch = _name_fetch(tmp_path, fetched)
+    # step 1: all three are new commitments: visited, pending, evaluated (pool 0 + pending up to 4)
+    r1 = v.step()
+    assert {hk: m["status"] for hk, m in _by_hotkey(r1).items()} == {"m1": "scored", "m2": "scored", "m3": "scored"}
+    assert sorted(_pool(v)) == sorted([uid["m2"], uid["m3"]])  # the best 2 by win rate; m1 won nothing
+    assert SelectionState.from_json(v.state.selection).discarded == {f"m1/{_commit('m1')}"}
+    # step 2, before the next chain update: the pool is evaluated again, from the cache; m1 is not
+    clock.advance(60)
+    r2 = v.step()
+    assert {hk: m["status"] for hk, m in _by_hotkey(r2).items()} == {"m2": "cached", "m3": "cached"}
+    assert fetched.count("m1") == 1  # no chain update: m1 is not visited (the pool is checked on disk)
+    # a new miner: downloaded at the next chain update and evaluated beside the pool; m1, whose
+    # win rate stayed below discard_winrate, is neither visited nor evaluated
+    chain.register("m4")
+    chain.commit("m4", _commit("m4"))
+    chain.advance(10)
+    clock.advance(86_400 + 2_340)  # a day later: m1's last visit is old enough for a revisit
+    r3 = v.step()
+    assert set(_by_hotkey(r3)) == {"m2", "m3", "m4"} and _by_hotkey(r3)["m4"]["status"] == "scored"
+    assert fetched.count("m4") == 1 and fetched.count("m1") == 1  # visited once, not fetched again to score
+    # m1 recommits: the new commitment is downloaded at the next update, evaluated, and wins
+    chain.commit("m1", _commit("m1b"))
+    chain.advance(10)
+    clock.advance(60)
+    assert "m1" not in _by_hotkey(v.step())  # between updates a recommit waits, as live
+    clock.advance(UPDATE)
+    r5 = v.step()
+    row = _by_hotkey(r5)["m1"]
+    assert fetched.count("m1b") == 1 and row["status"] == "scored" and row["commitment"] == _commit("m1b")
+    assert row["chain_win_rate"] == 1.0 and uid["m1"] in _pool(v)
+
+
+def test_a_top_miner_of_another_validator_is_evaluated_first_and_pending_waits_its_turn(tmp_path):
+    q = {"m1": 1.0, "m2": 0.9, "m3": 0.8}
+    chain, _ = _field(tmp_path, q)
+    uid = {hk: chain.sync()[0].uid_of(hk) for hk in q}
+    chain.register("5Big", stake=1000.0, validator=True)
+    chain.set_weights_as("5Big", [uid["m1"], uid["m2"]], [0.96, 0.04], 1)  # m1 > 5%, m2 < 5% of its weight
+    v = _validator(tmp_path, chain, q, [], comps=_comps(pool_size=1, pend_size=1))
+    r1 = v.step()
+    first = _by_hotkey(r1)
+    # pool 1 + pending 1: the top miner (priority 80) and one new commitment (40 + r) of the other two
+    assert len(first) == 2 and "m1" in first
+    later = ({"m2", "m3"} - set(first)).pop()
+    r2 = v.step()  # no chain update: the uid not picked stays pending and is evaluated now
+    assert later in _by_hotkey(r2) and _by_hotkey(r2)[later]["status"] == "scored"
+
+
+def test_the_chain_update_runs_every_16_minutes_of_the_validators_clock(tmp_path):
+    q = {"m1": 1.0, "m2": 0.9}
+    chain, _ = _field(tmp_path, q)
+    clock, fetched = Clock(), []
+    v = _validator(tmp_path, chain, q, [], clock=clock)
+    v.fetch = _name_fetch(tmp_path, fetched)
+    v.step()
+    assert sorted(fetched) == ["m1", "m2"]  # a new commitment is fetched once, not again for scoring
+    chain.register("m3")
+    chain.commit("m3", _commit("m3"))
+    q["m3"] = 0.8
+    clock.advance(UPDATE - 1)
+    v.step()
+    assert "m3" not in fetched
+    clock.advance(1)
+    assert _by_hotkey(v.step())["m3"]["status"] == "scored" and fetched.count("m3") == 1
+
+
 
 
 def test_benchmark_candidate_never_displaces_chain_weight(tmp_path):
@@ -168,8 +265,8 @@ def test_all_zero_weights_are_never_set(tmp_path):
     v = _validator(tmp_path, chain, q, [])
     v.score = lambda path, samples, comp, **kw: {"losses": {}, "n_tokens": {}, "failure": "forward: boom"}
     r = v.step()
-    assert r["weights_set"] == "not set: no model has weight this step"
-    assert chain.weights_record(VAL) is None
+    assert r["weights_set"].startswith("not set: no model has weight this step")
+    assert chain.weights_record(VAL) is None and v.state.ema == []  # no average made of nothing
     row = r["competitions"]["c00"]["models"][0]
     assert row["status"] == "failed" and "boom" in row["reason"]
 
@@ -233,19 +330,20 @@ def test_leaderboard_rerenders_saved_step(tmp_path):
     for m in written["models"]:
         row = next(r for r in saved["competitions"]["c00"]["models"] if r["label"] == m["label"])
         texts = Source().sample(0, 40)
-        expected = [q[row["hotkey"]] * len(t) / len(t.split()) for _, t in texts]
+        # live's loss per token: the summed loss over the token ids, n_tokens + 1 (the first is not predicted)
+        expected = [q[row["hotkey"]] * len(t) / (len(t.split()) + 1) for _, t in texts]
         assert sorted(m["losses_per_token"]) == pytest.approx(sorted(expected))
     html = (tmp_path / "out" / "report.html").read_text()
     assert "data:image/png;base64" in html and all(m["label"] in html for m in written["models"])
     assert {p.name for p in (tmp_path / "out").glob("*.png")} == {"c00_losses.png", "c00_win_rates.png",
-                                                                  "c00_win_matrix.png"}
+                                                                  "c00_win_matrix.png", "consensus.png"}
 
 
-def test_a_model_whose_scoring_fails_is_not_rescored_every_step(tmp_path):
+def test_a_model_whose_scoring_fails_leaves_a_full_pool_and_is_not_rescored_every_step(tmp_path):
     q = {"m1": 1.0, "m2": 0.9}
     chain, _ = _field(tmp_path, q)
     calls = []
-    v = _validator(tmp_path, chain, q, calls)
+    v = _validator(tmp_path, chain, q, calls, comps=_comps(pool_size=1))
     good = v.score
 
     def score(path, samples, comp, step_samples=None):
@@ -255,23 +353,18 @@ def test_a_model_whose_scoring_fails_is_not_rescored_every_step(tmp_path):
         return good(path, samples, comp, step_samples=step_samples)
 
     v.score = score
-    # m1 is in no pool and in no revisit slot at these clock times: only "pending" would bring it back
-    import validator.loop as loop
-
-    orig = loop.revisit_slice
-    loop.revisit_slice = lambda uids, now: set()
-    try:
-        v.step()
-        v.step()
-    finally:
-        loop.revisit_slice = orig
+    r1 = v.step()
+    assert _by_hotkey(r1)["m1"]["status"] == "failed" and "SIGSEGV" in _by_hotkey(r1)["m1"]["reason"]
+    assert _pool(v) == [chain.sync()[0].uid_of("m2")]  # a failed model wins nothing: the pool of 1 is m2
+    v.step()  # before the next chain update only the pool is evaluated (live keeps a failed model
+    v.step()  # while its pool has room, and evaluates it every step, as here with pool_size 2)
     assert [c for c in calls if c[0] == "m1"] == [("m1", 40)]
 
 
 def _failing_fetch(failing: set[str], calls: list[str], reason: str = "network"):
     from validator.hub import HubError
 
-    def fetch(mid, hotkey, comp):
+    def fetch(mid, hotkey, comp, deadline=None):
         calls.append(hotkey)
         if hotkey in failing:
             raise HubError(reason, f"{hotkey}: hub said no")
@@ -279,63 +372,70 @@ def _failing_fetch(failing: set[str], calls: list[str], reason: str = "network")
     return fetch
 
 
-def test_transient_download_failure_is_retried_after_its_backoff(tmp_path, monkeypatch):
-    import validator.loop as loop
-
+def test_transient_download_failure_is_retried_after_its_backoff(tmp_path):
     q = {"m1": 1.0, "m2": 0.9}
     chain, _ = _field(tmp_path, q)
-    v = _validator(tmp_path, chain, q, [])
+    clock = Clock()
+    v = _validator(tmp_path, chain, q, [], clock=clock)
     calls: list[str] = []
     failing = {"m1"}
     v.fetch = _failing_fetch(failing, calls)
-    v.retry_after = lambda reason, attempts: 600.0
-    clock = [1_000_000.0]
-    monkeypatch.setattr(loop.time, "time", lambda: clock[0])
-    monkeypatch.setattr(loop, "revisit_slice", lambda uids, now: set())
+    v.retry_after = lambda reason, attempts: 1.5 * UPDATE
     r1 = v.step()
-    row = {m["hotkey"]: m for m in r1["competitions"]["c00"]["models"]}["m1"]
-    assert row["status"] == "failed" and row["reason"].startswith("network")
-    clock[0] += 60  # within the backoff: not tried again
+    row = _by_hotkey(r1)["m1"]  # not evaluated, but in the table with the reason
+    assert row["status"] == "failed" and row["reason"].startswith("network") and row["win_rate"] is None
+    clock.advance(60)
+    assert _by_hotkey(v.step())["m1"]["status"] == "failed"  # the record says why, between updates too
+    clock.advance(UPDATE)  # a chain update within the backoff: not tried again
     v.step()
     assert calls.count("m1") == 1
     failing.clear()
-    clock[0] += 600  # backoff over: m1 is pending again and now succeeds
-    r3 = v.step()
-    assert calls.count("m1") == 2
-    assert {m["hotkey"]: m for m in r3["competitions"]["c00"]["models"]}["m1"]["status"] == "scored"
+    clock.advance(UPDATE)  # backoff over: the next update downloads it, and it is evaluated at once
+    r4 = v.step()
+    assert calls.count("m1") == 2 and _by_hotkey(r4)["m1"]["status"] == "scored"
 
 
-def test_permanent_download_failure_waits_for_a_new_commitment(tmp_path, monkeypatch):
-    import validator.loop as loop
-
+def test_permanent_download_failure_waits_for_a_new_commitment(tmp_path):
     q = {"m1": 1.0, "m2": 0.9}
     chain, _ = _field(tmp_path, q)
-    v = _validator(tmp_path, chain, q, [])
+    clock = Clock()
+    v = _validator(tmp_path, chain, q, [], clock=clock)
     calls: list[str] = []
     v.fetch = _failing_fetch({"m1"}, calls, reason="hash_mismatch")
     v.retry_after = lambda reason, attempts: None
-    monkeypatch.setattr(loop, "revisit_slice", lambda uids, now: set())
     v.step()
-    v.step()
-    assert calls.count("m1") == 1
-    chain.commit("m1", _commit("m1-v2"))  # a new commitment is evaluated again
+    for _ in range(3):  # chain updates come and go: the same commitment is not downloaded again
+        clock.advance(UPDATE)
+        r = v.step()
+    assert calls.count("m1") == 1 and _by_hotkey(r)["m1"]["reason"].startswith("hash_mismatch")
+    chain.commit("m1", _commit("m1-v2"))  # a new commitment is downloaded at the next update
+    clock.advance(UPDATE)
     v.step()
     assert calls.count("m1") == 2
 
 
 def test_hub_taken_as_down_after_network_failures_in_a_row(tmp_path):
-    import constants
-
     q = {f"m{i}": 1.0 - i / 10 for i in range(6)}
     chain, _ = _field(tmp_path, q)
-    v = _validator(tmp_path, chain, q, [])
+    clock = Clock()
+    v = _validator(tmp_path, chain, q, [], clock=clock)
     calls: list[str] = []
-    v.fetch = _failing_fetch(set(q), calls)
+    failing = set(q)
+    v.fetch = _failing_fetch(failing, calls)
+    v.retry_after = lambda reason, attempts: 0.0
     r = v.step()
+    # one streak over the whole chain update, although it fetches one model at a time
     assert len(calls) == constants.HUB_MAX_NETWORK_FAILURES_IN_A_ROW
-    skipped = [m for m in r["competitions"]["c00"]["models"] if m["status"] == "skipped"]
-    assert len(skipped) == len(q) - len(calls) and all("hub unreachable" in m["reason"] for m in skipped)
-    assert r["weights_set"] == "not set: no model has weight this step"
+    rows = _by_hotkey(r)
+    skipped = [m for m in rows.values() if m["status"] == "skipped"]
+    assert len(rows) == len(q) and len(skipped) == len(q) - len(calls)
+    assert all("hub unreachable" in m["reason"] for m in skipped)
+    assert r["weights_set"].startswith("not set: no model has weight this step")
+    failing.clear()  # the hub is back: the next chain update visits every model again
+    clock.advance(UPDATE)
+    r2 = v.step()
+    assert {m["status"] for m in _by_hotkey(r2).values()} == {"scored"} and len(_by_hotkey(r2)) == len(q)
+    assert r2["weights_set"].startswith("set")
 
 
 def test_tampered_cached_losses_are_caught_and_recomputed(tmp_path):
@@ -386,22 +486,14 @@ def test_benchmark_candidates_are_hashed_again_only_when_their_files_change(tmp_
     assert len(hashed) == 2 and e3.content_hash == dir_hash(cand) != e1.content_hash
 
 
-def _no_revisits(monkeypatch):
-    import validator.loop as loop
-
-    monkeypatch.setattr(loop, "revisit_slice", lambda uids, now: set())
-
-
-def test_pool_members_not_scored_this_step_keep_their_slot_and_a_partial_step_keeps_pools_and_ema(
-        tmp_path, monkeypatch):
-    _no_revisits(monkeypatch)  # only the pool and pending commitments bring a model back
+def test_pool_members_not_scored_this_step_keep_their_slot_and_a_partial_step_keeps_pools_and_ema(tmp_path):
     q = {"m1": 1.0, "m2": 0.9, "m3": 0.8}
     chain, _ = _field(tmp_path, q)
     calls = []
     v = _validator(tmp_path, chain, q, calls)
     v.step()
-    pool, ema = list(v.state.pools["c00"]), list(v.state.ema)
-    assert set(pool) == set(q) and sum(ema) > 0
+    pool, ema, selection = list(_pool(v)), list(v.state.ema), json.dumps(v.state.selection)
+    assert sorted(pool) == sorted(chain.sync()[0].uid_of(hk) for hk in q) and sum(ema) > 0
 
     # SIGTERM arrives while the first model is re-checked: nothing of the partial step
     # moves the pool or the average
@@ -414,7 +506,8 @@ def test_pool_members_not_scored_this_step_keep_their_slot_and_a_partial_step_ke
     chain.advance(1)
     r = v.step()
     assert r["weights_set"] == "not set: shutting down mid-step"
-    assert v.state.pools["c00"] == pool and v.state.ema == ema
+    assert json.dumps(v.state.selection) == selection and v.state.ema == ema
+    assert json.loads((tmp_path / "state" / "validator_state.json").read_text())["ema"] == ema
 
     # a step whose download budget is used up before any model: all skipped, all keep their slot
     v.stopping, v.score = False, real_score
@@ -422,7 +515,7 @@ def test_pool_members_not_scored_this_step_keep_their_slot_and_a_partial_step_ke
     chain.advance(1)
     r = v.step()
     assert {m["status"] for m in r["competitions"]["c00"]["models"]} == {"skipped"}
-    assert sorted(v.state.pools["c00"]) == sorted(pool)
+    assert sorted(_pool(v)) == sorted(pool) and v.state.ema == ema  # nothing evaluated: nothing moves
 
     # and the next normal step visits every one of them again
     v.settings.download_budget_s = 3600.0
@@ -432,9 +525,26 @@ def test_pool_members_not_scored_this_step_keep_their_slot_and_a_partial_step_ke
     assert {m["status"] for m in r["competitions"]["c00"]["models"]} == {"cached"}
 
 
-def test_pool_is_chosen_by_chain_win_rate_a_benchmark_candidate_does_not_push_a_chain_model_out(
-        tmp_path, monkeypatch):
-    _no_revisits(monkeypatch)
+def test_a_stop_during_the_chain_update_keeps_its_visits_and_leaves_the_rest_to_the_next_step(tmp_path):
+    q = {"m1": 1.0, "m2": 0.9, "m3": 0.8}
+    chain, _ = _field(tmp_path, q)
+    v = _validator(tmp_path, chain, q, [], clock=Clock())
+    fetched: list[str] = []
+    name_fetch = _name_fetch(tmp_path, fetched)
+
+    def fetch_then_stop(mid, hotkey, comp, deadline=None):
+        v.stopping = True  # SIGTERM while the first model downloads
+        return name_fetch(mid, hotkey, comp)
+    v.fetch = fetch_then_stop
+    r1 = v.step()
+    assert fetched == ["m1"] and r1["weights_set"] == "not set: shutting down mid-step"
+    v.stopping, v.fetch = False, name_fetch
+    r2 = v.step()  # same clock: the interrupted update runs again; m1's visit was kept
+    assert {hk: m["status"] for hk, m in _by_hotkey(r2).items()} == {"m1": "scored", "m2": "scored", "m3": "scored"}
+    assert fetched.count("m2") == fetched.count("m3") == 1
+
+
+def test_pool_is_chosen_by_chain_win_rate_a_benchmark_candidate_does_not_push_a_chain_model_out(tmp_path):
     # A is best on half the samples, B on 3 in 10, C on 2 in 10: chain-only pool of 2 = {A, B}.
     # The candidate X beats everyone exactly on B's samples: counted with X, B would win nothing.
     def group(sid: str) -> int:
@@ -457,11 +567,13 @@ def test_pool_is_chosen_by_chain_win_rate_a_benchmark_candidate_does_not_push_a_
     rows = {m["hotkey"] or m["label"]: m for m in r["competitions"]["c00"]["models"]}
     assert rows["B"]["win_rate"] == 0.0 and rows["C"]["win_rate"] > 0  # with X, C outranks B
     assert rows["B"]["chain_win_rate"] > rows["C"]["chain_win_rate"]
-    assert sorted(v.state.pools["c00"]) == ["A", "B"]
+    uid = chain.sync()[0].uid_of
+    assert sorted(_pool(v)) == sorted([uid("A"), uid("B")])
+    assert rows["A"]["pool"] and rows["B"]["pool"] and not rows["C"]["pool"] and "pool" not in rows["X"]
+    assert sum(m["weight"] or 0.0 for m in rows.values()) == pytest.approx(1.0) and rows["X"]["weight"] is None
 
 
-def test_loss_rows_of_content_no_longer_committed_or_listed_are_forgotten(tmp_path, monkeypatch):
-    _no_revisits(monkeypatch)
+def test_loss_rows_of_content_no_longer_committed_or_listed_are_forgotten(tmp_path):
     q = {"m1": 1.0, "m2": 0.9, "m3": 0.8, "m2b": 0.7, "cand": 0.95}  # loss per word
     chain, _ = _field(tmp_path, {"m1": 1.0, "m2": 0.9, "m3": 0.8})
     (tmp_path / "models" / "m2b").mkdir()
@@ -470,8 +582,9 @@ def test_loss_rows_of_content_no_longer_committed_or_listed_are_forgotten(tmp_pa
     (cand / "config.json").write_text("{}")
     bench = tmp_path / "benchmark.json"
     bench.write_text(json.dumps({"c": {"competition": "c00", "path": str(cand), "label": "cand"}}))
-    v = _validator(tmp_path, chain, q, [], bench=bench)
-    v.fetch = lambda mid, hotkey, comp: (tmp_path / "models" / mid.name, _hash("content-" + mid.name))
+    clock = Clock()
+    v = _validator(tmp_path, chain, q, [], bench=bench, clock=clock)
+    v.fetch = _name_fetch(tmp_path, [])
     comps = parse_competitions({"c00": {"reward": 1.0, "model_types": ["LlamaForCausalLM"], "parameters": 10**6,
                                         "model_size": 10**8, "dataset": "texts", "pool_size": 1}})
     v.competitions = lambda: comps
@@ -483,7 +596,8 @@ def test_loss_rows_of_content_no_longer_committed_or_listed_are_forgotten(tmp_pa
     chain.commit("m2", _commit("m2b"))  # m2 replaces its model
     bench.write_text("{}")  # the miner stops benchmarking the candidate
     chain.advance(10)
-    v.step()
+    clock.advance(UPDATE)  # the chain update downloads m2's new model
+    assert _by_hotkey(v.step())["m2"]["status"] == "scored"
     # m2's old content and the dropped candidate are gone; m1 (out of the pool of 1, not
     # visited this step) is still committed and keeps its losses for its next visit
     assert set(losses.models()) == {key["m1"], key["m3"], key["m2b"]}
@@ -491,8 +605,7 @@ def test_loss_rows_of_content_no_longer_committed_or_listed_are_forgotten(tmp_pa
     assert key["m2"] not in json.dumps(saved)
 
 
-def test_changing_a_competitions_tokenization_rescores_instead_of_mixing_old_losses(tmp_path, monkeypatch):
-    _no_revisits(monkeypatch)
+def test_changing_a_competitions_tokenization_rescores_instead_of_mixing_old_losses(tmp_path):
     q = {"m1": 1.0, "m2": 0.9}
     chain, _ = _field(tmp_path, q)
     calls = []

@@ -11,24 +11,23 @@ EPOCH = constants.BLOCKS_PER_EPOCH
 
 
 def reference_winners(losses, blocks, block_now, initial, decay, epoch=EPOCH):
-    """The win rule written the plain way: one sample at a time, one model at a time."""
+    """The live win rule written the plain way (neurons/validation.py compute_wins): one
+    sample at a time, one model at a time; the first model holds whatever its loss."""
     losses = np.asarray(losses, dtype=float)
     m, s = losses.shape
     rows = losses.tolist()
-    adv = []
+    factor = []
     for b in blocks:
-        adv.append(0.0 if math.isnan(b) else initial * decay ** (max(block_now - b, 0.0) / epoch))
-    with_block = sorted((b, i) for i, b in enumerate(blocks) if not math.isnan(b))
-    order = [i for _, i in with_block] + [i for i, b in enumerate(blocks) if math.isnan(b)]
+        age = (block_now - (2 ** 31 if math.isnan(b) else b)) / epoch
+        factor.append(1.0 if age < 0 else 1 - initial * decay ** age)
+    order = sorted(range(m), key=lambda i: 2 ** 31 if math.isnan(blocks[i]) else blocks[i])
     out = []
     for k in range(s):
-        inc, inc_loss = -1, None
+        inc, inc_adv = None, None
         for i in order:
             v = rows[i][k]
-            if not math.isfinite(v):
-                continue
-            if inc < 0 or v < inc_loss * (1 - adv[inc]):
-                inc, inc_loss = i, v
+            if inc is None or v < inc_adv:
+                inc, inc_adv = i, v * factor[i]
         out.append(inc)
     return np.array(out)
 
@@ -40,8 +39,10 @@ def test_advantage_decays_per_epoch_and_is_zero_without_block():
     np.testing.assert_allclose(adv, [0.004, 0.004 * 0.995, 0.004 * 0.995 ** 10, 0.0])
 
 
-def test_advantage_of_a_future_block_is_not_above_initial():
-    assert R.advantages([1100.0], 1000, 0.004, 0.995)[0] == pytest.approx(0.004)
+def test_advantage_of_a_future_block_is_none():
+    # live: a negative age gives the factor exactly 1 (no advantage), not the initial one
+    assert R.advantages([1100.0, 1000.0], 1000, 0.004, 0.995).tolist() == [0.0, pytest.approx(0.004)]
+    assert R.advantage_factor(1100, 1000, 0.004, 0.995) == 1.0
 
 
 # --- the win rule, by hand --------------------------------------------------------------------
@@ -78,14 +79,15 @@ def test_chain_middle_takes_then_newest_takes_from_the_middle():
     assert wins([[10.0], [8.5], [7.7]], [100, 200, 300]) == [0, 1, 0]
 
 
-def test_nan_and_inf_never_win():
+def test_nan_and_inf_never_take_a_sample_but_the_oldest_holds_it_whatever_its_loss():
     losses = [[NAN, INF, 3.0, NAN],
               [INF, 5.0, NAN, NAN],
               [7.0, NAN, INF, INF]]
     winners = R.sample_winners(np.array(losses), np.array([1.0, 2.0, 3.0]), 1000, 0.1, 1.0)
-    # sample 0: only model 2 is finite; 1: only model 1; 2: only model 0; 3: nobody.
-    assert winners.tolist() == [2, 1, 0, -1]
-    assert wins(losses, [1, 2, 3]) == [1, 1, 1]
+    # live: model 0 holds every sample first; 0: its NaN is never beaten (7.0 < NaN is false);
+    # 1: 5.0 < inf takes it; 2: NaN and inf do not take 3.0; 3: NaN again.
+    assert winners.tolist() == [0, 1, 0, 0]
+    assert wins(losses, [1, 2, 3]) == [3, 1, 0]
 
 
 def test_models_without_block_get_no_advantage_and_come_last():
@@ -122,7 +124,7 @@ def test_vectorised_wins_equal_the_per_sample_loop_on_random_matrices():
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(R.compute_wins(losses, blocks, 60, 0.004, 0.9),
                                   np.bincount(want[want >= 0], minlength=m))
-    assert (got[:50] == -1).all()
+    assert (got[:50] == R.walk_order(blocks)[0]).all()  # all NaN: the oldest model holds them
 
 
 def test_bad_shapes_are_named():
@@ -164,8 +166,11 @@ def test_win_rates_and_absolute_win_rates():
     losses = np.array([[1.0, 2.0, 3.0, NAN, 5.0],
                        [2.0, 1.0, 3.0, INF, 5.0],
                        [3.0, 3.0, 4.0, 1.0, NAN]])
-    # sample 2: tie 3.0 -> nobody; sample 3: model 2 only finite; sample 4: tie -> nobody
-    np.testing.assert_allclose(R.absolute_win_rates(losses), [1 / 5, 1 / 5, 1 / 5])
+    # live: the first minimum in walk order, NaN counting as the minimum (numpy's argmin):
+    # 0 -> 0, 1 -> 1, 2: tie 3.0 -> the first (0), 3: NaN -> 0, 4: NaN -> 2
+    np.testing.assert_allclose(R.absolute_win_rates(losses), [3 / 5, 1 / 5, 1 / 5])
+    # in walk order: model 1 walks first, so it takes the tie of sample 2
+    np.testing.assert_allclose(R.absolute_win_rates(losses, blocks=[20, 10, 30]), [2 / 5, 2 / 5, 1 / 5])
 
 
 def test_win_matrix_by_hand():
@@ -175,8 +180,9 @@ def test_win_matrix_by_hand():
     wm = R.win_matrix(losses, blocks, 1000, 0.1, 1.0)
     # raw: model 1 lower on samples 0, 1 and 3 (model 0 nan); nobody on the tie
     assert wm["wins"].tolist() == [[0, 0], [3, 0]]
-    # advantage 0.1 for model 0: model 1 needs < 9.0 -> only sample 1, plus sample 3
-    assert wm["adv_wins"].tolist() == [[0, 2], [2, 0]]
+    # advantage 0.1 for model 0: model 1 needs < 9.0 -> only sample 1; on sample 3 model 0's
+    # NaN holds (live: 1.0 < NaN is false)
+    assert wm["adv_wins"].tolist() == [[0, 3], [1, 0]]
     # mean over samples 0..2: (0.5 + 2 + 0) / 3
     np.testing.assert_allclose(wm["mean_delta"], [[0, 2.5 / 3], [-2.5 / 3, 0]])
 
@@ -255,37 +261,41 @@ HOF = {
 
 def test_hall_of_fame_decay_without_cap():
     shares = R.hall_of_fame_weights(HOF, {"hkA": 3, "hkB": 7}, block_now=10000, decay=0.9, cap=1.0)
-    assert shares[3] == pytest.approx(0.04 + 0.1 * 0.9 ** 10)
-    assert shares[7] == pytest.approx(0.02)
+    # live: reward / 200 (1 / (1 - 0.995)) at the award's block, float32
+    assert shares[3] == pytest.approx((0.04 + 0.1 * 0.9 ** 10) / 200, rel=1e-6)
+    assert shares[7] == pytest.approx(0.02 / 200, rel=1e-6)
     assert set(shares) == {3, 7}  # an unregistered hotkey gets nothing
 
 
 def test_hall_of_fame_cap_and_apply():
-    shares = R.hall_of_fame_weights(HOF, {"hkA": 3, "hkB": 7}, block_now=10000, decay=1.0, cap=0.1)
-    # uncapped 0.14 and 0.02 -> scaled to total 0.1
-    assert sum(shares.values()) == pytest.approx(0.1)
-    assert shares[3] / shares[7] == pytest.approx(0.14 / 0.02)
+    shares = R.hall_of_fame_weights(HOF, {"hkA": 3, "hkB": 7}, block_now=10000, decay=1.0, cap=0.0004)
+    # uncapped 0.14 / 200 and 0.02 / 200 -> scaled to total 0.0004
+    assert shares.total == 0.0004 and sum(shares.values()) == pytest.approx(0.0004, rel=1e-6)
+    assert shares[3] / shares[7] == pytest.approx(0.14 / 0.02, rel=1e-6)
     w = R.apply_hall_of_fame(np.array([0.0, 0.5, 0.0, 0.5, 0, 0, 0, 0]), shares)
-    assert w[1] == pytest.approx(0.45)
-    assert w[3] == pytest.approx(0.45 + shares[3])
+    assert w[1] == pytest.approx(0.5 * (1 - 0.0004))
+    assert w[3] == pytest.approx(0.5 * (1 - 0.0004) + shares[3])
     assert w[7] == pytest.approx(shares[7])
     assert w.sum() == pytest.approx(1.0)
 
 
 def test_hall_of_fame_default_cap_is_the_constant():
-    big = {"hk": [{"block": 10000, "reward": 0.9, "desc": "", "url": ""}]}
-    assert R.hall_of_fame_weights(big, {"hk": 0}, 10000) == {0: pytest.approx(constants.HALL_OF_FAME_MAX_REWARD)}
+    big = {"hk": [{"block": 10000, "reward": 1e9, "desc": "", "url": ""}]}  # as the live file's entry
+    assert R.hall_of_fame_weights(big, {"hk": 0}, 10000) == {0: constants.REWARDS_MAX_FRACTION}
 
 
-def test_parse_hall_of_fame_errors_name_hotkey_and_entry():
+def test_parse_hall_of_fame_skips_bad_entries_as_live_and_names_them():
     assert R.parse_hall_of_fame(HOF)["hkA"][1].block == 10000 - 10 * EPOCH
-    with pytest.raises(R.HallOfFameError, match=r"hotkey hkB entry #1 .*reward"):
-        R.parse_hall_of_fame({"hkB": [{"block": 1, "reward": 0.1}, {"block": 2, "reward": "lots"}]})
-    with pytest.raises(R.HallOfFameError, match=r"hotkey hkC entry #0 .*block"):
-        R.parse_hall_of_fame({"hkC": [{"reward": 0.1}]})
-    with pytest.raises(R.HallOfFameError, match="hotkey hkD: expected a list"):
-        R.parse_hall_of_fame({"hkD": {"block": 1}})
+    problems: list[str] = []
+    parsed = R.parse_hall_of_fame({"hkB": [{"block": 1, "reward": 0.1}, {"block": 2, "reward": "lots"}],
+                                   "hkC": [{"reward": 0.1}], "hkD": {"block": 1}}, problems)
+    assert [e.block for e in parsed["hkB"]] == [1] and parsed["hkC"] == [] and parsed["hkD"] == []
+    assert any(p.startswith("hall of fame: hotkey hkB entry #1 ") and "reward" in p for p in problems)
+    assert any(p.startswith("hall of fame: hotkey hkC entry #0 ") and "block" in p for p in problems)
+    assert any("hotkey hkD: expected a list" in p for p in problems)
     assert R.parse_hall_of_fame({"_comment": "ignored"}) == {}
+    with pytest.raises(R.HallOfFameError, match="expected an object"):
+        R.parse_hall_of_fame([HOF])
 
 
 # --- pool -------------------------------------------------------------------------------------

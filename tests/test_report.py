@@ -125,11 +125,11 @@ def _model(label: str, uid) -> dict:
             "losses_per_token": [2.0]}
 
 
-@pytest.mark.parametrize("group_samples,columns", [(3, 3), (None, 7)])  # None: saved before it was recorded
+@pytest.mark.parametrize("group_samples,columns", [(3, 2), (None, 7)])  # None: saved before it was recorded
 def test_step_win_matrix_is_a_fraction_of_groups(group_samples, columns):
     from validator.leaderboard import step_to_report
 
-    # 7 samples in groups of 3 -> 3 groups (3 + 3 + 1); a won 2 of them against b, b 1
+    # 7 samples in groups of 3 -> 2 groups: live drops the sample that does not fill a third
     comp = {"n_samples": 7, "models": [_model("a", 1), _model("b", 2)],
             "win_matrix": {"labels": ["a", "b"], "adv_wins": [[0, 2], [1, 0]]}}
     if group_samples is not None:
@@ -138,12 +138,24 @@ def test_step_win_matrix_is_a_fraction_of_groups(group_samples, columns):
     assert values == [[None, pytest.approx(2 / columns)], [pytest.approx(1 / columns), None]]
 
 
+def test_step_win_matrix_uses_the_recorded_number_of_groups():
+    from validator.leaderboard import step_to_report
+
+    comp = {"n_samples": 9, "group_samples": 3, "n_groups": 4, "models": [_model("a", 1), _model("b", 2)],
+            "win_matrix": {"labels": ["a", "b"], "adv_wins": [[0, 3], [1, 0]]}}
+    values = step_to_report(_step(comp))["competitions"]["c00"]["win_matrix"]["values"]
+    assert values == [[None, pytest.approx(3 / 4)], [pytest.approx(1 / 4), None]]
+
+
 def _groups_won_by_hand(losses: np.ndarray, adv: np.ndarray, order: list[int], group: int, seed: int) -> np.ndarray:
-    """[i, j]: groups i wins against j alone, counted one group at a time (the permutation is
-    ranking.group_samples' documented seeded shuffle)."""
+    """[i, j]: groups i wins against j alone, counted one group at a time, grouped as live groups
+    (README section 3): the last `s % group` samples dropped, the rest in the documented seeded
+    shuffle (ranking.grouping_permutation: numpy's default_rng(seed).permutation), runs of `group`
+    summed. No sample here is inf for every model and none is NaN."""
     m, s = losses.shape
-    perm = np.random.default_rng(seed).permutation(s)
-    groups = [perm[k:k + group] for k in range(0, s, group)]
+    used = s - s % group
+    perm = np.random.default_rng(seed).permutation(used)
+    groups = [perm[k:k + group] for k in range(0, used, group)]
     won = np.zeros((m, m), dtype=int)
     for g in groups:
         tot = losses[:, g].sum(axis=1)
@@ -168,7 +180,7 @@ def test_step_from_rank_competition_with_groups_matches_a_count_by_hand():
     comp = parse_competitions({"c00": {"reward": 1.0, "model_types": ["X"], "parameters": 1, "model_size": 1,
                                        "dataset": "d", "group_samples": group}})["c00"]
     rng = np.random.default_rng(3)
-    base = rng.uniform(40, 60, size=23)  # 23 samples -> 5 groups, the last of 3
+    base = rng.uniform(40, 60, size=23)  # 23 samples -> 4 groups of 5; the last 3 samples are dropped
     losses = np.vstack([base * rng.uniform(0.95, 1.05, size=23) for _ in range(3)])
     losses[2, 4] = np.inf  # a failed sample: its group can not be won by that model
     sids = [f"s{k}" for k in range(23)]
@@ -183,13 +195,15 @@ def test_step_from_rank_competition_with_groups_matches_a_count_by_hand():
     adv = [comp.advantage_initial * comp.advantage_decay ** ((block_now - b) / constants.BLOCKS_PER_EPOCH)
            for b in (1500, 1900)] + [0.0]
     won = _groups_won_by_hand(losses, np.array(adv), [0, 1, 2], group, seed)
-    n_groups = 5
+    n_groups = 4
     labels = table["win_matrix"]["labels"]
     idx = [["m0", "m1", "x"].index(lab) for lab in labels]
     expected = [[None if a == b else won[idx[a], idx[b]] / n_groups for b in range(3)] for a in range(3)]
     assert 0 < np.nanmax(np.array(expected, dtype=float)) and any(
         0 < v < 1 for row in expected for v in row if v is not None)  # not a trivial all-or-nothing matrix
-    assert table["group_samples"] == group  # rank_competition records what the wins count
+    assert table["group_samples"] == group and table["n_groups"] == n_groups  # what the wins count
+    assert table["win_matrix"]["adv_wins"] == [[0 if a == b else int(won[idx[a], idx[b]]) for b in range(3)]
+                                               for a in range(3)]
     values = step_to_report(_step(table))["competitions"]["c00"]["win_matrix"]["values"]
     assert values == [[None if v is None else pytest.approx(v) for v in row] for row in expected]
 

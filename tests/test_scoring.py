@@ -62,6 +62,20 @@ def wordlevel_tokenizer(out_dir: Path):
     return out_dir
 
 
+def save_as_transformers_444(tok_dir: Path) -> Path:
+    """Rewrite a dir saved by transformers 5 / tokenizers 0.23 the way 4.44 / tokenizers 0.19 save
+    it (tokenizer_class PreTrainedTokenizerFast, clean-up off, BPE merges as "a b" strings), so
+    the live validator would load it as a model's own tokenizer."""
+    config = json.loads((tok_dir / "tokenizer_config.json").read_text())
+    config.pop("backend", None)
+    config.update(tokenizer_class="PreTrainedTokenizerFast", clean_up_tokenization_spaces=False)
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    spec = json.loads((tok_dir / "tokenizer.json").read_text())
+    spec["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    (tok_dir / "tokenizer.json").write_text(json.dumps(spec))
+    return tok_dir
+
+
 def independent_losses(model_dir, tok_dir, texts):
     """tokenizer(text) + EOS, then model(ids).logits and cross_entropy(sum): no scoring code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -90,7 +104,7 @@ def test_losses_equal_independent_cross_entropy(assets, arch, engine):
 
 
 def test_eos_appended_and_text_round_trips(assets):
-    tok = load_tokenizer(assets["tok_dir"])
+    tok = load_tokenizer(assets["tok_dir"], role="competition")
     text = make_texts(1, seed=5)[0]
     [ts] = tokenize_samples(tok, [("a", text)], COMP)
     assert ts.failure is None and not ts.capped
@@ -99,7 +113,7 @@ def test_eos_appended_and_text_round_trips(assets):
 
 
 def test_text_over_char_cap_is_cut_at_a_space_without_eos(assets):
-    tok = load_tokenizer(assets["tok_dir"])
+    tok = load_tokenizer(assets["tok_dir"], role="competition")
     text = "the model loss of the chain block " * 10
     comp = dict(COMP, cap_sample_len=50)
     [ts, hard] = tokenize_samples(tok, [("a", text), ("b", "x" * 80)], comp)
@@ -113,7 +127,7 @@ def test_text_over_char_cap_is_cut_at_a_space_without_eos(assets):
 def test_text_over_token_limit_scores_inf(assets):
     texts = ["the model " * 40, "The chain."]
     comp = dict(COMP, max_sequence_len=20)
-    tok = load_tokenizer(assets["tok_dir"])
+    tok = load_tokenizer(assets["tok_dir"], role="competition")
     long_ts, short_ts = tokenize_samples(tok, samples_of(texts), comp)
     assert long_ts.failure == "too_long" and long_ts.ids is None
     assert short_ts.failure is None
@@ -125,7 +139,7 @@ def test_text_over_token_limit_scores_inf(assets):
 
 def test_roundtrip_failures_score_inf_and_too_many_disqualify(assets):
     tok_dir = wordlevel_tokenizer(assets["root"] / "wordlevel")
-    tok = load_tokenizer(tok_dir)
+    tok = load_tokenizer(tok_dir, role="competition")
     good = [t.lower().replace(".", "") for t in make_texts(4, seed=7)]
     bad = [t for t in make_texts(4, seed=8)]  # capitalised and with '.': lowercased / [UNK]
     model = make_model(assets["root"] / "wl_model", "llama", vocab_size=len(tok))
@@ -158,7 +172,7 @@ def test_roundtrip_failures_score_inf_and_too_many_disqualify(assets):
 
 def test_vocab_too_small_is_rejected_before_forward(assets, monkeypatch):
     small = make_model(assets["root"] / "small_vocab", "llama", vocab_size=100)
-    tok = load_tokenizer(assets["tok_dir"])
+    tok = load_tokenizer(assets["tok_dir"], role="competition")
     tokenized = tokenize_samples(tok, samples_of(make_texts(5)), COMP)
     assert max(max(t.ids) for t in tokenized) >= 100
     model = load_model(small)
@@ -172,18 +186,59 @@ def test_vocab_too_small_is_rejected_before_forward(assets, monkeypatch):
     assert result.failure == "vocab" and calls == []
 
 
+def test_vocab_check_covers_the_steps_whole_sample_list(assets):
+    # Live compares the largest id of every sample of the step, not only of those still to score.
+    tok = load_tokenizer(assets["tok_dir"], role="competition")
+    step = samples_of(make_texts(8, seed=31))
+    tops = [max(t.ids) for t in tokenize_samples(tok, step, COMP)]
+    low = min(range(8), key=lambda i: tops[i])
+    assert tops[low] < max(tops)
+    model = make_model(assets["root"] / "mid_vocab", "llama", vocab_size=tops[low] + 1)
+    alone = score_model(model, [step[low]], COMP, tokenizer_path=assets["tok_dir"])
+    assert alone.failure is None and math.isfinite(alone.losses[step[low][0]])
+    in_step = score_model(model, [step[low]], COMP, tokenizer_path=assets["tok_dir"], step_samples=step)
+    assert in_step.failure == "vocab" and f"token id {max(tops)}" in in_step.detail
+
+
 def test_free_tokenizer_uses_the_models_own(assets):
     own_tok = assets["root"] / "own_tok"
     make_tokenizer(own_tok, texts=make_texts(100, seed=11), vocab_size=280)
+    save_as_transformers_444(own_tok)
     model = make_model(assets["root"] / "free", "llama", tokenizer_dir=own_tok)
     texts = make_texts(4, seed=12)
     expected = independent_losses(model, own_tok, texts)
     comp = dict(COMP, free_tokenizer=True)
     result = score_model(model, samples_of(texts), comp, tokenizer_path=assets["tok_dir"])
+    assert result.tokenizer == "model" and result.failure is None
     assert [result.losses[f"s{i}"] for i in range(4)] == pytest.approx([e[0] for e in expected], rel=1e-5)
     # Without free_tokenizer the competition tokenizer is used (different ids, other losses).
     fixed = score_model(model, samples_of(texts), COMP, tokenizer_path=assets["tok_dir"])
-    assert fixed.n_tokens != result.n_tokens
+    assert fixed.tokenizer == "competition" and fixed.n_tokens != result.n_tokens
+    assert fixed.n_tokens == score_model(assets["llama"], samples_of(texts), COMP,
+                                         tokenizer_path=assets["tok_dir"]).n_tokens
+
+
+def test_a_tokenizer_saved_by_transformers_5_is_not_the_models_own(assets):
+    # transformers 5 writes tokenizer_class "TokenizersBackend" and tokenizers >= 0.20 writes BPE
+    # merges as pairs: the live validator (4.44 / tokenizers 0.19.1) cannot load either, so the
+    # model is scored with the competition tokenizer, exactly like a model without tokenizer.json.
+    new_save = assets["root"] / "new_save"
+    make_tokenizer(new_save, texts=make_texts(100, seed=11), vocab_size=280)
+    model = make_model(assets["root"] / "free_new", "llama", tokenizer_dir=new_save)
+    texts = make_texts(4, seed=12)
+    comp = dict(COMP, free_tokenizer=True)
+    result = score_model(model, samples_of(texts), comp, tokenizer_path=assets["tok_dir"])
+    assert result.failure is None and result.tokenizer == "competition"
+    assert "TokenizersBackend" in result.tokenizer_reason
+    expected = independent_losses(model, assets["tok_dir"], texts)
+    assert [result.losses[f"s{i}"] for i in range(4)] == pytest.approx([e[0] for e in expected], rel=1e-5)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "PreTrainedTokenizerFast"}))
+    again = score_model(model, samples_of(texts), comp, tokenizer_path=assets["tok_dir"])
+    assert again.tokenizer == "competition" and "merges as pairs" in again.tokenizer_reason
+    # With no competition tokenizer there is nothing to fall back to: the model is not evaluated.
+    alone = score_model(model, samples_of(texts), comp)
+    assert alone.failure == "tokenizer" and alone.tokenizer is None
 
 
 def test_short_and_failed_samples(assets):
@@ -200,7 +255,7 @@ def test_missing_weights_is_a_load_failure(assets, tmp_path):
 
 
 def test_token_cache_reused_and_persisted(assets, tmp_path):
-    tok = load_tokenizer(assets["tok_dir"])
+    tok = load_tokenizer(assets["tok_dir"], role="competition")
     key = tokenizer_hash(assets["tok_dir"])
     samples = samples_of(make_texts(6, seed=13))
     cache = TokenCache()
@@ -270,8 +325,10 @@ def test_token_cache_is_bounded_and_saved_without_pickle(tmp_path):
 
 
 def test_token_cache_tells_apart_tokenizer_classes_picked_from_the_model_config(assets, tmp_path):
-    # Same tokenizer files, no tokenizer_class: AutoTokenizer picks the class from config.json's
-    # model_type, and the classes tokenize differently. A shared cache must not mix them up.
+    # Same tokenizer files, no tokenizer_class: 4.44 picks the class from config.json's model_type,
+    # and the classes tokenize differently (GPT2TokenizerFast cleans up " ," on decode, so those
+    # texts fail the round trip; LlamaTokenizerFast does not, and here adds no BOS). A shared cache
+    # must not mix them up.
     from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
 
     tok = Tokenizer(tok_models.BPE(unk_token="<unk>"))
@@ -284,15 +341,23 @@ def test_token_cache_tells_apart_tokenizer_classes_picked_from_the_model_config(
     tok_files.mkdir()
     tok.save(str(tok_files / "tokenizer.json"))
     (tok_files / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}))
-    models = {arch: make_model(tmp_path / arch, arch, tokenizer_dir=tok_files) for arch in ("gemma", "gpt2")}
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": False}))
+    save_as_transformers_444(tok_files)
+    config = json.loads((tok_files / "tokenizer_config.json").read_text())
+    del config["tokenizer_class"], config["clean_up_tokenization_spaces"]
+    (tok_files / "tokenizer_config.json").write_text(json.dumps(config))
+    models = {arch: make_model(tmp_path / arch, arch, tokenizer_dir=tok_files) for arch in ("llama", "gpt2")}
     comp = dict(COMP, free_tokenizer=True)
-    samples = samples_of(make_texts(5, seed=21))
-    fresh = {arch: score_model(path, samples, comp).n_tokens for arch, path in models.items()}
-    assert fresh["gemma"] != fresh["gpt2"]  # the two classes really differ on these files
+    texts = make_texts(5, seed=21)
+    texts[1], texts[3] = texts[1].replace(" ", " , ", 1), texts[3].replace(" ", " , ", 1)
+    samples = samples_of(texts)
+    fresh = {arch: score_model(path, samples, comp) for arch, path in models.items()}
+    assert all(r.failure is None and r.tokenizer == "model" for r in fresh.values())
+    assert [fresh["gpt2"].losses[f"s{i}"] == math.inf for i in range(5)] == [False, True, False, True, False]
+    assert all(math.isfinite(v) for v in fresh["llama"].losses.values())
     shared = TokenCache()
-    for arch in ("gemma", "gpt2"):
-        assert score_model(models[arch], samples, comp, token_cache=shared).n_tokens == fresh[arch], arch
+    for arch in ("llama", "gpt2"):
+        assert score_model(models[arch], samples, comp, token_cache=shared).n_tokens == fresh[arch].n_tokens, arch
 
 
 def _tok_comp():

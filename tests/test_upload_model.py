@@ -9,10 +9,11 @@ import pytest
 
 from scripts import upload_model
 from tests.factories import make_model, make_tokenizer
+from tests.test_hub import DOWNLOADED, as_a_hub_repo
 from validator.chain import Commitment
 from validator.chain.local import LocalChain
 from validator.hub import ensure_model
-from validator.identity import ModelId, dir_hash, secure_hash
+from validator.identity import ModelId, dir_hash, files_hash, secure_hash
 
 HOTKEY = "5MinerHotkeyUpload"
 
@@ -21,7 +22,7 @@ HOTKEY = "5MinerHotkeyUpload"
 def model_src(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("upload_src")
     make_tokenizer(root / "tok")
-    return make_model(root / "model", tokenizer_dir=root / "tok")
+    return as_a_hub_repo(make_model(root / "model", tokenizer_dir=root / "tok"))
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +64,9 @@ def test_publish_commit_and_validator_download_reproduce_the_hash(model_src, com
     assert (mid.namespace, mid.name, mid.competition) == ("carol", "tiny", "c00")
     repo = olah_mirror / "models" / "carol" / "tiny"
     assert (repo / ".git").is_dir()
-    # the hash committed is that of the published files, bound to the hotkey
-    assert mid.hash == secure_hash(dir_hash(model_src), HOTKEY)
+    # the hash committed is that of the published files validators download, bound to the hotkey
+    assert mid.hash == secure_hash(files_hash(model_src, DOWNLOADED), HOTKEY)
+    assert (repo / "README.md").is_file() and (repo / ".gitattributes").is_file()  # published, not hashed
     # a validator's fresh download at that commit verifies
     from validator.competitions import load_competitions
 
@@ -85,7 +87,7 @@ def test_commit_existing_upload_through_a_temporary_olah(model_src, competitions
             "--chain-db", str(chain.path), "--readback-wait", "0"]
     assert upload_model.main(args) == 0, capsys.readouterr().err
     text = chain.sync()[1]["5SecondHotkey"].text
-    assert text == f"carol:existing:{sha}:{secure_hash(dir_hash(model_src), '5SecondHotkey')}:c00"
+    assert text == f"carol:existing:{sha}:{secure_hash(files_hash(model_src, DOWNLOADED), '5SecondHotkey')}:c00"
     # no new commit was made
     from validator.hub import _git
 
@@ -102,13 +104,40 @@ def test_model_outside_the_competition_is_not_uploaded(model_src, competitions_f
     assert chain.sync()[1] == {}
 
 
-def test_pickle_weights_are_not_uploaded(model_src, competitions_file, olah_mirror, chain, tmp_path, capsys):
+def test_pickle_only_weights_are_not_uploaded(model_src, competitions_file, olah_mirror, chain, tmp_path, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(model_src, bad)
+    (bad / "model.safetensors").unlink()
     (bad / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
     assert upload_model.main(base_args(bad, competitions_file, olah_mirror, chain, repo="carol/pickled")) == 1
     assert "unsafe_format" in capsys.readouterr().err
     assert not (olah_mirror / "models" / "carol" / "pickled").exists()
+
+
+def test_a_pickle_beside_safetensors_is_uploaded_and_not_hashed(model_src, competitions_file, olah_mirror,
+                                                                olah_hub, chain, tmp_path, capsys):
+    """Validators never download pytorch_model.bin when model.safetensors is there: no
+    reason to refuse the upload, and the hash is that of the files they do download."""
+    extra = tmp_path / "extra"
+    shutil.copytree(model_src, extra)
+    (extra / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    rc = upload_model.main(base_args(extra, competitions_file, olah_mirror, chain, repo="carol/withbin")
+                           + ["--endpoint", olah_hub.endpoint])
+    assert rc == 0, capsys.readouterr().err
+    mid = ModelId.from_commitment(chain.sync()[1][HOTKEY].text)
+    assert mid.hash == secure_hash(files_hash(model_src, DOWNLOADED), HOTKEY)
+    assert (olah_mirror / "models" / "carol" / "withbin" / "pytorch_model.bin").is_file()
+
+
+def test_commitment_over_128_bytes_is_refused_before_uploading(model_src, competitions_file, olah_mirror, chain,
+                                                              capsys):
+    name = "a-model-name-long-enough-to-overflow-the-chain-field"  # 6 + 51 + 88 + 3 = 148 bytes
+    rc = upload_model.main(base_args(model_src, competitions_file, olah_mirror, chain, repo=f"carol/{name}"))
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "148 bytes" in err and "128" in err
+    assert not (olah_mirror / "models" / "carol" / name).exists()
+    assert chain.sync()[1] == {}
 
 
 @pytest.mark.parametrize("change, message", [

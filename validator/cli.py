@@ -27,8 +27,11 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--competitions", default=None,
                    help=f"competitions.json: a file or an https URL (default: {constants.COMPETITIONS_URL})")
     g.add_argument("--benchmark", type=Path, default=None, help="benchmark.json of local candidates to inject")
-    g.add_argument("--hall-of-fame", type=Path, default=None, help="hall_of_fame.json")
-    g.add_argument("--eval-samples", type=int, default=constants.EVAL_SAMPLES)
+    g.add_argument("--hall-of-fame", default=None,
+                   help=f"hall_of_fame.json: a file or an https URL (default: {constants.HALL_OF_FAME_URL})")
+    g.add_argument("--eval-samples", type=int, default=None,
+                   help="samples per step (default: competitions.json's eval_samples, else "
+                        f"{constants.EVAL_SAMPLES})")
     g.add_argument("--hf-endpoint", default=None, help="hub endpoint (default: $HF_ENDPOINT or huggingface.co)")
     g.add_argument("--no-isolation", action="store_true",
                    help="score in this process instead of a worker per model (debugging only)")
@@ -64,6 +67,19 @@ def make_chain(args: argparse.Namespace):
     return SubtensorChain(args.network, netuid=args.netuid, wallet=wallet)
 
 
+def _own_uid(chain) -> int | None:
+    """Our uid on the subnet (for competitions-<uid>.json), or None when unknown yet."""
+    hotkey = getattr(chain, "hotkey", None)
+    if not hotkey:
+        return None
+    try:
+        return chain.sync()[0].uid_of(hotkey)
+    except Exception as e:  # noqa: BLE001 - the per-validator file is optional; the step reports a dead chain
+        logging.getLogger("validator").warning("cannot read our uid from the chain (%s): "
+                                               "competitions-<uid>.json is not tried", e)
+        return None
+
+
 def default_device() -> str:
     import torch
 
@@ -74,7 +90,7 @@ def build_validator(args: argparse.Namespace, console=None):
     """Wire the adapters named by the flags into a Validator."""
     from validator import data, hub
     from validator.competitions import CompetitionsConfig
-    from validator.identity import dir_hash
+    from validator.halloffame import HallOfFameSource
     from validator.leaderboard import StepProgress
     from validator.loop import Settings, Validator
     from validator.scorer import make_score_fn
@@ -82,33 +98,37 @@ def build_validator(args: argparse.Namespace, console=None):
     endpoint = args.hf_endpoint or os.environ.get("HF_ENDPOINT")
     model_dir = args.model_dir or args.state_dir / "models"
     chain = make_chain(args)
-    comps = CompetitionsConfig(args.competitions or constants.COMPETITIONS_URL)
+    comps = CompetitionsConfig(args.competitions, uid=_own_uid(chain), url=constants.COMPETITIONS_URL,
+                               state_dir=args.state_dir, offline=args.offline)
+    hall_of_fame = HallOfFameSource(args.hall_of_fame, url=constants.HALL_OF_FAME_URL, state_dir=args.state_dir,
+                                    offline=args.offline)
 
     def competitions():
         comps.maybe_reload()  # every COMPETITIONS_REFRESH_S; keeps the last good config on failure
-        if comps.competitions is None:
+        if comps.parsed is None:
             raise SystemExit(f"competitions: {comps.last_error}")
-        if comps.last_error:
-            msg = f"competitions {comps.location}: {comps.last_error}; the last good config stays in force"
+        for msg in comps.source.problems():  # a failed fetch: shown in this step's report, not only the log
             logging.getLogger("validator").warning(msg)
-            validator.note_problem(msg)  # shown in this step's report, not only the log
-        return comps.competitions
+            validator.note_problem(msg)
+        return comps.parsed
 
-    def fetch(model_id, hotkey, competition):
-        path = hub.ensure_model(model_id, hotkey, competition, model_dir, endpoint=endpoint)
-        return path, hub.verified_dir_hash(path) or dir_hash(path)
+    def fetch(model_id, hotkey, competition, deadline=None):
+        path = hub.ensure_model(model_id, hotkey, competition, model_dir, endpoint=endpoint, deadline=deadline)
+        return path, hub.verified_dir_hash(path) or hub.model_dir_hash(path)
 
     score = make_score_fn(device=args.device or default_device(), cache_dir=args.state_dir / "tokenizers",
                           endpoint=endpoint, isolate=not args.no_isolation)
     store = hub.ModelStore(model_dir, args.model_store_gb) if args.model_store_gb is not None else None
     settings = Settings(state_dir=args.state_dir, offline=args.offline, dont_set_weights=args.dont_set_weights,
-                        benchmark_path=args.benchmark, hall_of_fame_path=args.hall_of_fame,
-                        eval_samples=args.eval_samples, save_step_json=args.save_step_json,
+                        benchmark_path=args.benchmark, eval_samples=args.eval_samples, save_step_json=args.save_step_json,
                         step_interval_s=args.step_interval)
     hotkey = chain.hotkey  # its own weights must not steer which top miners it visits
-    validator = Validator(chain, competitions, fetch, score, lambda name: data.source_for(name, endpoint=endpoint),
+    shards = args.state_dir / "fineweb_shards.json"  # row counts of the dumps, kept across restarts
+    validator = Validator(chain, competitions, fetch, score,
+                          lambda name, **kw: data.source_for(name, endpoint=endpoint, shard_list_cache=shards, **kw),
                           settings, hotkey=hotkey, retry_after=hub.retry_after,
-                          cleanup=store.cleanup if store else None, progress=StepProgress(console))
+                          cleanup=store.cleanup if store else None, progress=StepProgress(console),
+                          hall_of_fame=hall_of_fame)
     return validator
 
 

@@ -15,14 +15,20 @@ Layout under `model_dir`:
         .tmp-<commit>-<pid>-<rand>/    a download in progress (never mistaken for a snapshot)
 
 The marker lives beside the snapshot, not in it, so the snapshot's directory hash is the
-hash of exactly what the miner published.
+hash of exactly the files a live validator downloads.
+
+Which files count is the live validator's rule (validator/live_repo.py): the size of every
+file at the commit is checked against model_size, then only what transformers 4.44 loads is
+downloaded, by exact name, and hashed (config.json, generation_config.json, the safetensors
+weights, the tokenizer files AutoTokenizer asks for). Anything else in the repo is ignored.
 
 Order of checks, so no weight byte is fetched for a model that must be refused:
-file list at the commit (names, formats, code files, total size vs the competition's
-model_size, free disk) -> config.json alone (auto_map, architecture, layer and expert
-counts bounded, then the parameter count on the meta device) -> the download -> symlinks
-realised and confined to the download -> complete file set -> size / architecture /
-parameters again on disk -> secure hash.
+file list at the commit (total size vs the competition's model_size) -> the small JSON
+files (tokenizer_config.json, config.json, the safetensors index), which fix the download
+set -> model class from model_type and parameter count on the meta device (layer and
+expert counts bounded first) -> free disk -> the download -> symlinks realised and confined
+to the download -> exactly the download set on disk -> the same checks on disk -> secure
+hash.
 """
 from __future__ import annotations
 
@@ -43,22 +49,15 @@ from typing import Any, Iterable
 import filelock
 
 import constants
-from validator.identity import ModelId, dir_hash, secure_hash
+from validator import live_repo
+from validator.identity import ModelId, NothingToHash, dir_hash, files_hash, secure_hash
 from validator.state import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-# Formats that can carry pickled Python objects (arbitrary code on load): never accepted.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
-# Code a loader could be tricked into running: a repo carrying it is refused outright.
-CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".dylib", ".dll")
-# Files whose "auto_map" would make transformers import code from the repo.
-AUTO_MAP_FILES = ("config.json", "tokenizer_config.json", "processor_config.json",
-                  "preprocessor_config.json", "generation_config.json")
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "vocab.txt", "*.tiktoken"]
-_HOTKEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+PICKLE_SUFFIXES = live_repo.PICKLE_SUFFIXES  # never downloaded nor loaded
+_HOTKEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
 GIB = 1024**3
 
 
@@ -68,12 +67,14 @@ GIB = 1024**3
 class FailureReason(str, Enum):
     not_found = "not_found"  # repo or commit not on the hub (or not visible: private)
     too_large = "too_large"  # more bytes than the competition's model_size
-    unsafe_format = "unsafe_format"  # pickle weights, no safetensors, odd paths, escaping symlinks
-    remote_code = "remote_code"  # auto_map in a config, or code files in the repo
+    unsafe_format = "unsafe_format"  # no safetensors weights, an index naming odd paths, escaping symlinks
+    remote_code = "remote_code"  # no longer raised (auto_map and code files are ignored, as live); kept for old records
     hash_mismatch = "hash_mismatch"  # content does not give the committed secure hash
     constraint = "constraint"  # architecture or parameter count outside the competition
     disk_full = "disk_full"  # not enough free disk for the download plus a margin
-    network = "network"  # hub unreachable, 5xx, interrupted download, or busy (lock timeout)
+    network = "network"  # hub unreachable, 5xx, interrupted download, busy (lock timeout), step budget used up
+    bad_repo = "bad_repo"  # the repo's content, not the hub: unusable names or tree entries, too many
+    # files, git-LFS pointers or LFS objects never uploaded, a repo id the client refuses
 
 
 TRANSIENT_REASONS = frozenset({FailureReason.network, FailureReason.disk_full})
@@ -118,12 +119,14 @@ def resolve_endpoint(endpoint: str | None = None) -> str:
 
 def _classify(exc: BaseException, what: str) -> HubError:
     """Map an exception from huggingface_hub / httpx / the OS to a typed HubError."""
-    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, HFValidationError,
                                         LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
 
     if isinstance(exc, HubError):
         return exc
+    if isinstance(exc, HFValidationError):  # raised before any request: the id or a file name, not the hub
+        return HubError(FailureReason.bad_repo, f"{what}: refused by the hub client: {str(exc)[:200]}")
     if isinstance(exc, (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError)):
         return HubError(FailureReason.not_found, f"{what}: {type(exc).__name__}")
     if isinstance(exc, EntryNotFoundError) and not isinstance(exc, LocalEntryNotFoundError):
@@ -135,6 +138,8 @@ def _classify(exc: BaseException, what: str) -> HubError:
         return HubError(FailureReason.network, f"{what}: HTTP {status}")
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return HubError(FailureReason.disk_full, f"{what}: {exc.strerror}")
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a file name of the repo
+        return HubError(FailureReason.bad_repo, f"{what}: a file name is too long for the filesystem")
     # LocalEntryNotFoundError (the hub could not be reached), httpx transport errors,
     # timeouts, other OSErrors: the network or the server, worth a later retry.
     text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
@@ -202,7 +207,7 @@ def _install_timeouts() -> None:
 
 
 def _check_hotkey(hotkey: str) -> str:
-    if not isinstance(hotkey, str) or not _HOTKEY.match(hotkey):
+    if not isinstance(hotkey, str) or not _HOTKEY.fullmatch(hotkey):
         raise ValueError(f"hotkey {hotkey!r} is not usable as a directory name ([A-Za-z0-9_-], 1-128 chars)")
     return hotkey
 
@@ -264,51 +269,50 @@ def _tree_size(path: Path) -> int:
     return total
 
 
-def check_file_list(files: dict[str, int], competition: Any, what: str) -> None:
-    """Refuse a repo by its file names and sizes (path -> bytes) before downloading it."""
-    for name in files:
-        parts = name.split("/")
-        if name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts):
-            raise HubError(FailureReason.unsafe_format, f"{what}: file path {name!r} would leave the snapshot")
-    code = sorted(n for n in files if n.lower().endswith(CODE_SUFFIXES))
-    if code:
-        raise HubError(FailureReason.remote_code, f"{what}: code files are not allowed: {', '.join(code[:5])}")
-    pickles = sorted(n for n in files if n.lower().endswith(PICKLE_SUFFIXES))
-    if pickles:
-        raise HubError(FailureReason.unsafe_format,
-                       f"{what}: pickle-capable files are not allowed (safetensors only): {', '.join(pickles[:5])}")
-    if not any(n.endswith(".safetensors") for n in files):
-        raise HubError(FailureReason.unsafe_format, f"{what}: no *.safetensors weights")
-    if "config.json" not in files:
-        raise HubError(FailureReason.constraint, f"{what}: no config.json at the top level")
-    total = sum(files.values())
+def check_repo_size(files: dict[str, int], competition: Any, what: str) -> int:
+    """The live size check: every file at the commit (path -> bytes; .gitattributes, README.md
+    and files never downloaded included) against model_size. Returns the total."""
+    return _check_size(sum(files.values()), competition, what)
+
+
+def _check_size(total: int, competition: Any, what: str) -> int:
     if total > competition.model_size:
-        raise HubError(FailureReason.too_large,
-                       f"{what}: {total} bytes, more than the competition's model_size {competition.model_size}")
+        raise HubError(FailureReason.too_large, f"{what}: repo size {total} bytes > model_size {competition.model_size}")
+    return total
 
 
-def check_config(cfg: dict, competition: Any, what: str = "config.json") -> int:
-    """Architecture and parameter count from a config dict, built on the meta device (no
-    weights, no remote code). Returns the parameter count; raises HubError."""
-    if not isinstance(cfg, dict):
-        raise HubError(FailureReason.constraint, f"{what}: not a JSON object")
-    if "auto_map" in cfg:
-        raise HubError(FailureReason.remote_code, f"{what}: auto_map (custom code) is not allowed")
-    archs = cfg.get("architectures")
-    if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
-        raise HubError(FailureReason.constraint, f"{what}: 'architectures' must be a non-empty list of class names")
-    allowed = list(competition.model_types)
-    bad = [a for a in archs if a not in allowed]
-    if bad:
-        raise HubError(FailureReason.constraint, f"{what}: architecture {bad[0]} is not one of {allowed}")
-    arch, n_params = count_parameters(cfg, what)
-    if arch not in allowed:
-        raise HubError(FailureReason.constraint,
-                       f"{what}: model_type {cfg.get('model_type')!r} builds {arch}, not one of {allowed}")
+def plan_download(files: Iterable[str], small_files: dict[str, bytes], what: str) -> live_repo.DownloadSet:
+    """live_repo.download_set with its refusals as HubError."""
+    try:
+        return live_repo.download_set(files, small_files)
+    except live_repo.RepoRefused as exc:
+        raise HubError(exc.reason, f"{what}: {exc.detail}") from None
+
+
+def check_config(cfg: Any, competition: Any, what: str = "config.json") -> tuple[str, int]:
+    """The live constraints from a config dict: the class built from model_type (printed as
+    the live validator prints it) must contain one of the competition's model_types, and its
+    unique parameters (built on the meta device: no weights, no remote code) must not exceed
+    `parameters`. Returns (printed class, parameter count); raises HubError(constraint)."""
+    try:
+        printed = live_repo.live_model_class(live_repo.config_model_type(cfg))
+    except live_repo.RepoRefused as exc:
+        raise HubError(exc.reason, f"{what}: {exc.detail}") from None
+    check_model_type(printed, competition, what)
+    _arch, n_params = count_parameters(cfg, what)
+    check_parameters(n_params, competition, what)
+    return printed, n_params
+
+
+def check_model_type(printed_class: str, competition: Any, what: str) -> None:
+    if not live_repo.model_type_allowed(printed_class, competition.model_types):
+        raise HubError(FailureReason.constraint, f"{what}: model type: {printed_class} contains none of the "
+                                                 f"competition's model_types {list(competition.model_types)}")
+
+
+def check_parameters(n_params: int, competition: Any, what: str) -> None:
     if n_params > competition.parameters:
-        raise HubError(FailureReason.constraint,
-                       f"{what}: {n_params} parameters, more than the competition's {competition.parameters}")
-    return n_params
+        raise HubError(FailureReason.constraint, f"{what}: parameters: {n_params} > {competition.parameters}")
 
 
 def count_parameters(cfg: dict, what: str = "config.json") -> tuple[str, int]:
@@ -411,20 +415,24 @@ def check_config_counts(cfg: dict, what: str = "config.json") -> None:
 
 
 def check_model_constraints(path: str | os.PathLike, competition: Any) -> None:
-    """Check a model dir against a competition before it is published or scored: formats
-    (safetensors only, no code, no auto_map, no symlinks), size on disk <= model_size
-    (too_large), architecture in model_types and parameter count <= parameters
-    (constraint). Raises HubError naming the dir and the reason."""
+    """Check a model dir against a competition, before it is published or scored, with the
+    validators' rules on the same files: the dir's total size (what publish_local publishes:
+    every file outside hidden folders) <= model_size (too_large); the download set (what a
+    validator will fetch from it) safetensors only (unsafe_format); model class and parameter
+    count (constraint). Files a validator ignores are not checked. No symlinks. Raises
+    HubError naming the dir and the reason."""
     _check_dir(Path(path), competition)
 
 
-def _check_dir(root: Path, competition: Any) -> dict:
-    """check_model_constraints; returns what it measured (kept in the verified marker)."""
+def local_files(root: Path) -> dict[str, int]:
+    """path -> bytes of the files publish_local publishes from `root`: every file outside
+    hidden folders (.git, .cache, ...). A symlink or special file is refused (unsafe_format)."""
     what = str(root)
     if not root.is_dir():
         raise HubError(FailureReason.not_found, f"{what}: not a directory")
     files: dict[str, int] = {}
     for cur, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(dirs + names):
             full = Path(cur) / name
             if full.is_symlink():
@@ -434,28 +442,56 @@ def _check_dir(root: Path, competition: Any) -> dict:
             if not full.is_file():
                 raise HubError(FailureReason.unsafe_format, f"{what}: {full.relative_to(root)} is not a regular file")
             files[full.relative_to(root).as_posix()] = full.stat().st_size
-    check_file_list(files, competition, what)
-    for name in AUTO_MAP_FILES:
-        cfg = _read_json(root / name, f"{what}/{name}") if (root / name).is_file() else None
-        if isinstance(cfg, dict) and "auto_map" in cfg:
-            raise HubError(FailureReason.remote_code, f"{what}/{name}: auto_map (custom code) is not allowed")
-    cfg = _read_json(root / "config.json", f"{what}/config.json")
-    n_params = check_config(cfg, competition, f"{what}/config.json")
-    return {"size": sum(files.values()), "parameters": n_params, "architectures": cfg["architectures"]}
+    return files
+
+
+def _local_small_files(root: Path, files: dict[str, int], what: str) -> dict[str, bytes]:
+    out = {}
+    for name in live_repo.small_files_needed(files):
+        if files[name] > constants.HUB_SMALL_FILE_MAX_BYTES:  # bounded before reading
+            raise HubError(FailureReason.constraint, f"{what}/{name}: {files[name]} bytes, more than "
+                                                     f"HUB_SMALL_FILE_MAX_BYTES = {constants.HUB_SMALL_FILE_MAX_BYTES}")
+        out[name] = (root / name).read_bytes()
+    return out
+
+
+def model_dir_hash(path: str | os.PathLike) -> str:
+    """The directory hash validators will compute for this model dir once it is published:
+    over its download set only (a README.md or training leftovers beside it change nothing)."""
+    root = Path(path)
+    files = local_files(root)
+    plan = plan_download(files, _local_small_files(root, files, str(root)), str(root))
+    return files_hash(root, plan.files)
+
+
+def _check_dir(root: Path, competition: Any, repo_size: int | None = None, exact: bool = False) -> dict:
+    """check_model_constraints; returns what it measured (kept in the verified marker).
+
+    A downloaded snapshot passes `exact`: it must hold exactly its download set, nothing
+    else; and `repo_size`, the size the hub listed for the whole repo (without it, as when a
+    snapshot is re-checked offline, the size is that of the files on disk)."""
+    what = str(root)
+    files = local_files(root)
+    size = _check_size(sum(files.values()) if repo_size is None else repo_size, competition, what)
+    plan = plan_download(files, _local_small_files(root, files, what), what)
+    if exact and set(plan.files) != set(files):
+        extra = sorted(set(files) - set(plan.files))
+        raise HubError(FailureReason.unsafe_format, f"{what}: holds files a validator does not download: {extra[:5]}")
+    cfg = _read_json(root / live_repo.CONFIG, f"{what}/{live_repo.CONFIG}")
+    printed, n_params = check_config(cfg, competition, f"{what}/{live_repo.CONFIG}")
+    return {"repo_size": size, "parameters": n_params, "class": printed, "files": list(plan.files)}
 
 
 def _check_recorded(marker: dict, competition: Any, what: str) -> None:
     """A verified snapshot against the competition as it is now (limits may have changed
     since it was verified), from the marker alone: no network, no rehash."""
-    size, n_params, archs = marker.get("size"), marker.get("parameters"), marker.get("architectures")
+    size, n_params, printed = marker.get("repo_size"), marker.get("parameters"), marker.get("class")
     if isinstance(size, int) and size > competition.model_size:
-        raise HubError(FailureReason.too_large,
-                       f"{what}: {size} bytes, more than the competition's model_size {competition.model_size}")
-    if isinstance(archs, list) and any(a not in competition.model_types for a in archs):
-        raise HubError(FailureReason.constraint, f"{what}: architecture {archs} not in {list(competition.model_types)}")
-    if isinstance(n_params, int) and n_params > competition.parameters:
-        raise HubError(FailureReason.constraint,
-                       f"{what}: {n_params} parameters, more than the competition's {competition.parameters}")
+        raise HubError(FailureReason.too_large, f"{what}: repo size {size} bytes > model_size {competition.model_size}")
+    if isinstance(printed, str):
+        check_model_type(printed, competition, what)
+    if isinstance(n_params, int):
+        check_parameters(n_params, competition, what)
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -479,18 +515,54 @@ def _silent_tqdm():
     return Silent
 
 
-def remote_files(repo_id: str, commit: str, endpoint: str, token: str | bool | None = None) -> dict[str, int]:
-    """path -> size of every file of `repo_id` at `commit` (sizes from the tree listing, else
-    the file's HEAD: olah leaves files_metadata sizes empty). Raises HubError."""
-    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.hf_api import RepoFile
+def _listing(repo_id: str, commit: str, endpoint: str, token) -> list:
+    """The tree entries (RepoFile, RepoFolder) of `repo_id` at `commit`. Raises HubError."""
+    from huggingface_hub import HfApi
 
     _install_timeouts()
     api = HfApi(endpoint=endpoint, token=token)
-    what = f"{repo_id}@{commit[:12]}"
     # list_repo_tree, not model_info: an unknown commit is a clean 404 here on both the hub
     # and olah (olah's model_info answers 500 for it).
-    entries = _with_retries(lambda: list(api.list_repo_tree(repo_id, revision=commit, recursive=True)), what)
+    return _with_retries(lambda: list(api.list_repo_tree(repo_id, revision=commit, recursive=True)),
+                         f"{repo_id}@{commit[:12]}")
+
+
+def check_repo_path(path: Any, what: str) -> str:
+    """A tree entry's path must be a plain relative path: no empty, "." or ".." component, no
+    backslash or control character (the hub never makes one; a mirror or a crafted tree may).
+    HubError(bad_repo) otherwise: the repo's content, permanent for the commitment."""
+    if (not isinstance(path, str) or not path or any(p in ("", ".", "..") for p in path.split("/"))
+            or "\\" in path or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path)):
+        raise HubError(FailureReason.bad_repo, f"{what}: tree entry {str(path)[:120]!r} is not a plain relative path")
+    return path
+
+
+def check_download_names(names: Iterable[str], what: str) -> None:
+    """Every component of a file to download must fit the filesystem (HUB_MAX_NAME_BYTES of
+    UTF-8, the usual NAME_MAX): else HubError(bad_repo) before any download."""
+    for name in names:
+        for part in name.split("/"):
+            if len(part.encode("utf-8")) > constants.HUB_MAX_NAME_BYTES:
+                raise HubError(FailureReason.bad_repo,
+                               f"{what}: file name {name[:60]!r}... has a component of {len(part.encode())} bytes, "
+                               f"more than HUB_MAX_NAME_BYTES = {constants.HUB_MAX_NAME_BYTES}")
+
+
+def remote_files(repo_id: str, commit: str, endpoint: str, token: str | bool | None = None) -> dict[str, int]:
+    """path -> size of every file of `repo_id` at `commit` (sizes from the tree listing, else
+    the file's HEAD: olah leaves files_metadata sizes empty). Raises HubError: bad_repo for
+    an entry that is not a plain relative path or more than HUB_MAX_REPO_FILES files."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.hf_api import RepoFile
+
+    what = f"{repo_id}@{commit[:12]}"
+    entries = _listing(repo_id, commit, endpoint, token)
+    for entry in entries:
+        check_repo_path(entry.path, what)
+    n_files = sum(isinstance(e, RepoFile) for e in entries)
+    if n_files > constants.HUB_MAX_REPO_FILES:  # before a HEAD per file or any download
+        raise HubError(FailureReason.bad_repo, f"{what}: the repo has {n_files} files, more than "
+                                               f"HUB_MAX_REPO_FILES = {constants.HUB_MAX_REPO_FILES}")
     files: dict[str, int] = {}
     for entry in entries:
         if not isinstance(entry, RepoFile):
@@ -508,24 +580,58 @@ def remote_files(repo_id: str, commit: str, endpoint: str, token: str | bool | N
     return files
 
 
-def _download_config(repo_id: str, commit: str, endpoint: str, cache_dir: Path, token) -> dict:
+BUDGET_USED_UP = "download budget of this step used up"
+
+
+def _check_deadline(deadline: float | None, what: str) -> None:
+    """Between files: past the step's download deadline (time.monotonic()) the download stops,
+    transient: the model is tried again at the next step."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise HubError(FailureReason.network, f"{what}: {BUDGET_USED_UP}")
+
+
+def _fetch_small(repo_id: str, commit: str, endpoint: str, cache_dir: Path, files: dict[str, int], token,
+                 what: str, deadline: float | None = None) -> dict[str, bytes]:
+    """The small JSON files the download set depends on (live_repo.small_files_needed), each
+    fetched by exact name into the download's cache (so they are not fetched twice) and
+    bounded by the listed size before it is fetched."""
     from huggingface_hub import hf_hub_download
 
-    what = f"{repo_id}@{commit[:12]}/config.json"
-    path = _with_retries(lambda: hf_hub_download(repo_id, "config.json", revision=commit, endpoint=endpoint,
-                                                 cache_dir=cache_dir, token=token), what)
-    return _read_json(Path(path), what)
+    out = {}
+    for name in live_repo.small_files_needed(files):
+        _check_deadline(deadline, what)
+        if files[name] > constants.HUB_SMALL_FILE_MAX_BYTES:
+            raise HubError(FailureReason.constraint, f"{what}/{name}: {files[name]} bytes, more than "
+                                                     f"HUB_SMALL_FILE_MAX_BYTES = {constants.HUB_SMALL_FILE_MAX_BYTES}")
+        path = _with_retries(lambda n=name: hf_hub_download(repo_id, n, revision=commit, endpoint=endpoint,
+                                                            cache_dir=cache_dir, token=token,
+                                                            tqdm_class=_silent_tqdm()), f"{what}/{name}")
+        with open(path, "rb") as f:  # the hub may serve more than it listed: read no further than the bound
+            data = f.read(constants.HUB_SMALL_FILE_MAX_BYTES + 1)
+        out[name] = data
+    return out
 
 
 def _download_snapshot(repo_id: str, commit: str, endpoint: str, cache_dir: Path, files: list[str],
-                       progress: bool, token) -> Path:
-    """snapshot_download at exactly `commit` into a private cache dir; returns the snapshot
-    folder (hub layout: symlinks into ../../blobs). A seam for tests."""
-    from huggingface_hub import snapshot_download
+                       progress: bool, token, deadline: float | None = None) -> Path:
+    """Download exactly `files` (plain names, never a pattern) at `commit` into a private
+    cache dir, hf_hub_download per file, a few in parallel; returns the snapshot folder (hub
+    layout: symlinks into ../../blobs). No file is started past `deadline` (HubError network;
+    files in flight finish). A seam for tests."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from huggingface_hub import hf_hub_download
 
     kwargs = {} if progress else {"tqdm_class": _silent_tqdm()}
-    return Path(snapshot_download(repo_id, revision=commit, endpoint=endpoint, cache_dir=cache_dir,
-                                  allow_patterns=files, token=token, **kwargs))
+
+    def one(name: str) -> Path:
+        _check_deadline(deadline, f"{repo_id}@{commit[:12]}")
+        return Path(hf_hub_download(repo_id, name, revision=commit, endpoint=endpoint, cache_dir=cache_dir,
+                                    token=token, **kwargs))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(constants.HUB_DOWNLOAD_WORKERS, len(files)))) as pool:
+        paths = list(pool.map(one, files))
+    return paths[0].parent  # every file of a download set is top-level
 
 
 def _realise(snapshot: Path, blobs: Path, what: str) -> None:
@@ -580,29 +686,35 @@ def _clean_stale_tmp(repo_dir: Path, commit: str) -> None:
 
 
 def _verify_local(snapshot: Path, model_id: ModelId, hotkey: str) -> str:
-    content = dir_hash(snapshot)
+    what = f"{model_id.repo_id}@{model_id.commit[:12]}"
+    try:
+        content = dir_hash(snapshot)
+    except NothingToHash as exc:
+        raise HubError(FailureReason.not_found, f"{what}: {exc}") from None
     if secure_hash(content, hotkey) != model_id.hash:
         raise HubError(FailureReason.hash_mismatch,
-                       f"{model_id.repo_id}@{model_id.commit[:12]}: directory hash {content} with hotkey "
-                       f"{hotkey} gives {secure_hash(content, hotkey)}, committed {model_id.hash}")
+                       f"{what}: directory hash {content} with hotkey {hotkey} gives {secure_hash(content, hotkey)}, "
+                       f"committed {model_id.hash}")
     return content
 
 
 def ensure_model(model_id: ModelId, hotkey: str, competition: Any, model_dir: str | os.PathLike, *,
                  endpoint: str | None = None, progress: bool = True, token: str | bool | None = None,
-                 lock_timeout_s: float = constants.MODEL_LOCK_TIMEOUT_S) -> Path:
+                 lock_timeout_s: float = constants.MODEL_LOCK_TIMEOUT_S, deadline: float | None = None) -> Path:
     """The verified snapshot dir of `model_id` committed by `hotkey`, downloading it if needed.
 
     Present and verified: returns at once, no network. Otherwise one process downloads
     (a filelock; others wait up to `lock_timeout_s`, then HubError(network, "busy ...")).
-    Raises HubError(reason, detail); a failed attempt leaves nothing behind."""
+    Raises HubError(reason, detail); a failed attempt leaves nothing behind. `deadline`
+    (time.monotonic(), None: no limit) is checked between files of the download: past it,
+    HubError(network, "download budget of this step used up")."""
     snapshot = snapshot_path(model_dir, hotkey, model_id)
     what = f"{model_id.repo_id}@{model_id.commit[:12]}"
 
     def present() -> Path | None:
         marker = read_marker(snapshot)
-        if marker is None or not snapshot.is_dir():
-            return None
+        if marker is None or "class" not in marker or not snapshot.is_dir():
+            return None  # none, or recorded under the old rules (whole repo hashed): re-checked
         if secure_hash(marker["dir_hash"], hotkey) != model_id.hash:
             raise HubError(FailureReason.hash_mismatch,
                            f"{what}: verified content (directory hash {marker['dir_hash']}) does not give "
@@ -626,9 +738,9 @@ def ensure_model(model_id: ModelId, hotkey: str, competition: Any, model_dir: st
             return found
         repo_dir = snapshot.parent.parent
         _clean_stale_tmp(repo_dir, model_id.commit)
-        if snapshot.exists():  # renamed into place but no marker: verify locally, no network
+        if snapshot.exists():  # renamed into place but no (current) marker: verify locally, no network
             try:
-                checked = _check_dir(snapshot, competition)
+                checked = _check_dir(snapshot, competition, exact=True)
                 content = _verify_local(snapshot, model_id, hotkey)
             except HubError:
                 shutil.rmtree(snapshot, ignore_errors=True)
@@ -636,61 +748,140 @@ def ensure_model(model_id: ModelId, hotkey: str, competition: Any, model_dir: st
                 _write_marker(snapshot, model_id, hotkey, content, checked)
                 return snapshot
         return _download_and_verify(model_id, hotkey, competition, snapshot, resolve_endpoint(endpoint),
-                                    progress, token)
+                                    progress, token, deadline)
     finally:
         lock.release()
 
 
-def _fetch_files(repo_id: str, commit: str, endpoint: str, cache_dir: Path, files: dict[str, int],
-                 progress: bool, token) -> Path:
+def _fetch_files(repo_id: str, commit: str, endpoint: str, cache_dir: Path, files: Iterable[str],
+                 progress: bool, token, deadline: float | None = None) -> Path:
     """Download exactly `files` at `commit`; return the snapshot dir as real files, complete."""
     what = f"{repo_id}@{commit[:12]}"
+    files = sorted(files)
+    check_download_names(files, what)
     try:
-        got = _download_snapshot(repo_id, commit, endpoint, cache_dir, sorted(files), progress, token)
+        got = _download_snapshot(repo_id, commit, endpoint, cache_dir, files, progress, token, deadline=deadline)
     except Exception as exc:  # noqa: BLE001 - classified into a typed reason
-        raise _classify(exc, f"{what}: download") from None
+        err = _classify(exc, f"{what}: download")
+        if err.reason is FailureReason.network and BUDGET_USED_UP not in err.detail:
+            err = _diagnose_download(repo_id, commit, endpoint, token, files, err)
+        raise err from None
     _realise(got, got.parent.parent / "blobs", what)
     have = _relative_files(got)
     if have != set(files):
         missing, extra = sorted(set(files) - have), sorted(have - set(files))
         raise HubError(FailureReason.network, f"{what}: incomplete download (missing {missing[:3]}, unexpected {extra[:3]})")
+    _refuse_lfs_pointers(got, files, what)
     return got
 
 
-def download_snapshot(repo_id: str, commit: str, out_dir: str | os.PathLike, *, endpoint: str | None = None,
-                      token: str | bool | None = None, progress: bool = True) -> Path:
-    """Download `repo_id` at `commit` the way ensure_model does (same client, same file set,
-    symlinks realised) into a new dir under `out_dir`, without checks or verification;
-    returns the snapshot dir. For a miner: hash what validators will hash."""
-    ep = resolve_endpoint(endpoint)
-    files = remote_files(repo_id, commit, ep, token)
-    cache = Path(out_dir) / f"{constants.MODEL_STORE_TMP_PREFIX}{commit}-{os.getpid()}-{secrets.token_hex(4)}"
-    cache.mkdir(parents=True)
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+LFS_POINTER_MAX_BYTES = 1024  # git-lfs pointers are ~130 bytes; its own limit is 1024
+
+
+def _refuse_lfs_pointers(root: Path, files: Iterable[str], what: str) -> None:
+    """A git-LFS pointer served as the file itself (pushed with plain git, the object never
+    uploaded): the repo's content, not the hub; HubError(bad_repo)."""
+    for name in files:
+        path = root / name
+        if path.stat().st_size <= LFS_POINTER_MAX_BYTES:
+            with open(path, "rb") as f:
+                if f.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX:
+                    raise HubError(FailureReason.bad_repo,
+                                   f"{what}: {name} is a git-LFS pointer, not the file (LFS object never uploaded)")
+
+
+def _diagnose_download(repo_id: str, commit: str, endpoint: str, token, files: list[str],
+                       err: HubError) -> HubError:
+    """A download failed on the connection or a 5xx: ask the hub again, so that the repo's
+    content is not blamed on the network. The commit gone from the listing -> not_found
+    (it vanished: force-pushed away); the hub answering for the commit's plain files but
+    not for its LFS-backed ones -> bad_repo (pointer committed without its object). Anything
+    else, or the hub failing to answer these questions too, stays `err` (network)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.hf_api import RepoFile
+
+    what = f"{repo_id}@{commit[:12]}"
     try:
-        return _fetch_files(repo_id, commit, ep, cache, files, progress, token)
-    except Exception:
-        shutil.rmtree(cache, ignore_errors=True)
+        entries = _listing(repo_id, commit, endpoint, token)
+    except HubError as again:
+        return again if again.reason is not FailureReason.network else err
+    wanted = set(files)
+    listed = [e for e in entries if isinstance(e, RepoFile) and e.path in wanted]
+    lfs = sorted(e.path for e in listed if e.lfs is not None)
+    plain = sorted(e.path for e in listed if e.lfs is None)
+    if not lfs or not plain:
+        return err  # nothing to compare against: the hub may be failing
+
+    def served(name: str) -> bool:
+        try:
+            get_hf_file_metadata(hf_hub_url(repo_id, name, revision=commit, endpoint=endpoint), token=token)
+        except Exception as exc:  # noqa: BLE001 - any failure means not served
+            log.debug("%s/%s: not served: %s", what, name, exc)
+            return False
+        return True
+
+    if not served(plain[0]):
+        return err
+    missing = [name for name in lfs if not served(name)]
+    if missing:
+        return HubError(FailureReason.bad_repo, f"{what}: the hub serves its plain files but not the git-LFS "
+                                                f"object of {missing[:3]} (pointer committed without the object?)")
+    return err
+
+
+def _fetch_checked(repo_id: str, commit: str, competition: Any, work: Path, endpoint: str, progress: bool,
+                   token, deadline: float | None = None) -> tuple[Path, dict]:
+    """Everything ensure_model does before the hash: the repo's size at the commit, the
+    download set from its small JSON files, the class and parameter count from config.json,
+    free disk, the download of exactly that set (under `work`), the same checks on disk.
+    Returns (snapshot dir, what was measured)."""
+    what = f"{repo_id}@{commit[:12]}"
+    files = remote_files(repo_id, commit, endpoint, token)
+    repo_size = check_repo_size(files, competition, what)
+    cache = work / "dl"
+    small = _fetch_small(repo_id, commit, endpoint, cache, files, token, what, deadline)
+    plan = plan_download(files, small, what)
+    cfg = json.loads(small[live_repo.CONFIG])  # plan_download has parsed it: a JSON object
+    check_config(cfg, competition, f"{what}/config.json")
+    need = sum(files[f] for f in plan.files) + constants.DISK_MARGIN_BYTES
+    free = _disk_free(work)
+    if free < need:
+        raise HubError(FailureReason.disk_full,
+                       f"{what}: {free} bytes free, need {need} (download + margin of {constants.DISK_MARGIN_BYTES})")
+    got = _fetch_files(repo_id, commit, endpoint, cache, plan.files, progress, token, deadline)
+    return got, _check_dir(got, competition, repo_size=repo_size, exact=True)
+
+
+def download_snapshot(repo_id: str, commit: str, out_dir: str | os.PathLike, *, competition: Any,
+                      endpoint: str | None = None, token: str | bool | None = None, progress: bool = True) -> Path:
+    """Download `repo_id` at `commit` exactly as ensure_model does (same checks against
+    `competition`, same file set, symlinks realised) into a new dir under `out_dir`, without
+    the hash verification; returns the snapshot dir. For a miner: hash what validators hash."""
+    ep = resolve_endpoint(endpoint)
+    work = Path(out_dir) / f"{constants.MODEL_STORE_TMP_PREFIX}{commit}-{os.getpid()}-{secrets.token_hex(4)}"
+    work.mkdir(parents=True)
+    try:
+        return _fetch_checked(repo_id, commit, competition, work, ep, progress, token)[0]
+    except HubError:
+        shutil.rmtree(work, ignore_errors=True)
         raise
+    except Exception as exc:  # noqa: BLE001 - e.g. disk errors while realising
+        shutil.rmtree(work, ignore_errors=True)
+        raise _classify(exc, f"{repo_id}@{commit[:12]}") from None
 
 
 def _download_and_verify(model_id: ModelId, hotkey: str, competition: Any, snapshot: Path, endpoint: str,
-                         progress: bool, token) -> Path:
+                         progress: bool, token, deadline: float | None = None) -> Path:
     what = f"{model_id.repo_id}@{model_id.commit[:12]}"
     repo_dir = snapshot.parent.parent
     tmp = repo_dir / f"{constants.MODEL_STORE_TMP_PREFIX}{model_id.commit}-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        files = remote_files(model_id.repo_id, model_id.commit, endpoint, token)
-        check_file_list(files, competition, what)
-        need = sum(files.values()) + constants.DISK_MARGIN_BYTES
-        free = _disk_free(repo_dir)
-        if free < need:
-            raise HubError(FailureReason.disk_full,
-                           f"{what}: {free} bytes free, need {need} (model + margin of {constants.DISK_MARGIN_BYTES})")
         tmp.mkdir(parents=True)
-        check_config(_download_config(model_id.repo_id, model_id.commit, endpoint, tmp / "config", token),
-                     competition, f"{what}/config.json")
-        got = _fetch_files(model_id.repo_id, model_id.commit, endpoint, tmp / "dl", files, progress, token)
-        checked = _check_dir(got, competition)
+        got, checked = _fetch_checked(model_id.repo_id, model_id.commit, competition, tmp, endpoint, progress, token,
+                                      deadline)
+        # A wrong hash is reported on this first visit (the live validator errors out first
+        # and reports it at the next visit).
         content = _verify_local(got, model_id, hotkey)
         os.rename(got, snapshot)  # same filesystem: atomic; a snapshot dir is always complete
         _write_marker(snapshot, model_id, hotkey, content, checked)
@@ -803,19 +994,19 @@ def fetch_tokenizer(spec: str, cache_dir: str | os.PathLike, endpoint: str | Non
     repo_id, _, revision = spec.partition("@")
     if repo_id.count("/") != 1 or spec.startswith(("/", ".", "~")):
         raise HubError(FailureReason.not_found, f"tokenizer {spec!r}: not a local dir nor an org/name[@revision] repo")
-    from huggingface_hub import snapshot_download
-
     _install_timeouts()
     ep = resolve_endpoint(endpoint)
+    revision = revision or "main"  # olah needs an explicit revision; the hub's default is main as well
+    present = remote_files(repo_id, revision, ep, token)
+    names = [n for n in constants.TOKENIZER_FILES if n in present]  # exact names, never a pattern
+    if names and "config.json" in present:
+        names.append("config.json")  # 4.44 takes the tokenizer class from model_type when tokenizer_config has none
+    if not names:
+        raise HubError(FailureReason.not_found, f"tokenizer {spec}: no tokenizer files in the repo")
     try:
-        # olah needs an explicit revision; the hub's default is main as well
-        path = Path(snapshot_download(repo_id, revision=revision or "main", cache_dir=Path(cache_dir), endpoint=ep,
-                                      allow_patterns=TOKENIZER_FILES, token=token, tqdm_class=_silent_tqdm()))
+        return _download_snapshot(repo_id, revision, ep, Path(cache_dir), names, False, token)
     except Exception as exc:  # noqa: BLE001 - classified
         raise _classify(exc, f"tokenizer {spec}") from None
-    if not any(path.iterdir()):
-        raise HubError(FailureReason.not_found, f"tokenizer {spec}: no tokenizer files in the repo")
-    return path
 
 
 # --- publishing (miners) ------------------------------------------------------------------------
@@ -823,34 +1014,35 @@ def fetch_tokenizer(spec: str, cache_dir: str | os.PathLike, endpoint: str | Non
 GIT_AUTHOR = ("coldint-upload", "upload@coldint.invalid")
 
 
-def _git(args: list[str], cwd: Path) -> str:
+def _git(args: list[str], cwd: Path, stdin: str | None = None) -> str:
     env = {**os.environ, "GIT_AUTHOR_NAME": GIT_AUTHOR[0], "GIT_AUTHOR_EMAIL": GIT_AUTHOR[1],
            "GIT_COMMITTER_NAME": GIT_AUTHOR[0], "GIT_COMMITTER_EMAIL": GIT_AUTHOR[1],
            "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
     env.pop("GIT_DIR", None)
     env.pop("GIT_WORK_TREE", None)
+    env.pop("GIT_INDEX_FILE", None)
     proc = subprocess.run(["git", "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True)
+                          cwd=cwd, env=env, capture_output=True, text=True, input=stdin)
     if proc.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} in {cwd} failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout.strip()
 
 
 def _model_files(model_dir: Path) -> list[Path]:
-    """Files to publish: everything but hidden entries (.git, .cache, ...), relative paths."""
+    """Files to publish, relative paths: every file but those in hidden folders (.git,
+    .cache, ...). Hidden files such as .gitattributes are published, as on the hub."""
     out = []
     for cur, dirs, names in os.walk(model_dir):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if not name.startswith("."):
-                out.append((Path(cur) / name).relative_to(model_dir))
+        out.extend((Path(cur) / name).relative_to(model_dir) for name in sorted(names))
     return out
 
 
 def publish_local(model_dir: str | os.PathLike, mirror_dir: str | os.PathLike, namespace: str, name: str) -> str:
     """Commit the files of `model_dir` to the git repo `<mirror_dir>/models/<ns>/<name>`
-    (branch main, created if needed; the tree is replaced by exactly these files).
-    Returns the commit sha. The mirror is what LocalHub (olah) serves."""
+    (branch main, created if needed; the tree is replaced by exactly these files, byte for
+    byte: no .gitignore, .gitattributes filter or line-ending rule applies). Returns the
+    commit sha. The mirror is what LocalHub (olah) serves."""
     from validator.identity import check_repo_part
 
     check_repo_part(namespace, "namespace")
@@ -861,20 +1053,29 @@ def publish_local(model_dir: str | os.PathLike, mirror_dir: str | os.PathLike, n
     files = _model_files(src)
     if not files:
         raise ValueError(f"model dir {src} has no files to publish")
+    bad = [f for f in files if "\n" in str(f) or "\t" in str(f)]
+    if bad:
+        raise ValueError(f"model dir {src}: file name {str(bad[0])!r} holds a newline or tab")
     repo = Path(mirror_dir) / "models" / namespace / name
     if not (repo / ".git").exists():
         repo.mkdir(parents=True, exist_ok=True)
         _git(["init", "-q", "-b", "main"], repo)
     else:
-        _git(["checkout", "-q", "main"], repo)
+        _git(["checkout", "-q", "-f", "main"], repo)
         for old in _git(["ls-files", "-z"], repo).split("\0"):
             if old:
                 (repo / old).unlink(missing_ok=True)
-    for rel in files:
+    for rel in files:  # the work tree mirrors the commit (handy for inspecting a mirror)
         dst = repo / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / rel, dst)  # follows symlinks in the source: real content is published
-    _git(["add", "-A", "."], repo)
+    # Blobs written with --no-filters and staged by hash: `git add` would honour the model's
+    # own .gitattributes (an LFS filter, eol conversion) and .gitignore, and change the tree.
+    paths = [rel.as_posix() for rel in files]
+    shas = _git(["hash-object", "-w", "--no-filters", "--stdin-paths"], repo, "\n".join(paths) + "\n").split()
+    _git(["read-tree", "--empty"], repo)
+    _git(["update-index", "--add", "--index-info"], repo,
+         "".join(f"100644 {sha}\t{path}\n" for sha, path in zip(shas, paths)))
     _git(["commit", "-q", "--allow-empty", "-m", f"upload {name}"], repo)
     return _git(["rev-parse", "HEAD"], repo)
 

@@ -211,14 +211,17 @@ class StepProgress:
 
 
 def n_groups(comp: dict) -> int:
-    """How many columns a saved step's competition was ranked on: rank_competition sums its
-    `n_samples` samples in groups of `group_samples` (ranking.group_samples: ceil(n / group))
-    and every win (win matrix included) counts a group, not a sample."""
+    """How many columns a saved step's competition was ranked on: every win (win matrix
+    included) counts a group of `group_samples` samples, and the live rule drops the samples
+    that do not fill a group. Steps record `n_groups`; older ones are recomputed."""
+    g = comp.get("n_groups")
+    if isinstance(g, int) and not isinstance(g, bool) and g >= 1:
+        return g
     n = comp.get("n_samples") or 0
     group = comp.get("group_samples")
     if not (isinstance(group, int) and not isinstance(group, bool) and group >= 1):
         group = 1  # a step saved before the group size was recorded
-    return max(-(-n // group), 1)
+    return max((n - n % group) // group, 1)
 
 
 def step_to_report(step: dict) -> dict:

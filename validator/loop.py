@@ -6,13 +6,14 @@ and a `source_for` function (sample sources), all injected by `cli.py` or a test
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 
@@ -20,17 +21,26 @@ import constants
 from benchmark.config import BenchmarkError, load_benchmark
 from validator import ranking
 from validator.chain import Chain, ChainError, Commitment, Metagraph
-from validator.competitions import Competition
+from validator.competitions import Competition, CompetitionsFile, ValidatorDefaults, effective
+from validator.consensus import ConsensusWatch, consensus_report
 from validator.data import seed_from_block_hash
 from validator.evalcache import EvalCache, cache_file, pick_eval_samples, pick_rechecks, verify_rechecks
 from validator.identity import InvalidCommitment, ModelId, dir_hash
+from validator.selection import (Commit, CompetitionState, SelectionError, SelectionState, VisitResult,
+                                 chain_update_due, finish_step, pick_step, update_chain, validators_from_metagraph)
 from validator.state import (StateError, atomic_write_json, keep_bad_copy, load_or_default, read_json,
                              remove_stale_temps)
 
 log = logging.getLogger(__name__)
 
-# fetch(model_id, hotkey, competition) -> (verified snapshot dir, its directory hash); raises hub.HubError
-FetchFn = Callable[[ModelId, str, Competition], tuple[Path, str]]
+class FetchFn(Protocol):
+    """The model source: (verified snapshot dir, its directory hash) of a commitment, or hub.HubError.
+    `deadline` (time.monotonic()) is the step's download budget, checked inside a download."""
+
+    def __call__(self, model_id: ModelId, hotkey: str, competition: Competition, *,
+                 deadline: float | None = None) -> tuple[Path, str]: ...
+
+
 # score(model_path, samples, competition) -> {"losses": {sid: float}, "n_tokens": {sid: int}, "failure": str|None}
 class ScoreFn(Protocol):
     """Losses of `samples` for the model in `path`: {"losses", "n_tokens", "failure"}. The
@@ -57,6 +67,8 @@ class Entry:
     status: str = "pending"  # pending | scored | cached | failed | skipped
     reason: str | None = None
     scoring: str = ""  # the competition's scoring_key: its tokenization rules
+    tokenizer: str | None = None  # "model" | "competition": which tokenizer scored it this step
+    tokenizer_reason: str | None = None  # why the model's own tokenizer was not used
 
     @property
     def cache_key(self) -> str:
@@ -86,11 +98,16 @@ def parse_commitments(
 ) -> tuple[dict[str, Entry], dict[str, str]]:
     """Chain entries by hotkey, and a reason per hotkey whose commitment was dropped.
 
-    Identical commitment text under two hotkeys: the older block wins (ties: lower uid)."""
+    Dedupe as live (retrieve_metadata): one key per `namespace/name|commit`; a later block
+    for the same key is dropped before any download, equal blocks keep both. A commitment to
+    a competition not in the config still claims its key (live parses it first) and is then
+    left out as unknown."""
     entries: dict[str, Entry] = {}
     problems: dict[str, str] = {}
-    owner_of_text: dict[str, Entry] = {}
-    for hotkey, c in sorted(commitments.items(), key=lambda kv: (kv[1].block, meta.uid_of(kv[0]) or 0)):
+    seen: dict[str, tuple[int, str]] = {}  # label -> (block, hotkey) of the oldest holder
+    parsed: list[tuple[str, int, ModelId, Commitment]] = []
+    for hotkey, c in sorted(commitments.items(), key=lambda kv: meta.uid_of(kv[0]) if meta.uid_of(kv[0]) is not None
+                            else 1 << 30):
         uid = meta.uid_of(hotkey)
         if uid is None:
             continue  # deregistered hotkeys keep stale commitments on chain
@@ -99,79 +116,25 @@ def parse_commitments(
         except InvalidCommitment as e:
             problems[hotkey] = f"uid {uid}: invalid commitment: {e}"
             continue
+        label = f"{mid.namespace}/{mid.name}|{mid.commit}"
+        if label in seen:
+            block, holder = seen[label]
+            if block < c.block:
+                problems[hotkey] = f"uid {uid}: same model as uid {meta.uid_of(holder)}, committed earlier"
+                continue
+            if block > c.block:
+                problems[holder] = f"uid {meta.uid_of(holder)}: same model as uid {uid}, committed earlier"
+                parsed = [p for p in parsed if p[0] != holder]
+        seen[label] = (c.block, hotkey)  # as live: the last kept holder (equal blocks keep both)
+        parsed.append((hotkey, uid, mid, c))
+    for hotkey, uid, mid, c in parsed:
         if mid.competition not in competitions:
             problems[hotkey] = f"uid {uid}: unknown competition {mid.competition!r}"
             continue
-        if c.text in owner_of_text:
-            problems[hotkey] = f"uid {uid}: same commitment as uid {owner_of_text[c.text].uid}, which committed first"
-            continue
-        e = Entry(key=f"uid:{uid}", competition=mid.competition, label=f"uid {uid}", uid=uid, hotkey=hotkey,
-                  block=c.block, commitment=c.text, model_id=mid, scoring=competitions[mid.competition].scoring_key)
-        owner_of_text[c.text] = e
-        entries[hotkey] = e
+        entries[hotkey] = Entry(key=f"uid:{uid}", competition=mid.competition, label=f"uid {uid}", uid=uid,
+                                hotkey=hotkey, block=c.block, commitment=c.text, model_id=mid,
+                                scoring=competitions[mid.competition].scoring_key)
     return entries, problems
-
-
-def other_validators_top(meta: Metagraph, self_hotkey: str | None, n: int) -> list[int]:
-    """Uids most weighted by other validators, by stake-weighted weight."""
-    score: dict[int, float] = {}
-    for vuid, row in meta.weights.items():
-        hk = meta.hotkey_of(vuid)
-        if hk is None or hk == self_hotkey:
-            continue
-        stake = meta.stake[meta.uids.index(vuid)] if vuid in meta.uids else 0.0
-        for uid, w in row.items():
-            score[uid] = score.get(uid, 0.0) + stake * w
-    return [uid for uid, s in sorted(score.items(), key=lambda kv: -kv[1]) if s > 0][:n]
-
-
-def revisit_slice(uids: Iterable[int], now: float, period_s: float = constants.REVISIT_PERIOD_S,
-                  slices: int = 16) -> set[int]:
-    """A wall-clock slot -> a slice of uids, so all validators revisit the same uids together."""
-    slot = int(now // (period_s / slices)) % slices
-    return {uid for uid in uids if uid % slices == slot}
-
-
-def choose_visits(
-    entries: dict[str, Entry],
-    pools: dict[str, list[str]],
-    evaluated: dict[str, str],
-    competitions: dict[str, Competition],
-    top_uids: list[int],
-    revisit: set[int],
-    waiting: set[str] = frozenset(),
-) -> set[str]:
-    """Hotkeys whose models are evaluated this step.
-
-    Per competition: the current pool (unchanged commitments), up to `pend_size` pending
-    commitments (new or changed, oldest first), plus top miners and the revisit slice.
-    `evaluated` maps hotkey -> the commitment text last evaluated; `waiting` are hotkeys whose
-    last fetch failed and whose retry time has not come (they take no pending slot)."""
-    visit: set[str] = set()
-    for cid, comp in competitions.items():
-        mine = {hk: e for hk, e in entries.items() if e.competition == cid}
-        pool = [hk for hk in pools.get(cid, []) if hk in mine and evaluated.get(hk) == mine[hk].commitment]
-        visit.update(pool)
-        pending = sorted((e for hk, e in mine.items() if evaluated.get(hk) != e.commitment and hk not in waiting),
-                         key=lambda e: (e.block, e.uid))
-        visit.update(e.hotkey for e in pending[: comp.pend_size])
-        visit.update(hk for hk, e in mine.items() if e.uid in top_uids or e.uid in revisit)
-    return visit
-
-
-def next_pool(old: list[str], rates: dict[str, float], size: int, unscored: set[str]) -> list[str]:
-    """The `size` best by win rate, plus members of the old pool that were not scored this
-    step (`unscored`: skipped, or a transient download failure): a member keeps its slot
-    until it is scored and loses it, so a restart or a slow hub never drops a leader."""
-    pool = ranking.select_pool(rates, size).pool
-    return pool + [hk for hk in old if hk in unscored and hk not in rates and hk not in pool]
-
-
-def _keeps_pool_slot(e: "Entry", record: "FetchRecord | None") -> bool:
-    if e.status in ("skipped", "pending"):  # never reached this step (time budget, hub down)
-        return True
-    transient = e.path is None and record is not None and record.reason is not None and record.retry_at is not None
-    return e.status == "failed" and transient
 
 
 # --- stage 3: models on disk ----------------------------------------------------------------
@@ -182,12 +145,19 @@ class FetchRecord:
     """What happened the last time a hotkey's commitment was fetched (persisted)."""
 
     commitment: str
-    reason: str | None = None  # a hub FailureReason value, "copy", or None when fine
+    reason: str | None = None  # a hub FailureReason value, or None when fine (a copy is fine: it is scored)
     detail: str = ""
     attempts: int = 0
     retry_at: float | None = 0.0  # None: permanent, wait for a new commitment
     path: str | None = None
     content_hash: str | None = None
+
+
+@dataclass
+class HubHealth:
+    """Network failures in a row over one step's downloads: after a few the hub is taken as down."""
+
+    network_failures: int = 0
 
 
 def fetch_models(
@@ -200,14 +170,16 @@ def fetch_models(
     deadline: float,
     retry_after: Callable[[str, int], float | None],
     on_progress: Callable[[Entry], None] | None = None,
+    health: "HubHealth | None" = None,
 ) -> None:
     """Ensure each entry's model is on disk and verified; sets entry.path / status in place.
 
     A failure is recorded per hotkey: transient ones are retried after a backoff, permanent
     ones wait for a new commitment. Content first seen under another hotkey is a copy.
     After a few network failures in a row the hub is taken as down for the rest of the
-    step: each further try would cost its full timeout and retries."""
-    network_failures = 0
+    step: each further try would cost its full timeout and retries. Pass the step's one
+    `health` to every call of a step (the chain update fetches one model per call)."""
+    health = HubHealth() if health is None else health
     for e in entries:
         rec = records.get(e.hotkey)
         if rec is None or rec.commitment != e.commitment:
@@ -218,14 +190,14 @@ def fetch_models(
         if time.monotonic() > deadline:
             e.status, e.reason = "skipped", "download time budget of this step used up"
             continue
-        if network_failures >= constants.HUB_MAX_NETWORK_FAILURES_IN_A_ROW:
-            e.status, e.reason = "skipped", f"hub unreachable: {network_failures} network failures in a row"
+        if health.network_failures >= constants.HUB_MAX_NETWORK_FAILURES_IN_A_ROW:
+            e.status, e.reason = "skipped", f"hub unreachable: {health.network_failures} network failures in a row"
             continue
         try:
-            path, content = fetch(e.model_id, e.hotkey, competitions[e.competition])
+            path, content = fetch(e.model_id, e.hotkey, competitions[e.competition], deadline=deadline)
         except Exception as exc:  # noqa: BLE001 - one bad model never stops the loop
             reason = getattr(getattr(exc, "reason", None), "value", None) or "network"
-            network_failures = network_failures + 1 if reason == "network" else 0
+            health.network_failures = health.network_failures + 1 if reason == "network" else 0
             rec.attempts += 1
             wait = retry_after(reason, rec.attempts)
             rec.reason, rec.detail = reason, str(getattr(exc, "detail", "") or exc)[:300]
@@ -235,15 +207,15 @@ def fetch_models(
             if on_progress:
                 on_progress(e)
             continue
-        network_failures = 0
+        health.network_failures = 0
         original = first_seen(content, e.hotkey, e.block)
         rec.path, rec.content_hash = str(path), content
+        rec.reason, rec.detail, rec.attempts = None, "", 0
+        e.path, e.content_hash = path, content
         if original != e.hotkey:
-            rec.reason, rec.detail, rec.retry_at = "copy", f"same content as {original[:8]}, seen first", None
-            e.status, e.reason = "failed", f"copy: {rec.detail}"
-        else:
-            rec.reason, rec.detail, rec.attempts = None, "", 0
-            e.path, e.content_hash = path, content
+            # Scored as live scores it: identical losses never beat the older original (strict <),
+            # so a copy only wins once the original is gone, on every validator alike.
+            e.reason = f"copy: same content as {original[:8]}, which committed it first"
         if on_progress:
             on_progress(e)
 
@@ -325,6 +297,7 @@ def score_entries(
             nonlocal forwards
             forwards += len(ids)
             res = score(e.path, list(zip(ids, cache.db.texts(ids))), comp, step_samples=step_samples)
+            e.tokenizer, e.tokenizer_reason = res.get("tokenizer"), res.get("tokenizer_reason")
             if res.get("failure"):
                 e.status, e.reason = "failed", res["failure"]
                 return None
@@ -347,92 +320,147 @@ def score_entries(
 # --- stage 6: ranking and weights ---------------------------------------------------------------
 
 
+def loss_rows(entries: list[Entry], cache: "EvalCache", sample_ids: list[str]) -> list[list[float] | None]:
+    """Per entry its per-sample loss row over `sample_ids`, None when its evaluation failed."""
+    ok = [e for e in entries if e.status in ("scored", "cached")]
+    mat = cache.losses.get_matrix([e.cache_key for e in ok], sample_ids) if ok else np.zeros((0, len(sample_ids)))
+    rows = {id(e): mat[i].tolist() for i, e in enumerate(ok)}
+    return [rows.get(id(e)) for e in entries]
+
+
+def rank_chain(entries: list[Entry], comp: Competition, cache: "EvalCache", sample_ids: list[str],
+               block_now: int, seed: int, discard_winrate: float) -> ranking.CompetitionStep:
+    """The live per-competition step over the chain models evaluated, in evaluation order."""
+    return ranking.competition_step(
+        loss_rows(entries, cache, sample_ids), [e.block for e in entries], block_now,
+        group_samples=comp.group_samples, advantage_initial=comp.advantage_initial,
+        advantage_decay=comp.advantage_decay, weight_skew_factor=comp.weight_skew_factor,
+        pool_size=comp.pool_size, seed=seed, discard_winrate=discard_winrate)
+
+
 def rank_competition(entries: list[Entry], comp: Competition, cache: "EvalCache", sample_ids: list[str],
-                     block_now: int, seed: int) -> dict:
+                     block_now: int, seed: int, chain_step: ranking.CompetitionStep | None = None,
+                     chain_entries: list[Entry] | None = None) -> dict:
     """The competition's table: per model stats, win rates and the head-to-head matrix.
 
-    `win_rate` ranks every entry, benchmark candidates included; `chain_win_rate` is the
-    same rule over chain models only, so a candidate never takes weight from a uid."""
+    `win_rate` ranks every entry, benchmark candidates included (what a candidate would get);
+    `chain_win_rate`, `weight` and `pool` come from `chain_step`, the live step over the chain
+    models alone (`chain_entries`, in evaluation order): a candidate never takes weight."""
     ok = [e for e in entries if e.status in ("scored", "cached")]
-    blocks = np.array([np.nan if e.block is None else float(e.block) for e in ok])
-    adv = ranking.advantages(blocks, block_now, comp.advantage_initial, comp.advantage_decay)
-    on_chain = np.array([e.uid is not None for e in ok], dtype=bool)
-    matrix: dict = {"labels": [e.label for e in ok]}
+    blocks = [e.block for e in ok]
     table = []
+    matrix: dict = {"labels": [e.label for e in ok]}
+    chain_of = {id(e): i for i, e in enumerate(chain_entries or [])}
+    pool = set(chain_step.next_pool) if chain_step else set()
+    n_groups = 0  # the columns the wins count: live drops the samples that do not fill a group
     if ok and sample_ids:
         losses = cache.losses.get_matrix([e.cache_key for e in ok], sample_ids)
         ntok = cache.losses.get_ntokens([e.cache_key for e in ok], sample_ids)
-        grouped = ranking.group_samples(losses, comp.group_samples, seed)
-        n = grouped.shape[1]
+        field_step = ranking.competition_step(
+            losses.tolist(), blocks, block_now, group_samples=comp.group_samples,
+            advantage_initial=comp.advantage_initial, advantage_decay=comp.advantage_decay,
+            weight_skew_factor=comp.weight_skew_factor, pool_size=comp.pool_size, seed=seed)
+        grouped = losses if field_step.grouped_losses is None else field_step.grouped_losses
+        n_groups = int(grouped.shape[1])
         rule = (block_now, comp.advantage_initial, comp.advantage_decay)
-        win_rate = ranking.win_rates(ranking.compute_wins(grouped, blocks, *rule), n)
-        chain_rate = np.zeros(len(ok))
-        if on_chain.any():
-            chain_rate[on_chain] = ranking.win_rates(
-                ranking.compute_wins(grouped[on_chain], blocks[on_chain], *rule), n)
-        abs_rate = ranking.absolute_win_rates(grouped)
-        wm = ranking.win_matrix(grouped, blocks, *rule)
+        wblocks = np.array([np.nan if b is None else float(b) for b in blocks])
+        wm = ranking.win_matrix(grouped, wblocks, *rule) if grouped.shape[1] else {}
         # strict JSON (the step report): a pair with no sample finite for both has mean_delta NaN -> null
         matrix.update({k: np.where(np.isfinite(v), v, None).tolist() if np.asarray(v).dtype.kind == "f"
                        else np.asarray(v).tolist() for k, v in wm.items()})
         with np.errstate(divide="ignore", invalid="ignore"):
-            per_tok = losses / np.where(ntok > 0, ntok, np.nan)
+            # live's loss per token: the summed loss over the number of token ids (n_tokens + 1)
+            per_tok = losses / np.where(ntok > 0, ntok + 1, np.nan)
+        rates = field_step.win_rate or [0.0] * len(ok)
         for i, e in enumerate(ok):
             finite_tok = per_tok[i][np.isfinite(per_tok[i])]
             finite = losses[i][np.isfinite(losses[i])]
             n_nan = int(np.isnan(losses[i]).sum())
             if n_nan and not e.reason:  # NaN weights give NaN losses: say why the model wins nothing
-                e.reason = f"{n_nan} of {len(sample_ids)} losses are NaN (non-finite model outputs); NaN never wins"
+                e.reason = (f"{n_nan} of {len(sample_ids)} losses are NaN (non-finite model outputs); "
+                            "a NaN loss never takes a sample from another model")
             elif not finite.size and not e.reason:
                 e.reason = f"no finite loss on any of {len(sample_ids)} samples"
-            table.append({
-                **_entry_row(e, block_now), "advantage": float(adv[i]),
-                "win_rate": float(win_rate[i]), "chain_win_rate": float(chain_rate[i]) if on_chain[i] else None,
-                "abs_win_rate": float(abs_rate[i]),
-                "loss_per_token": float(finite_tok.mean()) if finite_tok.size else None,
-                "loss_per_token_std": float(finite_tok.std()) if finite_tok.size else None,
-                "loss_per_sample": float(finite.mean()) if finite.size else None,
-                # per sample, for the plots of `coldint-validator leaderboard --out`
-                "losses_per_token": [float(x) if np.isfinite(x) else None for x in per_tok[i]],
-            })
-    # ties in win rate (often 0 for all but the leader) are ordered by loss per token
-    table.sort(key=lambda r: (-r["win_rate"], math.inf if r["loss_per_token"] is None else r["loss_per_token"]))
+            table.append({**_entry_row(e, block_now), "win_rate": float(rates[i]),
+                          "loss_per_token": float(finite_tok.mean()) if finite_tok.size else None,
+                          "loss_per_token_std": float(finite_tok.std()) if finite_tok.size else None,
+                          "loss_per_sample": float(finite.mean()) if finite.size else None,
+                          # per sample, for the plots of `coldint-validator leaderboard --out`
+                          "losses_per_token": [float(x) if np.isfinite(x) else None for x in per_tok[i]]})
     table += [_entry_row(e, block_now) for e in entries if e not in ok]
+    for row, e in zip(table, [e for e in ok] + [e for e in entries if e not in ok]):
+        j = chain_of.get(id(e))
+        if j is None or chain_step is None:
+            continue
+        if chain_step.win_rate is not None:
+            row["chain_win_rate"] = float(chain_step.win_rate[j])
+            row["abs_win_rate"] = float(chain_step.win_abs_rate[j])
+            factor = chain_step.advantage_factor[j]
+            row["advantage"] = None if factor is None else 1.0 - float(factor)
+        if chain_step.weights is not None:
+            row["weight"] = float(chain_step.weights[j])
+        row["pool"] = j in pool
+    # ties in win rate (often 0 for all but the leader) are ordered by loss per token
+    table.sort(key=lambda r: (r["win_rate"] is None, -(r["win_rate"] or 0.0),
+                              math.inf if r.get("loss_per_token") is None else r["loss_per_token"]))
     return {"models": table, "win_matrix": matrix, "n_samples": len(sample_ids),
-            "group_samples": comp.group_samples, "block": block_now}
+            "group_samples": comp.group_samples, "n_groups": n_groups, "block": block_now,
+            "error": chain_step.error if chain_step else None}
 
 
 def _entry_row(e: Entry, block_now: int) -> dict:
     return {"key": e.key, "label": e.label, "uid": e.uid, "hotkey": e.hotkey, "block": e.block,
             "age_blocks": None if e.block is None else block_now - e.block, "status": e.status,
             "reason": e.reason, "content_hash": e.content_hash, "commitment": e.commitment,
-            "win_rate": None, "weight": None}
+            "win_rate": None, "chain_win_rate": None, "weight": None,
+            "tokenizer": e.tokenizer, "tokenizer_reason": e.tokenizer_reason}
 
 
-def competition_weights(table: dict, comp: Competition) -> dict[int, float]:
-    """uid -> normalised weight inside one competition; benchmark entries get none."""
-    scored = [m for m in table["models"] if m.get("chain_win_rate") is not None]
-    if not scored:
-        return {}
-    w = ranking.weights_from_win_rates(np.array([m["chain_win_rate"] for m in scored]), comp.weight_skew_factor)
-    for m, wi in zip(scored, w):
-        m["weight"] = float(wi)
-    return {m["uid"]: float(wi) for m, wi in zip(scored, w) if wi > 0}
+def unevaluated_entries(entries: dict[str, Entry], records: dict[str, FetchRecord],
+                        evaluated: set[int | None]) -> list[Entry]:
+    """Chain entries not evaluated this step because their download failed or was skipped:
+    shown in their competition's table with the reason, so a miner sees why. A visit of this
+    step says it; otherwise the fetch record of the same commitment does."""
+    out = []
+    for hk, e in entries.items():
+        if e.uid in evaluated:
+            continue
+        rec = records.get(hk)
+        if e.status not in ("failed", "skipped") and rec is not None and rec.commitment == e.commitment \
+                and rec.reason is not None:
+            e.status, e.reason = "failed", f"{rec.reason}: {rec.detail}"
+        if e.status in ("failed", "skipped"):
+            out.append(e)
+    return out
 
 
-def step_weights(per_comp: dict[str, dict[int, float]], competitions: dict[str, Competition], n_uids: int,
-                 hof: dict, hotkey_to_uid: dict[str, int], block_now: int,
-                 prev: np.ndarray | None) -> np.ndarray:
-    """Competitions mixed by reward, hall-of-fame shares added, EMA with the previous step."""
-    mixed = ranking.mix_competitions(
-        {cid: (np.array(list(w.keys()), dtype=int), np.array(list(w.values()))) for cid, w in per_comp.items() if w},
-        {cid: c.reward for cid, c in competitions.items()}, n_uids)
-    if hof:
-        shares = ranking.hall_of_fame_weights(hof, hotkey_to_uid, block_now)
-        mixed = ranking.apply_hall_of_fame(mixed, shares)
-    if prev is not None and prev.shape == mixed.shape and prev.sum() > 0:
-        mixed = ranking.ema(prev, mixed)
-    return mixed
+def _fraction(seed: int, uid: int) -> float:
+    """The random fraction live adds to a visit priority, drawn from the step seed (seeded)."""
+    digest = hashlib.sha256(f"{seed}:{uid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def commit_key(e: Entry) -> str:
+    """What the selection holds per uid: the hotkey and its whole commitment text."""
+    return f"{e.hotkey}/{e.commitment}"
+
+
+def entry_of_held(uid: int, commit: Commit | None, meta: Metagraph,
+                  competitions: dict[str, Competition]) -> Entry | None:
+    """The chain entry a step evaluates for `uid`: the commitment the selection holds (it is
+    refreshed at each chain update, so between updates a recommit waits, as live)."""
+    if commit is None or "/" not in commit.key or commit.competition not in competitions:
+        return None
+    hotkey, _, text = commit.key.partition("/")
+    if meta.hotkey_of(uid) != hotkey:
+        return None
+    try:
+        mid = ModelId.from_commitment(text)
+    except InvalidCommitment:
+        return None
+    return Entry(key=f"uid:{uid}", competition=commit.competition, label=f"uid {uid}", uid=uid, hotkey=hotkey,
+                 block=commit.block, commitment=text, model_id=mid,
+                 scoring=competitions[commit.competition].scoring_key)
 
 
 # --- the Validator --------------------------------------------------------------------------
@@ -444,10 +472,10 @@ class Settings:
     offline: bool = False  # no weight setting (and no network chain; the cli picks the chain)
     dont_set_weights: bool = False
     benchmark_path: Path | None = None
-    hall_of_fame_path: Path | None = None
-    eval_samples: int = constants.EVAL_SAMPLES
+    hall_of_fame_path: Path | None = None  # a file; `hall_of_fame=` of the Validator takes a source
+    eval_samples: int | None = None  # None: competitions.json's eval_samples (live), else this
     download_budget_s: float = constants.TTL_DOWNLOADS_S
-    weights_interval_blocks: int = constants.MIN_WEIGHT_SET_INTERVAL_BLOCKS
+    weights_interval_s: float = constants.MIN_WEIGHT_SET_INTERVAL_S
     version_key: int = constants.WEIGHTS_VERSION_KEY
     save_step_json: Path | None = None
     step_interval_s: float = constants.STEP_MIN_INTERVAL_S
@@ -458,11 +486,12 @@ class ValidatorState:
     """What survives a restart, besides the eval caches."""
 
     step: int = 0
-    ema: list[float] = field(default_factory=list)
+    ema: list[float] = field(default_factory=list)  # live's self.weights (256 entries)
     last_weights_block: int | None = None
-    pools: dict[str, list[str]] = field(default_factory=dict)  # competition -> hotkeys
-    evaluated: dict[str, str] = field(default_factory=dict)  # hotkey -> commitment text last evaluated
+    last_weights_at: float | None = None  # wall clock of the last successful set
+    selection: dict = field(default_factory=dict)  # SelectionState.to_json(): pools, pending, held, visits
     records: dict[str, dict] = field(default_factory=dict)  # hotkey -> FetchRecord fields
+    uid_hotkeys: dict[str, str] = field(default_factory=dict)  # uid -> hotkey at the last step
 
     @classmethod
     def load(cls, path: Path) -> "ValidatorState":
@@ -489,10 +518,6 @@ class ValidatorState:
         if dropped:
             log.warning("state file %s: unusable %s, using defaults for them (%s)", path, ", ".join(dropped),
                         keep_bad_copy(path))
-            if "pools" in dropped or "evaluated" in dropped:
-                # coupled: a model marked evaluated but in no pool would not be visited again
-                kept.pop("pools", None)
-                kept.pop("evaluated", None)
         return cls(**kept)
 
     def save(self, path: Path) -> None:
@@ -515,16 +540,22 @@ def _clean_state_field(name: str, v: Any) -> Any:
         return v if _is_int(v) and v >= 0 else _BAD
     if name == "last_weights_block":
         return v if v is None or (_is_int(v) and v >= 0) else _BAD
+    if name == "last_weights_at":
+        return v if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)) \
+            else _BAD
     if name == "ema":
         ok = isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                          and np.isfinite(x) and x >= 0 for x in v)
         return [float(x) for x in v] if ok else _BAD
-    if name == "pools":
-        ok = isinstance(v, dict) and all(isinstance(k, str) and isinstance(hs, list)
-                                         and all(isinstance(h, str) for h in hs) for k, hs in v.items())
-        return v if ok else _BAD
-    if name == "evaluated":
-        return v if isinstance(v, dict) and all(isinstance(x, str) for x in v.values()) else _BAD
+    if name == "selection":
+        try:
+            SelectionState.from_json(v)
+        except SelectionError:
+            return _BAD
+        return v
+    if name == "uid_hotkeys":
+        return v if isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()) \
+            else _BAD
     if name == "records":
         if not isinstance(v, dict):
             return _BAD
@@ -534,15 +565,23 @@ def _clean_state_field(name: str, v: Any) -> Any:
     return _BAD
 
 
+CompetitionsFn = Callable[[], "dict[str, Competition] | CompetitionsFile"]
+
+
 class Validator:
-    def __init__(self, chain: Chain, competitions: Callable[[], dict[str, Competition]], fetch: FetchFn,
+    def __init__(self, chain: Chain, competitions: CompetitionsFn, fetch: FetchFn,
                  score: ScoreFn, source_for: Callable[[str], Any], settings: Settings,
                  hotkey: str | None = None, retry_after: Callable[[str, int], float | None] | None = None,
-                 cleanup: Callable[[set[Path]], Any] | None = None, progress: Any = None):
+                 cleanup: Callable[[set[Path]], Any] | None = None, progress: Any = None,
+                 hall_of_fame: Any = None, overrides: dict[str, Any] | None = None,
+                 clock: Callable[[], float] = time.time):
         self.chain, self.competitions, self.fetch, self.score = chain, competitions, fetch, score
         self.source_for, self.settings, self.hotkey, self.cleanup = source_for, settings, hotkey, cleanup
         self.retry_after = retry_after or (lambda reason, attempts: constants.DOWNLOAD_RETRY_BACKOFF_S[0])
         self.progress = progress
+        self.hall_of_fame = hall_of_fame  # a source with .hall_of_fame / .maybe_reload() / .problems(); or None
+        self.overrides = {"eval_samples": settings.eval_samples, **(overrides or {})}
+        self.clock = clock  # wall clock: chain-update and weight-set intervals, the revisit slice
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         # temporary files of a save the last process was killed in (never part of the state)
         for sub in ("", "evalcache", "tokenizers"):
@@ -552,7 +591,9 @@ class Validator:
         self.caches: dict[str, EvalCache] = {}
         self.load_problems: list[str] = []  # reported with the next step
         self.last_sync: tuple[Metagraph, dict[str, Commitment]] | None = None
+        self.last_chain_update: float | None = None  # live: in memory, so a start always updates
         self.bench_hashes: dict[Path, tuple[tuple, str]] = {}  # benchmark candidates, see benchmark_entries
+        self.consensus_watch = ConsensusWatch()
         self.stopping = False
 
     def note_problem(self, msg: str) -> None:
@@ -561,7 +602,7 @@ class Validator:
 
     # -- persistence --------------------------------------------------------------------------
 
-    def cache_for(self, dataset: str) -> "EvalCache":
+    def cache_for(self, dataset: str, defaults: ValidatorDefaults | None = None) -> "EvalCache":
         if dataset not in self.caches:
             path = self._cache_path(dataset)
             try:
@@ -572,8 +613,11 @@ class Validator:
                 log.warning(msg)
                 self.note_problem(msg)
                 self.caches[dataset] = EvalCache()
-                self.state.evaluated.clear()  # those evaluations are gone: visit the models again
-        return self.caches[dataset]
+        cache = self.caches[dataset]
+        if defaults is not None:  # competitions.json's db_* keys, re-read with the config
+            cache.configure(min_samples=defaults.db_min_samples, max_samples=defaults.db_max_samples,
+                            extend_samples=defaults.db_extend_samples, extend_interval=defaults.db_extend_interval)
+        return cache
 
     def _cache_path(self, dataset: str) -> Path:
         return cache_file(self.settings.state_dir, dataset)
@@ -596,6 +640,31 @@ class Validator:
     def request_stop(self, *_: Any) -> None:
         self.stopping = True
 
+    def _config(self, problems: list[str]) -> tuple[dict[str, Competition], ValidatorDefaults, bool]:
+        """The competitions in force, the validator-wide settings (flags over `default`) and
+        whether the subnet is paused (every reward 0)."""
+        cfg = self.competitions()
+        if isinstance(cfg, CompetitionsFile):
+            problems += [p for p in cfg.problems]
+            comps, defaults = dict(cfg.competitions), cfg.settings
+        else:
+            comps, defaults = dict(cfg), ValidatorDefaults()
+        try:
+            defaults = effective(defaults, {k: v for k, v in self.overrides.items() if v is not None})
+        except ValueError as e:  # flags were checked at start; a config change cannot make them wrong
+            problems.append(f"validator settings: {e}")
+        paused = bool(comps) and all(c.reward == 0 for c in comps.values())
+        return comps, defaults, paused
+
+    def _seed(self, block_now: int, problems: list[str]) -> int:
+        # samples: seeded by the hash of the last epoch boundary, so validators agree
+        seed_block = block_now - block_now % constants.BLOCKS_PER_EPOCH
+        try:
+            return seed_from_block_hash(self.chain.block_hash(seed_block))
+        except (ChainError, OSError) as e:
+            problems.append(f"block hash of {seed_block} unavailable ({e}); seeding with the block number")
+            return seed_block
+
     # -- one step ---------------------------------------------------------------------------------
 
     def step(self) -> dict:
@@ -608,7 +677,7 @@ class Validator:
             return time.monotonic()
 
         t = time.monotonic()
-        competitions = self.competitions()
+        competitions, defaults, paused = self._config(problems)
         meta, commitments, err = sync_chain(self.chain, self.last_sync)
         if err:
             problems.append(err)
@@ -616,56 +685,57 @@ class Validator:
             return self._finish({"step": self.state.step, "block": None, "competitions": {}, "weights": {},
                                  "problems": problems, "weights_set": "not set: no metagraph"}, t0, stages)
         self.last_sync = (meta, commitments)
-        block_now = meta.block
-        now = time.time()
+        block_now, now = meta.block, self.clock()
+        seed = self._seed(block_now, problems)
+        problems += self.load_problems  # noted outside the stages: damaged cache files, a failed reload
+        self.load_problems = []
         t = stage("sync", t)
 
         entries, bad = parse_commitments(meta, commitments, competitions)
         problems += list(bad.values())
-        records = {hk: FetchRecord(**r) for hk, r in self.state.records.items()}
-        waiting = {hk for hk, r in records.items() if hk in entries and r.commitment == entries[hk].commitment
-                   and r.reason is not None and (r.retry_at is None or now < r.retry_at)}
-        visit = choose_visits(entries, self.state.pools, self.state.evaluated, competitions,
-                              other_validators_top(meta, self.hotkey, constants.TOP_MINERS_TO_VISIT),
-                              revisit_slice(meta.uids, now), waiting)
-        chosen = sorted((entries[hk] for hk in visit), key=lambda e: (e.block, e.uid))
-        cache_of = {cid: self.cache_for(c.dataset) for cid, c in competitions.items()}
-        problems += self.load_problems  # noted outside the stages: damaged cache files, a failed competitions reload
-        self.load_problems = []
+        # "copy" was a permanent failure in states saved before the live rules: a copy is scored now
+        records = {hk: FetchRecord(**r) for hk, r in self.state.records.items() if r.get("reason") != "copy"}
+        cache_of = {cid: self.cache_for(c.dataset, defaults) for cid, c in competitions.items()}
+        changed = self._hotkey_changes(meta)
+        sel = SelectionState.from_json(self.state.selection) if self.state.selection else SelectionState()
 
         def first_seen(content: str, hotkey: str, block: int) -> str:
-            cache = cache_of[entries[hotkey].competition]
+            cache = cache_of[entries[hotkey].competition] if hotkey in entries else next(iter(cache_of.values()))
             return cache.first_seen.observe(content, hotkey, block)
 
         deadline = time.monotonic() + self.settings.download_budget_s
-        if self.progress:
-            self.progress.start("download", len(chosen))
-        fetch_models(chosen, self.fetch, competitions, records, first_seen, now, deadline, self.retry_after,
-                     on_progress=(lambda e: self.progress.advance("download", e.label)) if self.progress else None)
-        self.state.records = {hk: asdict(r) for hk, r in records.items() if hk in entries}
-        bench, bench_problems = benchmark_entries(self.settings.benchmark_path, competitions, self.bench_hashes)
-        problems += bench_problems
+        health = HubHealth()  # one streak of network failures over the whole step
+        fetch = lambda es: fetch_models(es, self.fetch, competitions, records, first_seen, now,  # noqa: E731
+                                        deadline, self.retry_after, health=health)
+        visited: dict[int, Entry] = {}
+        if chain_update_due(self.last_chain_update, now):
+            sel = self._chain_update(sel, meta, entries, competitions, fetch, records, visited, seed, now,
+                                     deadline, changed)
+        saved_sel = sel  # what a partial (stopped) step keeps: the visits done, the pools it started with
         t = stage("fetch", t)
 
-        # samples: seeded by the hash of the last epoch boundary, so validators agree
-        seed_block = block_now - block_now % constants.BLOCKS_PER_EPOCH
-        try:
-            seed = seed_from_block_hash(self.chain.block_hash(seed_block))
-        except (ChainError, OSError) as e:
-            seed = seed_block
-            problems.append(f"block hash of {seed_block} unavailable ({e}); seeding with the block number")
-        in_play: dict[str, list[Entry]] = {cid: [] for cid in competitions}
-        for e in chosen + bench:
-            in_play[e.competition].append(e)
+        bench, bench_problems = benchmark_entries(self.settings.benchmark_path, competitions, self.bench_hashes)
+        problems += bench_problems
+        picks, chain_in_play, in_play = {}, {}, {}
+        for cid, comp in competitions.items():
+            cs = sel.competitions.get(cid) or CompetitionState()
+            picks[cid] = pick_step(cs, pool_size=comp.pool_size, pend_size=comp.pend_size)
+            chain_in_play[cid] = self._chain_entries(cid, picks[cid].evaluated, sel, meta, competitions, visited)
+            fetch([e for e in chain_in_play[cid] if e.model_id is not None and e.path is None])
+            in_play[cid] = chain_in_play[cid] + [b for b in bench if b.competition == cid]
+        not_evaluated = unevaluated_entries(entries, records, {e.uid for es in chain_in_play.values() for e in es})
+        self.state.records = {hk: asdict(r) for hk, r in records.items() if hk in entries}
+
         sample_ids: dict[str, list[str]] = {}
+        n_samples = defaults.eval_samples
         for cid, comp in competitions.items():
             cache = cache_of[cid]
             try:
-                cache.refresh(self.source_for(comp.dataset), seed, now)
+                cache.refresh(self.source_for(comp.dataset, rows_per_page=defaults.rows_per_page), seed, now)
             except Exception as e:  # noqa: BLE001 - a dead text source must not stop the step
                 problems.append(f"competition {cid}: sample source {comp.dataset!r} failed: {e}")
             keys = [e.cache_key for e in in_play[cid] if e.path is not None]
-            sample_ids[cid] = pick_eval_samples(cache.db, cache.losses, keys, self.settings.eval_samples, seed)
+            sample_ids[cid] = pick_eval_samples(cache.db, cache.losses, keys, n_samples, seed)
         t = stage("samples", t)
 
         n_models = sum(1 for es in in_play.values() for e in es if e.path is not None)
@@ -688,58 +758,122 @@ class Validator:
                                       lambda: self.stopping, scored)
         t = stage("score", t)
 
-        tables, per_comp = {}, {}
-        by_hotkey = {e.hotkey: e for e in chosen}
+        tables = {}
         for cid, comp in competitions.items():
-            tables[cid] = rank_competition(in_play[cid], comp, cache_of[cid], sample_ids[cid], block_now, seed)
-            per_comp[cid] = competition_weights(tables[cid], comp)
-            if self.stopping:
-                continue  # a partial step keeps the pools it started with
-            # chain-only win rates: a benchmark candidate neither takes nor frees a pool slot.
-            # Table order (win rate, then loss per token); select_pool's sort is stable on ties.
-            rates = {m["hotkey"]: m["chain_win_rate"] for m in tables[cid]["models"]
-                     if m.get("chain_win_rate") is not None}
-            unscored = {hk for hk in self.state.pools.get(cid, [])
-                        if hk in by_hotkey and _keeps_pool_slot(by_hotkey[hk], records.get(hk))}
-            self.state.pools[cid] = next_pool(self.state.pools.get(cid, []), rates, comp.pool_size, unscored)
-        for e in chosen:
-            # failed ones too: a model that breaks its worker is not re-run every step (the
-            # revisit slice and a new commitment bring it back). A transient download failure
-            # and a skip stay pending: retried once the backoff has passed.
-            transient = e.path is None and records[e.hotkey].retry_at is not None
-            if e.status in ("scored", "cached") or (e.status == "failed" and not transient):
-                self.state.evaluated[e.hotkey] = e.commitment
+            chain_es = chain_in_play[cid]
+            outcome = rank_chain(chain_es, comp, cache_of[cid], sample_ids[cid], block_now, seed,
+                                 defaults.discard_winrate) if chain_es else None
+            if outcome is not None and outcome.error:
+                problems.append(f"competition {cid}: {outcome.error}")
+            tables[cid] = rank_competition(in_play[cid] + [e for e in not_evaluated if e.competition == cid], comp,
+                                           cache_of[cid], sample_ids[cid], block_now, seed, outcome, chain_es)
+            if not self.stopping:  # a partial step keeps the pools it started with
+                sel = finish_step(sel, cid, picks[cid], outcome).state
+        self.state.selection = (saved_sel if self.stopping else sel).to_json()
         self._forget_dead_models(cache_of, entries, records, in_play)
-        n_uids = max(meta.uids, default=-1) + 1
-        prev = np.array(self.state.ema) if self.state.ema else None
-        weights = step_weights(per_comp, competitions, n_uids, self._hall_of_fame(problems),
-                               {hk: meta.uid_of(hk) for hk in meta.hotkeys}, block_now, prev)
+
+        hof_rewards = self._hall_of_fame(meta, block_now, problems)
+        per_comp = {cid: cs.weights for cid, cs in sel.competitions.items() if cid in competitions}
+        prev = np.array(self.state.ema, dtype=np.float32) if len(self.state.ema) == constants.SUBNET_UIDS else None
+        vector = ranking.weight_vector(per_comp, {cid: c.reward for cid, c in competitions.items()}, hof_rewards,
+                                       constants.SUBNET_UIDS, prev)
         t = stage("rank", t)
 
         if self.stopping:
             weights_set = "not set: shutting down mid-step"
+        elif vector is None:
+            weights_set = "not set: no model has weight this step (the previous weights are kept)"
         elif err:
             weights_set = "not set: the chain sync failed, the metagraph is stale"
-        elif not any(per_comp.values()):
-            # no model scored this step (all failed): the EMA alone would re-set old weights
-            weights_set = "not set: no model has weight this step"
         else:
-            weights_set = self._set_weights(weights, block_now)
-        if weights.sum() > 0 and any(per_comp.values()) and not self.stopping:
-            self.state.ema = weights.tolist()  # a partial step must not move the average
+            weights_set = self._set_weights(vector, meta, now, paused)
+        if vector is not None and not self.stopping:
+            self.state.ema = [float(x) for x in vector]
         if self.cleanup:
             try:
-                self.cleanup({e.path for es in in_play.values() for e in es if e.path is not None})
+                held = {e.path for es in in_play.values() for e in es if e.path is not None}
+                self.cleanup(held | {Path(r.path) for r in records.values() if r.path})
             except OSError as e:
                 problems.append(f"model store cleanup failed: {e}")
         self.state.step += 1
         self._try_save(problems)
         stage("save", t)
+        ema = self.state.ema
         report = {"step": self.state.step, "block": block_now, "seed": seed, "forward_samples": forwards,
-                  "competitions": tables, "problems": problems, "weights_set": weights_set,
-                  "weights": {str(u): float(w) for u, w in enumerate(weights) if w > 0},
+                  "competitions": tables, "problems": problems, "weights_set": weights_set, "paused": paused,
+                  "weights": {str(u): float(w) for u, w in enumerate(ema) if w > 0 and u in meta.uids},
                   "hotkeys": {str(u): hk for u, hk in zip(meta.uids, meta.hotkeys)}}
+        self._consensus(meta, report, problems)
         return self._finish(report, t0, stages)
+
+    def _chain_update(self, sel: SelectionState, meta: Metagraph, entries: dict[str, Entry],
+                      competitions: dict[str, Competition], fetch: Callable[[list[Entry]], None],
+                      records: dict[str, FetchRecord], visited: dict[int, Entry], seed: int, now: float,
+                      deadline: float, changed: list[int]) -> SelectionState:
+        """The live chain update: visit (download) the uids the selection asks for; `visited`
+        gets each visited uid's entry. A stop or a spent download budget ends it early; then
+        the next step updates again."""
+        by_uid = {e.uid: e for e in entries.values()}
+
+        def visit(uid: int, commit: Commit) -> VisitResult:
+            e = visited[uid] = by_uid[uid]
+            fetch([e])
+            if e.path is not None:
+                return VisitResult.OK
+            rec = records.get(e.hotkey)
+            # skipped (budget, hub down) or a transient failure: the commitment counts as new next time
+            return VisitResult.RETRY if e.status == "skipped" or (rec and rec.retry_at is not None) \
+                else VisitResult.FAILED
+
+        stop = lambda: self.stopping or time.monotonic() > deadline  # noqa: E731
+        up = update_chain(sel, competitions=list(competitions), n_uids=max(meta.uids, default=-1) + 1,
+                          chain={e.uid: Commit(commit_key(e), e.competition, e.block) for e in entries.values()},
+                          validators=validators_from_metagraph(meta), wall_clock=now, visit=visit,
+                          fractions=lambda uid: _fraction(seed, uid), hotkey_changed=changed, should_stop=stop)
+        if not stop():
+            self.last_chain_update = now
+        return up.state
+
+    @staticmethod
+    def _chain_entries(cid: str, uids: list[int], sel: SelectionState, meta: Metagraph,
+                       competitions: dict[str, Competition], visited: dict[int, Entry]) -> list[Entry]:
+        """The entries of the uids a competition evaluates, in evaluation order. A model this
+        step's chain update just fetched is not fetched again."""
+        out = []
+        for uid in uids:
+            e = entry_of_held(uid, sel.held.get(uid), meta, competitions) if uid < constants.SUBNET_UIDS else None
+            if e is None:
+                e = Entry(key=f"uid:{uid}", competition=cid, label=f"uid {uid}", uid=uid,
+                          hotkey=meta.hotkey_of(uid), status="failed", reason="no model held for this uid")
+            v = visited.get(uid)
+            if v is not None and v.path is not None and v.commitment == e.commitment and v.hotkey == e.hotkey:
+                e.path, e.content_hash, e.reason = v.path, v.content_hash, v.reason
+            out.append(e)
+        return out
+
+    def _hotkey_changes(self, meta: Metagraph) -> list[int]:
+        """Uids whose hotkey changed since the last step (a new miner at a reused uid): their
+        weight in the moving average and their last visit time are not inherited."""
+        changed = []
+        for uid, hk in zip(meta.uids, meta.hotkeys):
+            old = self.state.uid_hotkeys.get(str(uid))
+            if old is not None and old != hk:
+                changed.append(uid)
+                if uid < len(self.state.ema):
+                    self.state.ema[uid] = 0.0
+        self.state.uid_hotkeys = {str(u): hk for u, hk in zip(meta.uids, meta.hotkeys)}
+        return changed
+
+    def _consensus(self, meta: Metagraph, report: dict, problems: list[str]) -> None:
+        try:
+            report["consensus"] = consensus_report(meta, report["weights"], report, hotkey=self.hotkey)
+        except ValueError as e:
+            problems.append(f"consensus estimate failed: {e}")
+            return
+        warning = self.consensus_watch.observe(report["consensus"])
+        if warning:
+            log.warning(warning)
+            problems.append(warning)
 
     @staticmethod
     def _forget_dead_models(cache_of: dict[str, "EvalCache"], entries: dict[str, Entry],
@@ -769,32 +903,41 @@ class Validator:
                 report["problems"].append(f"step report {path} not written: {e}")
         return report
 
-    def _hall_of_fame(self, problems: list[str]) -> dict:
-        path = self.settings.hall_of_fame_path
-        if path is None or not Path(path).exists():
+    def _hall_of_fame(self, meta: Metagraph, block_now: int, problems: list[str]) -> Mapping[int, float]:
+        """The hall-of-fame shares of this block: from the source (refreshed on its interval,
+        the last good copy kept) or the --hall-of-fame file; {} when there is none."""
+        hof: Any = None
+        if self.hall_of_fame is not None:
+            self.hall_of_fame.maybe_reload()
+            problems += list(self.hall_of_fame.problems())
+            hof = self.hall_of_fame.hall_of_fame
+        elif self.settings.hall_of_fame_path is not None and Path(self.settings.hall_of_fame_path).exists():
+            try:
+                hof = ranking.parse_hall_of_fame(read_json(self.settings.hall_of_fame_path), problems)
+            except (ValueError, StateError) as e:
+                problems.append(f"hall of fame {self.settings.hall_of_fame_path} ignored: {e}")
+        if not hof:
             return {}
-        try:
-            return ranking.parse_hall_of_fame(read_json(path))
-        except (ValueError, StateError) as e:
-            problems.append(f"hall of fame {path} ignored: {e}")
-            return {}
+        return ranking.hall_of_fame_rewards(hof, dict(zip(meta.uids, meta.hotkeys)), block_now)
 
-    def _set_weights(self, weights: np.ndarray, block_now: int) -> str:
+    def _set_weights(self, vector: np.ndarray, meta: Metagraph, now: float, paused: bool) -> str:
         if self.settings.offline or self.settings.dont_set_weights:
             return "not set: " + ("--offline" if self.settings.offline else "--dont-set-weights")
-        if not np.isfinite(weights).all() or weights.sum() <= 0:
-            return "not set: no model has weight this step"
-        last = self.state.last_weights_block
-        if last is not None and block_now - last < self.settings.weights_interval_blocks:
-            return f"not set: last set at block {last}, interval {self.settings.weights_interval_blocks} blocks"
-        uids = [int(u) for u in np.nonzero(weights)[0]]
+        last = self.state.last_weights_at
+        if last is not None and 0 <= now - last < self.settings.weights_interval_s:
+            return (f"not set: last set {now - last:.0f} s ago, interval "
+                    f"{self.settings.weights_interval_s:.0f} s")
+        n_uids = min(max(meta.uids, default=-1) + 1, len(vector))
+        uids, values = ranking.u16_weights(vector, n_uids)
+        if not uids:
+            return "not set: the weights sum to less than 1e-5"
         try:
-            final = ranking.finalize_weights(weights[uids])
-            self.chain.set_weights(uids, final.tolist(), self.settings.version_key)
+            # u16 / 65535: any max-normalising conversion in the chain client sends these u16 exactly
+            self.chain.set_weights(uids, [v / ranking.U16_MAX for v in values], self.settings.version_key)
         except (ChainError, OSError, ValueError) as e:
             return f"not set: {e} (retried next step)"
-        self.state.last_weights_block = block_now
-        return f"set at block {block_now} for {len(uids)} uids"
+        self.state.last_weights_block, self.state.last_weights_at = meta.block, now
+        return f"set at block {meta.block} for {len(uids)} uids" + (" (paused: hall of fame only)" if paused else "")
 
     def run(self, steps: int | None = None) -> Iterator[dict]:
         """Yield each step's report until `steps` are done or SIGINT/SIGTERM; state is saved

@@ -2,7 +2,9 @@
 
 Resolves the competition's tokenizer once, runs `validator.scoring:score_model_job` in a
 fresh process with a time limit (a crash, an out-of-memory or a hang becomes a failure
-reason for that model), and decodes the JSON result.
+reason for that model), and decodes the JSON result: losses, n_tokens, failure, and
+`tokenizer` ("model" or "competition": which tokenizer the model was scored with, by the
+live rules of validator.tokens) with `tokenizer_reason`.
 """
 from __future__ import annotations
 
@@ -62,8 +64,10 @@ def make_score_fn(device: str, cache_dir: Path, endpoint: str | None = None, iso
         failure = value.get("failure")
         if failure and value.get("detail"):
             failure = f"{failure}: {value['detail']}"[:300]
+        # tokenizer: "model" | "competition" (whose tokenizer the ids came from), tokenizer_reason: why
         return {"losses": {k: decode_loss(v) for k, v in value["losses"].items()},
                 "n_tokens": {k: int(v) for k, v in value["n_tokens"].items()},
-                "failure": failure}
+                "failure": failure, "tokenizer": value.get("tokenizer"),
+                "tokenizer_reason": value.get("tokenizer_reason")}
 
     return score

@@ -1,4 +1,7 @@
-"""Tokenizer checks and per-sample summed cross-entropy: the reference loop and the engine.
+"""Per-sample summed cross-entropy (the reference loop and the engine), fed by the live tokenization.
+
+Tokenization follows the live validator under transformers 4.44 (validator.tokens states the
+rules); here it meets the token cache, the step's sample list and the model.
 
 A sample's loss is the summed (not mean) next-token cross-entropy over its tokens: for ids
 t_0..t_{n-1}, sum_{i=1}^{n-1} -log p(t_i | t_<i). A sample with fewer than 2 tokens has
@@ -12,12 +15,12 @@ Two ways to compute the same numbers:
   logits tensor), one device-to-host copy per batch. Only for heads it knows exactly
   (`engine_supported`); anything else takes the reference path.
 
-`score_model` ties tokenizer, model and losses together; `score_model_job` is its JSON-in,
+`score_model` ties tokenizer, model and losses together (ScoreResult.tokenizer says whether the
+model's own tokenizer or the competition's was used); `score_model_job` is its JSON-in,
 JSON-out twin for the isolated worker (validator.worker.run_isolated).
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -31,7 +34,8 @@ from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import constants
-from validator.identity import file_hash
+from validator import tokens
+from validator.tokens import TokenizedSample
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +47,14 @@ INF = float("inf")
 class ScoringError(Exception):
     """A model-level scoring failure: the model scores inf on every sample this step.
 
-    reason: "tokenizer" (too many round-trip failures, or the tokenizer does not load),
-    "vocab" (a token id outside the embedding), "load", "forward", "oom".
+    reason: "tokenizer" (no usable tokenizer: see validator.tokens rules C1-C4), "vocab" (a
+    token id outside the embedding), "load", "forward", "oom".
     """
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
-
-
-@dataclass
-class TokenizedSample:
-    sample_id: str
-    ids: list[int] | None
-    failure: str | None = None  # "roundtrip" | "too_long"; ids is None exactly when set
-    capped: bool = False
 
 
 @dataclass
@@ -69,6 +65,8 @@ class ScoreResult:
     seconds: float
     detail: str | None = None  # the model-level failure in words
     engine: str | None = None  # "engine", or "reference: <why>"
+    tokenizer: str | None = None  # "model" | "competition": whose tokenizer the ids came from
+    tokenizer_reason: str | None = None  # why that one (validator.tokens.choose_tokenizer)
 
 
 # --- competition parameters -----------------------------------------------------------------
@@ -91,77 +89,53 @@ def _competition_view(competition: Any) -> SimpleNamespace:
     return view
 
 
-# --- tokenizers -------------------------------------------------------------------------------
+# --- tokenizers: the live rules live in validator.tokens; here they meet the cache and the model ---
 
 def has_tokenizer(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    return any((p / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    """Whether the live validator tries a model dir's own tokenizer: it holds tokenizer.json (rule C2)."""
+    return (Path(path) / "tokenizer.json").is_file()
 
 
-def load_tokenizer(path: str | os.PathLike):
-    """A fast tokenizer from a local directory; never the network, never remote code."""
-    from transformers import AutoTokenizer
-
-    p = Path(path)
-    if not p.is_dir() or not has_tokenizer(p):
-        raise ScoringError("tokenizer", f"no tokenizer files in {p}")
+def load_tokenizer(path: str | os.PathLike, *, role: tokens.Role = "model") -> tokens.LiveTokenizer:
+    """The tokenizer transformers 4.44 builds from a local dir (validator.tokens rules L1-L8);
+    never the network, never code from the dir. role "competition" tolerates a dir saved by
+    transformers 5 (see tokens.resolve_class)."""
     try:
-        tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True, trust_remote_code=False)
-    except Exception as e:  # a miner's files can be broken in any way: report, don't crash
-        raise ScoringError("tokenizer", f"cannot load tokenizer from {p}: {type(e).__name__}: {e}") from e
-    if not getattr(tok, "is_fast", False):
-        raise ScoringError("tokenizer", f"tokenizer in {p} is not a fast (tokenizers) tokenizer")
-    if tok.eos_token_id is None:
-        raise ScoringError("tokenizer", f"tokenizer in {p} has no EOS token")
-    return tok
+        return tokens.load_tokenizer(path, role=role)
+    except tokens.TokenizerLoadError as e:
+        raise ScoringError("tokenizer", f"cannot load tokenizer from {path}: {e}") from e
 
 
 def tokenizer_hash(path: str | os.PathLike) -> str:
     """Content hash of the files that define a tokenizer (not the weights next to them)."""
-    p = Path(path)
-    digest = hashlib.sha256()
-    for name in constants.TOKENIZER_FILES:
-        f = p / name
-        if f.is_file():
-            digest.update(f"{name}:{file_hash(f)};".encode())
-    return base64.b64encode(digest.digest()).decode()
+    return tokens.tokenizer_files_hash(path)
 
 
 def cap_text(text: str, cap: int | None) -> tuple[str, bool]:
     """Cut a text longer than `cap` characters at the last space before the cap
-    (hard cut if there is none), as the live subnet does."""
-    if not cap or len(text) <= cap:
-        return text, False
-    cut = text.rfind(" ", 0, cap)
-    if cut < 0:
-        cut = cap
-    return text[:cut], True
+    (hard cut if there is none), as the live subnet does (rule T1)."""
+    return tokens.cap_text(text, cap)
 
 
 def tokenize_one(tokenizer, sample_id: str, text: str, competition: Any) -> TokenizedSample:
+    """Rules T1-T4 for one sample; `tokenizer` is a tokens.LiveTokenizer (or LazyTokenizer)."""
     comp = competition if isinstance(competition, SimpleNamespace) else _competition_view(competition)
-    text, capped = cap_text(text, comp.cap_sample_len)
-    # Same calls as the live validators (default special tokens, default decode), so a
-    # tokenizer that adds a BOS which does not decode back to the text fails the round trip.
-    ids = list(tokenizer(text, truncation=False)["input_ids"])
-    if tokenizer.decode(ids) != text:
-        return TokenizedSample(sample_id, None, "roundtrip", capped)
-    if not capped:
-        ids.append(tokenizer.eos_token_id)  # a capped text did not end: no EOS
-    if comp.max_sequence_len and len(ids) > comp.max_sequence_len:
-        return TokenizedSample(sample_id, None, "too_long", capped)
-    return TokenizedSample(sample_id, ids, None, capped)
+    row = tokens.tokenize_text(tokenizer, text, comp.cap_sample_len, comp.max_sequence_len)
+    return TokenizedSample(sample_id, row.ids, row.failure, row.capped)
 
 
 def tokenize_samples(tokenizer, samples: Sequence[tuple[str, str]], competition: Any,
-                     *, cache: "TokenCache | None" = None, tokenizer_key: str | None = None) -> list[TokenizedSample]:
+                     *, cache: "TokenCache | None" = None, tokenizer_key: str | None = None,
+                     stop_after_fails: int | None = None) -> list[TokenizedSample]:
     """Tokenize (id, text) samples for a competition; failures are marked, not raised.
 
-    With a cache and a tokenizer_key (`tokenizer_hash` of its directory), results are
-    reused across models and steps.
+    With a cache and a tokenizer_key (`tokenizer.key`), results are reused across models and
+    steps. stop_after_fails: raise tokens.TooManyFailures as soon as the round-trip failures
+    exceed it (rule T5; the live loop stops there too), instead of tokenizing the rest.
     """
     comp = _competition_view(competition)
     out = []
+    fails = 0
     for sample_id, text in samples:
         sample_id = str(sample_id)
         if not isinstance(text, str):
@@ -172,16 +146,20 @@ def tokenize_samples(tokenizer, samples: Sequence[tuple[str, str]], competition:
             if cache is not None and tokenizer_key:
                 cache.put(tokenizer_key, comp, sample_id, text, hit)
         out.append(hit)
+        fails += hit.failure == "roundtrip"
+        if stop_after_fails is not None:
+            tokens.check_fails(fails, len(samples), stop_after_fails)
     return out
 
 
 def check_tokenize_fails(tokenized: Sequence[TokenizedSample], competition: Any) -> None:
-    """More than max_tokenize_fails round-trip failures disqualify the model for the step."""
+    """More than max_tokenize_fails round-trip failures disqualify the tokenizer for the step (rule T5)."""
     comp = _competition_view(competition)
     fails = sum(1 for t in tokenized if t.failure == "roundtrip")
-    if fails > comp.max_tokenize_fails:
-        raise ScoringError("tokenizer", f"{fails} of {len(tokenized)} samples do not round trip through the "
-                                        f"tokenizer (more than {comp.max_tokenize_fails} allowed)")
+    try:
+        tokens.check_fails(fails, len(tokenized), comp.max_tokenize_fails)
+    except tokens.TooManyFailures as e:
+        raise ScoringError("tokenizer", str(e)) from e
 
 
 def _vocab_rows(model_or_config: Any) -> int:
@@ -204,17 +182,31 @@ def _vocab_rows(model_or_config: Any) -> int:
     return int(vocab)
 
 
-def check_vocab(model_or_config: Any, tokenized: Sequence[TokenizedSample]) -> None:
-    """Every token id must index the model's embeddings; checked before any forward pass."""
+def check_max_token_id(model_or_config: Any, top: int | None) -> None:
+    """Rule T6: the largest id of the step's kept samples must index the model's embeddings;
+    checked before any forward pass. None (no id to check) fails like the live code does."""
+    if top is None:
+        raise ScoringError("tokenizer", "no sample of the step was kept by any tokenizer: no token ids to check "
+                                        "against the embedding (the live vocabulary check fails on None)")
     rows = _vocab_rows(model_or_config)
-    top = max((max(t.ids) for t in tokenized if t.ids), default=-1)
     if top >= rows:
         raise ScoringError("vocab", f"token id {top} is outside the model's {rows} embedding rows "
                                     "(tokenizer and model vocabularies do not match)")
 
 
+def check_vocab(model_or_config: Any, tokenized: Sequence[TokenizedSample]) -> None:
+    """check_max_token_id over these samples (nothing to check when none is kept)."""
+    top = tokens.max_token_id(tokenized)
+    if top is not None:
+        check_max_token_id(model_or_config, top)
+
+
 class TokenCache:
-    """(tokenizer content hash, tokenization params, sample id) -> token ids, across models and steps.
+    """(tokenizer key, tokenization params, sample id) -> token ids, across models and steps.
+
+    The tokenizer key is validator.tokens' TokenizerPlan.key: the rules version, the role
+    (model / competition), the tokenizer files' hashes and the class 4.44 builds; the params
+    are cap_sample_len and max_sequence_len. Together: everything the ids depend on.
 
     A short digest of the text is stored with each entry, so a sample id that now names a
     different text is a miss rather than a wrong answer. Saved as one .npz: all ids in one
@@ -652,17 +644,37 @@ def _engine_run(model, token_lists, device, token_budget=None, verify=True) -> t
 
 # --- one model, end to end ---------------------------------------------------------------------
 
-def _pick_tokenizer_dir(model_path: Path, comp: SimpleNamespace, tokenizer_path: str | os.PathLike | None) -> Path:
-    if comp.free_tokenizer and has_tokenizer(model_path):
-        return model_path
+def _pick_tokenizer_dir(comp: SimpleNamespace, tokenizer_path: str | os.PathLike | None) -> Path | None:
+    """The competition tokenizer's dir: tokenizer_path (hub.fetch_tokenizer's result), else the
+    competition's `tokenizer` when it is a local dir; None when the competition names none."""
     if tokenizer_path is not None:
         return Path(tokenizer_path)
-    if comp.tokenizer and Path(comp.tokenizer).is_dir():
+    if not comp.tokenizer:
+        return None
+    if Path(comp.tokenizer).is_dir():
         return Path(comp.tokenizer)
-    if not comp.tokenizer and has_tokenizer(model_path):
-        return model_path  # the competition names no tokenizer: the model's own is the only one
     raise ScoringError("tokenizer", f"competition {comp.id!r} tokenizer {comp.tokenizer!r} is not a local "
                                     "directory; pass tokenizer_path (see hub.fetch_tokenizer)")
+
+
+def choose_step_tokens(model_path: Path, comp: SimpleNamespace, tokenizer_dir: Path | None,
+                       step: Sequence[tuple[str, str]], cache: TokenCache | None = None) -> tokens.TokenizerChoice:
+    """Which tokenizer the model is scored with and its ids for every sample of the step (rules
+    C1-C5 of validator.tokens over T1-T5); raises ScoringError("tokenizer") when there is none."""
+
+    def tokenize_step(tok_dir: Path, role: tokens.Role) -> tokens.StepTokens:
+        plan = tokens.plan_tokenizer(tok_dir, role=role)
+        rows = tokenize_samples(tokens.LazyTokenizer(plan), step, comp, cache=cache,
+                                tokenizer_key=plan.key if cache is not None else None,
+                                stop_after_fails=comp.max_tokenize_fails)
+        return tokens.StepTokens({r.sample_id: r for r in rows}, tokens.max_token_id(rows), plan.describe(), plan.key)
+
+    try:
+        return tokens.choose_tokenizer(model_path, tokenizer_dir, comp.free_tokenizer, tokenize_step)
+    except tokens.NoTokenizer as e:
+        raise ScoringError("tokenizer", str(e)) from e
+    except tokens.TokenizerError as e:  # live: the competition's whole evaluation fails
+        raise ScoringError("tokenizer", f"competition tokenizer {tokenizer_dir}: {e}") from e
 
 
 def score_model(model_path: str | os.PathLike, samples: Sequence[tuple[str, str]], competition: Any, *,
@@ -672,27 +684,27 @@ def score_model(model_path: str | os.PathLike, samples: Sequence[tuple[str, str]
     """Score one model on the samples. Never raises for a model's fault: a model-level
     failure comes back as ScoreResult.failure (every loss inf); per-sample failures are inf.
 
-    `step_samples`: the step's whole evaluation set when `samples` is only the part whose
-    losses are not cached: the max_tokenize_fails rule counts over all of it, as the live
-    validators do (they evaluate every sample every step). `model` may be given already
-    loaded (benchmarks, tests); otherwise it is loaded from model_path with load_model.
+    `tokenizer_path`: the competition tokenizer's dir (None: the competition's own `tokenizer`
+    if it is a local dir, else the competition has none). Which tokenizer is used (the model's
+    own or the competition's) is validator.tokens.choose_tokenizer's rule; ScoreResult.tokenizer
+    says which, tokenizer_reason why. `step_samples`: the step's whole evaluation set when
+    `samples` is only the part whose losses are not cached: the tokenizer choice, the
+    max_tokenize_fails rule and the vocabulary check run over all of it, as the live validators
+    do (they tokenize every sample every step). `model` may be given already loaded
+    (benchmarks, tests); otherwise it is loaded from model_path with load_model.
     """
     t0 = time.monotonic()
     model_path = Path(model_path)
     comp = _competition_view(competition)
     ids_of = [str(sid) for sid, _ in samples]
+    wanted = set(ids_of)
+    step = [(str(sid), text) for sid, text in samples]
+    step += [(str(sid), text) for sid, text in (step_samples or ()) if str(sid) not in wanted]
     used = None
+    choice = None
     try:
-        tok_dir = _pick_tokenizer_dir(model_path, comp, tokenizer_path)
-        tokenizer = load_tokenizer(tok_dir)
-        # The class is part of the identity: without a tokenizer_class, AutoTokenizer picks it
-        # from config.json's model_type, so the same files can tokenize differently.
-        key = f"{tokenizer_hash(tok_dir)}:{type(tokenizer).__name__}" if token_cache is not None else None
-        tokenized = tokenize_samples(tokenizer, samples, comp, cache=token_cache, tokenizer_key=key)
-        wanted = set(ids_of)
-        rest = [(str(sid), text) for sid, text in (step_samples or ()) if str(sid) not in wanted]
-        check_tokenize_fails(tokenized + tokenize_samples(tokenizer, rest, comp, cache=token_cache,
-                                                          tokenizer_key=key), comp)
+        choice = choose_step_tokens(model_path, comp, _pick_tokenizer_dir(comp, tokenizer_path), step, token_cache)
+        tokenized = [choice.step.rows[sid] for sid in ids_of]
         if model is None:
             try:
                 model = load_model(model_path, device)
@@ -700,7 +712,7 @@ def score_model(model_path: str | os.PathLike, samples: Sequence[tuple[str, str]
                 raise
             except Exception as e:  # corrupt or mismatched weights are the model's fault
                 raise ScoringError("load", f"cannot load model from {model_path}: {type(e).__name__}: {e}") from e
-        check_vocab(model, tokenized)
+        check_max_token_id(model, choice.step.max_token_id)
         token_lists = [t.ids for t in tokenized]
         try:
             if engine:
@@ -717,11 +729,15 @@ def score_model(model_path: str | os.PathLike, samples: Sequence[tuple[str, str]
     except ScoringError as e:
         log.warning("model %s failed scoring: %s", model_path, e)
         return ScoreResult({sid: INF for sid in ids_of}, {sid: 0 for sid in ids_of}, e.reason,
-                           time.monotonic() - t0, detail=str(e), engine=used)
+                           time.monotonic() - t0, detail=str(e), engine=used,
+                           tokenizer=choice.used if choice else None, tokenizer_reason=choice.reason if choice else None)
+    if choice.used == "competition" and choice.reason.startswith("model tokenizer rejected"):
+        log.info("model %s: %s", model_path, choice.reason)
     return ScoreResult(
         losses={t.sample_id: float(loss) for t, loss in zip(tokenized, losses)},
         n_tokens={t.sample_id: (max(len(t.ids) - 1, 0) if t.ids is not None else 0) for t in tokenized},
-        failure=None, seconds=time.monotonic() - t0, engine=used)
+        failure=None, seconds=time.monotonic() - t0, engine=used, tokenizer=choice.used,
+        tokenizer_reason=choice.reason)
 
 
 def _encode_float(x: float) -> float | str:
@@ -737,14 +753,16 @@ def result_to_json(result: ScoreResult) -> dict:
     (strict JSON has no infinity)."""
     return {"losses": {k: _encode_float(v) for k, v in result.losses.items()},
             "n_tokens": dict(result.n_tokens), "failure": result.failure, "seconds": result.seconds,
-            "detail": result.detail, "engine": result.engine}
+            "detail": result.detail, "engine": result.engine, "tokenizer": result.tokenizer,
+            "tokenizer_reason": result.tokenizer_reason}
 
 
 def result_from_json(data: dict) -> ScoreResult:
     return ScoreResult(losses={k: _decode_float(v) for k, v in data["losses"].items()},
                        n_tokens={k: int(v) for k, v in data["n_tokens"].items()},
                        failure=data.get("failure"), seconds=float(data.get("seconds", 0.0)),
-                       detail=data.get("detail"), engine=data.get("engine"))
+                       detail=data.get("detail"), engine=data.get("engine"), tokenizer=data.get("tokenizer"),
+                       tokenizer_reason=data.get("tokenizer_reason"))
 
 
 def score_model_job(model_path: str, samples: list, competition: dict, device: str = "cpu",
@@ -754,7 +772,8 @@ def score_model_job(model_path: str, samples: list, competition: dict, device: s
 
     samples: [[sample_id, text], ...]; competition: Competition.model_dump() (or a dict
     with the same keys). Returns result_to_json(score_model(...)): losses keyed by sample
-    id with inf encoded as the string "inf", n_tokens, failure, seconds, detail, engine.
+    id with inf encoded as the string "inf", n_tokens, failure, seconds, detail, engine,
+    tokenizer ("model" | "competition" | None when no tokenizer was chosen), tokenizer_reason.
     token_cache_path: a TokenCache file loaded before and saved after. step_samples:
     [[sample_id, text], ...], the step's whole evaluation set (see score_model).
     """

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from validator.evalcache import EvalCache
 from validator.loop import ValidatorState
+from validator.selection import Commit, CompetitionState, SelectionState
 from validator.state import KILL_AT_ENV, atomic_write_json, read_json, remove_stale_temps
 
 SAMPLES = [(f"s{i}", f"text number {i} " * (1 + i % 5)) for i in range(24)]
@@ -40,8 +41,14 @@ def expected_state(k: int) -> ValidatorState:
         return ValidatorState()
     return ValidatorState(
         step=k, ema=[(j + 1) / (k + 1) for j in range(k % 9 + 1)], last_weights_block=100 * k if k % 2 else None,
-        pools={"c00": [f"hk{j}" for j in range(max(1, k - 3), k + 1)]},
-        evaluated={f"hk{j}": f"commit{j}" for j in range(1, k + 1)},
+        last_weights_at=60.0 * k if k % 2 else None,
+        selection=SelectionState(
+            competitions={"c00": CompetitionState(pool=list(range(max(1, k - 3), k + 1)), pending={k + 1: 40.5},
+                                                  weights={k: 1.0})},
+            held={j: Commit(f"hk{j}/commit{j}", "c00", j) for j in range(1, k + 1)},
+            uid_last_retried_ts={k: float(k)}, force_eval_until_uid_last=k % 256,
+            discarded={f"hk{j}/old" for j in range(k % 4)}).to_json(),
+        uid_hotkeys={str(j): f"hk{j}" for j in range(1, k + 1)},
         records={f"hk{k}": {"commitment": f"commit{k}", "reason": "network" if k % 3 == 0 else None,
                             "detail": "", "attempts": k % 3, "retry_at": float(k), "path": None, "content_hash": None}})
 

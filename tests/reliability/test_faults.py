@@ -12,7 +12,9 @@ import pytest
 
 from tests.reliability import tally
 from tests.reliability.faulthub import FaultHub
-from tests.reliability.world import (VAL, FakeField, assert_weights_sane, publish_and_commit, rows, run_args)
+import constants
+from tests.reliability.world import (VAL, Clock, FakeField, assert_weights_sane, publish_and_commit, rows,
+                                     run_args)
 from validator.chain.local import LocalChain
 from validator.hub import FailureReason, HubError
 
@@ -55,7 +57,8 @@ def test_text_source_failing_then_garbage_then_back(tmp_path):
     r = v.step()
     tally.fault("text source raises")
     assert any("sample source 'texts' failed" in p and "unreachable" in p for p in r["problems"])
-    assert r["weights_set"] == "not set: no model has weight this step" and f.chain.sets == []
+    assert r["weights_set"].startswith("not set: no model has weight this step") and f.chain.sets == []
+    assert {m["status"] for m in rows(r).values()} == {"skipped"}
     f.source.fail, f.source.garbage = None, True
     f.local.advance(1)
     r = v.step()
@@ -78,11 +81,12 @@ def test_hub_failures_per_model_are_reported_and_retried(tmp_path):
     assert got["m1"]["reason"] == "network: hub answered 503"
     assert got["m2"]["reason"] == "disk_full: no space left on device"
     assert got["m3"]["reason"].startswith("network: connection reset")
-    assert r["weights_set"] == "not set: no model has weight this step" and f.chain.sets == []
+    assert {m["status"] for m in got.values()} == {"failed"}  # not evaluated; in the table with the reason
+    assert r["weights_set"].startswith("not set: no model has weight this step") and f.chain.sets == []
     f.fetch_faults = {}
     f.local.advance(1)
-    v.state.evaluated.clear()  # failed models return with the revisit slice (or a new commitment)
-    r = v.step()  # retry_after 0 in this field: fetched again, recovered
+    f.clock.advance(constants.CHAIN_UPDATE_INTERVAL_S)
+    r = v.step()  # retry_after 0 in this field: fetched again at the next chain update, recovered
     assert {m["status"] for m in rows(r).values()} == {"scored"}
     assert r["weights_set"].startswith("set")
 
@@ -106,6 +110,7 @@ def test_scoring_worker_segfault_oom_timeout_error(tmp_path, monkeypatch):
     weighted = {u for u, w in f.local.weights_of(VAL).items() if w > 0}
     assert weighted <= {f.uid("good1"), f.uid("good2")} and weighted
     f.local.advance(200)
+    f.clock.advance(constants.MIN_WEIGHT_SET_INTERVAL_S)
     r = v.step()  # the loop goes on: good models cached, weights set again
     assert r["weights_set"].startswith("set") and {rows(r)[f"uid {f.uid('good1')}"]["status"]} == {"cached"}
     assert_weights_sane(f.chain, v.settings.version_key)
@@ -153,6 +158,7 @@ def test_disk_full_during_state_save(tmp_path, tiny_fs, monkeypatch):
     f.local.commit("m3", fake_commitment("m3"))
     (tmp_path / "models" / "m3").mkdir()
     f.local.advance(200)
+    f.clock.advance(constants.CHAIN_UPDATE_INTERVAL_S)  # the chain update downloads m3
     r = v.step()
     tally.fault("disk full during state save")
     assert any("save failed" in p and "No space left" in p for p in r["problems"]), r["problems"]
@@ -194,6 +200,7 @@ def _real_validator(real_field, tmp_path, endpoint, *extra):
                                               "--no-isolation", *extra))
     v = build_validator(args)
     v.progress = None
+    v.clock = Clock()  # chain updates and weight sets when the test moves it
     v.retry_after = lambda reason, attempts: 0.0  # retry at the next step (the backoff is tested in test_hub)
     return v
 
@@ -210,7 +217,7 @@ def test_hub_faults_then_recovery_then_hub_down_with_models_on_disk(real_field, 
         for mode, reason in expect.items():
             front.mode = mode
             hub_field.advance(1)
-            v.state.evaluated.clear()  # a failed model comes back with the revisit slice: bring it now
+            v.clock.advance(constants.CHAIN_UPDATE_INTERVAL_S)  # the next chain update tries both again
             # a hanging hub is cut by the request timeout (constants.HUB_TIMEOUT_S, 0.2 s here)
             monkeypatch.setattr(constants, "HUB_TIMEOUT_S", 0.1 if mode == "hang" else 0.2)
             r = v.step()
@@ -218,20 +225,20 @@ def test_hub_faults_then_recovery_then_hub_down_with_models_on_disk(real_field, 
             got = [m for m in r["competitions"]["c00"]["models"]]
             assert len(got) == 2 and all(m["status"] == "failed" for m in got), (mode, got)
             assert all(m["reason"].startswith(reason) for m in got), (mode, [m["reason"] for m in got])
-            assert r["weights_set"] == "not set: no model has weight this step"
+            assert r["weights_set"].startswith("not set: no model has weight this step")
             assert hub_field.weights_record(VAL) is None  # nothing set from an empty step
             # a failed download leaves no snapshot and no partial files in the store
             assert not list(store.glob("models/*/*/snapshots/*/*")) and not list(store.glob("models/*/*/.tmp-*"))
         front.mode = "proxy"
         hub_field.advance(1)
-        v.state.evaluated.clear()
+        v.clock.advance(constants.CHAIN_UPDATE_INTERVAL_S)
         r = v.step()  # the hub is back: downloaded, scored, weights set
         assert {m["status"] for m in r["competitions"]["c00"]["models"]} == {"scored"}
         assert r["weights_set"].startswith("set"), r["weights_set"]
         front.mode = "down"
         hub_field.advance(150)
-        v.state.evaluated.clear()  # visit both again
-        r = v.step()  # hub down, models already on disk: scored from the store, weights set
+        v.clock.advance(constants.MIN_WEIGHT_SET_INTERVAL_S)  # a chain update, and weights may be set again
+        r = v.step()  # hub down, models already on disk (the pool): scored from the store, weights set
         tally.fault("hub down, models on disk", 2)
         assert {m["status"] for m in r["competitions"]["c00"]["models"]} <= {"scored", "cached"}
         assert r["weights_set"].startswith("set"), r["weights_set"]
@@ -265,7 +272,7 @@ def test_disk_full_during_download(real_field, real_hub, hub_field, tmp_path, ti
     else:
         monkeypatch.setattr(hub, "_download_snapshot", real)
     hub_field.advance(1)
-    v.state.evaluated.clear()  # revisited
+    v.clock.advance(constants.CHAIN_UPDATE_INTERVAL_S)  # the next chain update tries both again
     r = v.step()
     assert {m["status"] for m in r["competitions"]["c00"]["models"]} == {"scored"}
     assert r["weights_set"].startswith("set")

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,7 +46,7 @@ def _field(root: Path) -> FakeField:
     f.fetched = []
     fetch = f.fetch
 
-    def recording_fetch(mid, hotkey, comp):
+    def recording_fetch(mid, hotkey, comp, deadline=None):
         f.fetched.append(mid)
         return fetch(mid, hotkey, comp) if hotkey in f.qualities else (_ for _ in ()).throw(
             OSError("hostile model has no dir"))
@@ -182,7 +183,7 @@ def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard):
 
     from validator.chain.local import LocalChain
     from validator.cli import build_parser, build_validator
-    from validator.hub import publish_local
+    from validator.hub import HubError, model_dir_hash, publish_local
     from validator.identity import dir_hash, secure_hash
 
     comp = json.loads(real_field["comps"].read_text())["c00"]
@@ -194,8 +195,15 @@ def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard):
     mk = tmp_path / "made"
     expect = {}
 
+    def miner_hash(d):
+        # what validators hash (the download set); a repo no validator downloads: every file
+        try:
+            return model_dir_hash(d)
+        except HubError:
+            return dir_hash(d)
+
     def add(hk, d, reason, competition="c00"):
-        publish_and_commit(field, chain, hk, d, f"bad/{d.name}", competition)
+        publish_and_commit(field, chain, hk, d, f"bad/{d.name}", competition, hash_of=miner_hash)
         expect[hk] = reason
         chain.advance(5)
 
@@ -204,11 +212,15 @@ def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard):
     chain.advance(5)
     d = _model(real_field, mk, "pickle")
     torch.save({"w": torch.zeros(2)}, d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()  # pickle only (a .bin beside safetensors is ignored, as live ignores it)
     add("5Pickle", d, "unsafe_format")
     d = _model(real_field, mk, "remote")
     _edit_config(d, auto_map={"AutoModelForCausalLM": "modeling_evil.Evil"})
     (d / "modeling_evil.py").write_text("import os\nos.system('touch /tmp/pwned')\n")
-    add("5Remote", d, "remote_code")
+    # as live: auto_map and code files are ignored (never downloaded, hashed or run); the model loads
+    # as the class of its model_type. The miner hashes what validators hash.
+    publish_and_commit(field, chain, "5Remote", d, f"bad/{d.name}", hash_of=model_dir_hash)
+    chain.advance(5)
     d = _model(real_field, mk, "oversized")
     (d / "extra.safetensors").write_bytes(b"\0" * (comp["model_size"] + 1))
     add("5Oversized", d, "too_large")
@@ -231,7 +243,9 @@ def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard):
         if (real_field["tok"] / fname).exists():
             shutil.copy(real_field["tok"] / fname, d / fname)
     (d / "tokenizer.json").write_text(json.dumps(tok))
-    add("5Lowercase", d, "tokenizer", competition="c01")
+    # as live: its own tokenizer fails and the model is scored with the competition's (not disqualified)
+    publish_and_commit(field, chain, "5Lowercase", d, f"bad/{d.name}", "c01", hash_of=model_dir_hash)
+    chain.advance(5)
     # a git symlink pointing out of the snapshot, at the sentinel
     d = _model(real_field, mk, "symlink")
     sha = publish_local(d, real_field["mirror"], "bad", "symlink")
@@ -261,7 +275,7 @@ def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard):
         chain.register(hk)
         v.chain.extra[hk] = Commitment(text, 1)
     r = v.step()
-    tally.bad_input("model repo", len(expect))
+    tally.bad_input("model repo", len(expect) + 2)
     tally.bad_input("repo name with a path trick", 4)
     tally.bad_input("damaged token cache")
     meta = chain.sync()[0]
@@ -273,8 +287,13 @@ def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard):
     for hk in ("5Trick0", "5Trick1", "5Trick2", "5Trick3"):
         assert any(p.startswith(f"uid {meta.uid_of(hk)}: invalid commitment") for p in r["problems"]), hk
     assert table["5Good0"]["status"] == table["5Good1"]["status"] == "scored"  # despite the damaged token cache
+    assert table["5Remote"]["status"] == "scored", table["5Remote"]  # its code never ran (checked below)
+    # the same weights (seed 7) and the competition tokenizer: the same losses as 5Remote's
+    assert table["5Lowercase"]["status"] == "scored", table["5Lowercase"]
+    assert table["5Lowercase"]["loss_per_token"] == pytest.approx(table["5Remote"]["loss_per_token"], rel=1e-5)
     weighted = {u for u, w in chain.weights_of(VAL).items() if w > 0}
-    assert weighted and weighted <= {meta.uid_of("5Good0"), meta.uid_of("5Good1")}
+    scored = {meta.uid_of(hk) for hk in ("5Good0", "5Good1", "5Remote", "5Lowercase")}
+    assert weighted and weighted <= scored  # no hostile model that failed takes weight
     # nothing of the sentinel was copied into the store, nothing outside was written
     for p in state_dir.rglob("*"):
         if p.is_file() and not p.is_symlink():

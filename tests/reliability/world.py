@@ -104,6 +104,20 @@ class Source:
         return rows
 
 
+class Clock:
+    """The validator's wall clock, moved by the test: chain updates come every
+    constants.CHAIN_UPDATE_INTERVAL_S of it, weight sets at most every MIN_WEIGHT_SET_INTERVAL_S."""
+
+    def __init__(self, t: float = 1_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, s: float) -> None:
+        self.t += s
+
+
 COMPS = parse_competitions({"c00": {"reward": 1.0, "model_types": ["LlamaForCausalLM"], "parameters": 10**6,
                                     "model_size": 10**8, "dataset": "texts", "pend_size": 50}})
 
@@ -126,11 +140,12 @@ class FakeField:
         self.fetch_faults: dict[str, Exception] = {}
         self.score_faults: dict[str, str] = {}
         self.calls: list[tuple[str, int]] = []
+        self.clock = Clock()
 
     def uid(self, hk: str) -> int:
         return self.local.sync()[0].uid_of(hk)
 
-    def fetch(self, mid, hotkey, comp):
+    def fetch(self, mid, hotkey, comp, deadline=None):
         if hotkey in self.fetch_faults:
             raise self.fetch_faults[hotkey]
         return self.root / "models" / hotkey, b64sha("content-" + hotkey)
@@ -145,8 +160,8 @@ class FakeField:
 
     def validator(self, state_dir: Path | None = None, **settings) -> Validator:
         s = Settings(state_dir=state_dir or self.root / "state", eval_samples=30, step_interval_s=0, **settings)
-        return Validator(self.chain, lambda: COMPS, self.fetch, self.score, lambda name: self.source, s,
-                         hotkey=VAL, retry_after=lambda reason, attempts: 0.0)
+        return Validator(self.chain, lambda: COMPS, self.fetch, self.score, lambda name, **kw: self.source, s,
+                         hotkey=VAL, retry_after=lambda reason, attempts: 0.0, clock=self.clock)
 
 
 def rows(report: dict, comp: str = "c00") -> dict[str, dict]:
@@ -188,13 +203,14 @@ def build_real_field(root: Path) -> dict:
 
 
 def publish_and_commit(field: dict, chain: LocalChain, hotkey: str, model_dir: Path, repo: str,
-                       competition: str = "c00") -> str:
-    """Publish model_dir to the mirror as `repo` and commit it on chain as `hotkey`; the commitment."""
+                       competition: str = "c00", hash_of=dir_hash) -> str:
+    """Publish model_dir to the mirror as `repo` and commit it on chain as `hotkey`; the commitment.
+    `hash_of` the dir: every file (dir_hash) by default; hub.model_dir_hash hashes what validators hash."""
     from validator.hub import publish_local
 
     ns, name = repo.split("/")
     sha = publish_local(model_dir, field["mirror"], ns, name)
-    text = ModelId(ns, name, sha, secure_hash(dir_hash(model_dir), hotkey), competition).to_commitment()
+    text = ModelId(ns, name, sha, secure_hash(hash_of(model_dir), hotkey), competition).to_commitment()
     chain.register(hotkey)
     chain.commit(hotkey, text)
     return text

@@ -233,6 +233,10 @@ class LocalChain:
             raise ChainError(f"local chain: commit signer must be a hotkey string, got {signer!r}")
         if not isinstance(text, str):
             raise ChainError(f"local chain: commitment text must be a string, got {type(text).__name__}")
+        size = len(text.encode("utf-8", errors="surrogatepass"))
+        if size > constants.COMMITMENT_MAX_BYTES:  # as on chain: one Raw field
+            raise ChainError(f"local chain: commitment is {size} bytes of UTF-8, more than the "
+                             f"{constants.COMMITMENT_MAX_BYTES} one field holds")
         with self._tx(write=True) as conn:
             if self._uid_of(conn, signer) is None:
                 raise ChainError(f"local chain: hotkey {signer} is not registered on netuid {self.netuid}; cannot commit")

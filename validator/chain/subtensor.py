@@ -9,6 +9,7 @@ SDK surface used (bittensor 11.3):
   client.block                                    head block number
   client.at(block=None) -> SyncSnapshot           every read below pinned to one block
   snapshot.subnets.metagraph(netuid)              bittensor.metagraph.Metagraph, commitments included
+                                                  (NeuronCommitment.fields: the decoded CommitmentOf fields)
   snapshot.weights.weights(netuid)                {validator uid: {uid: fraction}} in one map query
   snapshot.block_info(block).hash                 the block hash
   client.execute(bittensor.SetWeights(...), wallet)          weights (plain or commit-reveal)
@@ -24,9 +25,10 @@ from validator.chain import ChainError, Commitment, Metagraph
 
 log = logging.getLogger(__name__)
 
-# A Raw<N> field of the Commitments pallet holds at most 128 bytes; longer texts are split
-# across fields, which the SDK's reader concatenates back (metagraph._decode_fields).
-RAW_FIELD_MAX_BYTES = 128
+# A Raw<N> field of the Commitments pallet holds at most 128 bytes. A commitment is one such
+# field, and only the first field of a CommitmentOf is read, as the live validator reads it
+# (its timelocked, revealed or further fields are never seen).
+RAW_FIELD_MAX_BYTES = constants.COMMITMENT_MAX_BYTES
 
 
 def metagraph_from_sdk(record: Any, weights: dict[int, dict[int, float]], block_hash: str) -> Metagraph:
@@ -55,30 +57,67 @@ def metagraph_from_sdk(record: Any, weights: dict[int, dict[int, float]], block_
 
 
 def commitments_from_sdk(record: Any) -> dict[str, Commitment]:
-    """{hotkey: Commitment} for the registered hotkeys whose commitment is readable now.
+    """{hotkey: Commitment} for the registered hotkeys whose commitment the live validator
+    can read: the text of the first field of their CommitmentOf (first_field_text).
 
-    A sealed (timelocked, not yet revealed) commitment has no visible value and is left out;
-    commitments of deregistered hotkeys (`record.unregistered_commitments`) are ignored.
+    A sealed (timelocked) commitment, a revealed one (kept by the SDK without its storage
+    entry) and fields after the first are not seen; commitments of deregistered hotkeys
+    (`record.unregistered_commitments`) are ignored.
     """
     out: dict[str, Commitment] = {}
     for neuron in record.neurons:
         commitment = (record.commitments or {}).get(neuron.uid) or neuron.commitment
         if commitment is None:
             continue
-        value = commitment.value
-        if not value:
+        text = first_field_text(getattr(commitment, "fields", None) or [])
+        if not text:
             continue
-        out[str(neuron.hotkey)] = Commitment(text=str(value), block=int(commitment.block))
+        out[str(neuron.hotkey)] = Commitment(text=text, block=int(commitment.block))
     return out
 
 
+def first_field_text(fields: Sequence[Any]) -> str | None:
+    """The UTF-8 text of fields[0] when it is a Raw<N> field (the live validator's
+    `fields[0][0]`, decoded strictly), else None. A field arrives from the transport as a
+    one-key dict ({"Raw64": "0x..."}), possibly wrapped in a 1-tuple by older decoders; the
+    bytes as 0x-hex, a list of ints or bytes."""
+    if not fields:
+        return None
+    entry = fields[0]
+    if isinstance(entry, (list, tuple)) and len(entry) == 1:
+        entry = entry[0]
+    if not isinstance(entry, dict) or len(entry) != 1:
+        return None
+    (variant, value), = entry.items()
+    if not isinstance(variant, str) or not variant.startswith("Raw"):
+        return None
+    if isinstance(value, (list, tuple)) and len(value) == 1 and not isinstance(value[0], int):
+        value = value[0]  # ((bytes,),) as the live validator's SDK returned it
+    try:
+        if isinstance(value, str):
+            data = bytes.fromhex(value.removeprefix("0x"))
+        elif isinstance(value, (list, tuple)):
+            data = bytes(int(b) for b in value)
+        elif isinstance(value, (bytes, bytearray)):
+            data = bytes(value)
+        else:
+            return None
+        return data.decode("utf-8")
+    except (ValueError, TypeError):  # odd hex, ints out of range, not UTF-8 (UnicodeDecodeError)
+        return None
+
+
 def commitment_info(text: str) -> dict:
-    """The pallet's CommitmentInfo for plain text: Raw<N> fields of at most 128 bytes each."""
+    """The pallet's CommitmentInfo for a commitment: exactly one Raw<len> field, at most
+    RAW_FIELD_MAX_BYTES bytes of UTF-8 (a longer text is refused: live validators read only
+    the first field)."""
     data = text.encode("utf-8")
     if not data:
         raise ChainError("commit: empty commitment text")
-    chunks = [data[i : i + RAW_FIELD_MAX_BYTES] for i in range(0, len(data), RAW_FIELD_MAX_BYTES)]
-    return {"fields": [{f"Raw{len(chunk)}": chunk} for chunk in chunks]}
+    if len(data) > RAW_FIELD_MAX_BYTES:
+        raise ChainError(f"commit: commitment is {len(data)} bytes of UTF-8, more than the {RAW_FIELD_MAX_BYTES} "
+                         "of one Raw field (validators read only the first field)")
+    return {"fields": [{f"Raw{len(data)}": data}]}
 
 
 def _describe(exc: BaseException) -> str:
