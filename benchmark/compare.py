@@ -14,7 +14,19 @@ is a candidate. Each candidate is judged alone against the field, as if committe
 current block (no advantage for it; incumbents keep theirs): win rate against the field
 under the validator's win rule, the weight it would receive, the paired per-sample loss
 delta against the field's leader, and the loss ratio it needs per sample to take one from
-the leader. 95 % intervals are percentile bootstraps over samples (benchmark.stats).
+the leader. 95 % intervals are percentile bootstraps over samples, and win rates also get a
+Wilson score interval (benchmark.stats). Win rates and weights are the live step's
+(validator.ranking.competition_step), after live's grouping (a remainder that does not
+fill a group is dropped).
+
+Before any scoring, every benchmark.json entry passes the checks a validator applies to a
+downloaded model (validator.hub.check_model_constraints: repo size, download set,
+safetensors only, model type, parameters; and the tokenizer rule of validator.tokens): an
+entry that fails is reported as "would be refused: <reason>" instead of a verdict.
+
+Exit status (EXIT_*): 0 a candidate beats its leader, 1 candidates were judged and none
+beats its leader, 2 nothing could be judged (every candidate refused or failed, no field,
+no complete group, bad input, no chain).
 
 Every model is scored on the same seeded samples (``--samples``, ``--seed``) with the
 validator's scoring engine; losses go into an EvalCache under ``--state-dir``, keyed by
@@ -58,8 +70,15 @@ DEFAULT_BENCHMARK = Path("benchmark.json")
 # --network local without --chain-db: the chain the validator's `run` uses by default
 DEFAULT_LOCAL_CHAIN = Path(constants.CHAIN_DB_DEFAULT)
 
+EXIT_BEATS = 0  # at least one candidate beats the leader of its competition
+EXIT_DOES_NOT = 1  # candidates were judged; none beats its leader (or it is too close to call)
+EXIT_NOT_JUDGED = 2  # no candidate could be judged: refused, failed, no field, bad input
+EXIT_HELP = ("exit status: 0 a candidate beats the leader; 1 candidates were judged and none beats the "
+             "leader (or it is too close to call); 2 no candidate could be judged (would be refused, "
+             "failed, no field, bad input)")
+
 OUTCOME_STYLE = {"beats the leader": "bold green", "does not beat the leader": "red",
-                 "too close to call": "yellow", "no field": "cyan", "failed": "red"}
+                 "too close to call": "yellow", "no field": "cyan", "failed": "red", "would be refused": "red"}
 
 
 # --- inputs of the pure part -------------------------------------------------------------------
@@ -89,7 +108,8 @@ class CompetitionField:
     sample_ids: list[str]
     params: bstats.WinParams = dc_field(default_factory=bstats.WinParams)
     group_samples: int = 1
-    failed: list[dict] = dc_field(default_factory=list)  # {"label", "kind", "uid", "reason"}
+    failed: list[dict] = dc_field(default_factory=list)  # {"label", "kind", "uid", "reason", "refused"?}
+    warnings: list[str] = dc_field(default_factory=list)  # said beside every verdict of the competition
 
 
 # --- the pure part ---------------------------------------------------------------------------
@@ -107,13 +127,30 @@ def outcome(candidate: dict) -> str:
     """The short call of a candidate dict (CandidateStats.to_dict): same rule as its verdict."""
     if candidate.get("leader_index") is None:
         return "no field"
-    h2h = candidate.get("head_to_head") or {}
-    low, high = h2h.get("low"), h2h.get("high")
-    if low is not None and low > 0.5:
-        return "beats the leader"
-    if high is not None and high < 0.5:
-        return "does not beat the leader"
-    return "too close to call"
+    return bstats.call(candidate.get("head_to_head"), candidate.get("head_to_head_wilson"))
+
+
+def exit_status(report: dict) -> int:
+    """EXIT_BEATS when a candidate beats its leader, EXIT_DOES_NOT when candidates were judged
+    and none does, EXIT_NOT_JUDGED when none could be judged (refused, failed, no field)."""
+    outcomes = [d.get("outcome") for sec in report.get("competitions", {}).values()
+                for d in sec.get("candidates") or []]
+    if "beats the leader" in outcomes:
+        return EXIT_BEATS
+    if any(o in ("does not beat the leader", "too close to call") for o in outcomes):
+        return EXIT_DOES_NOT
+    return EXIT_NOT_JUDGED
+
+
+def live_grouping(matrices: list[np.ndarray], group: int, seed: int) -> list[np.ndarray]:
+    """Each [rows, S] matrix grouped as the live step groups it (validator.ranking.group_losses
+    over one seeded permutation, the remainder dropped); group 1 leaves them as they are."""
+    if group == 1:
+        return [np.asarray(m, dtype=np.float64) for m in matrices]
+    n = matrices[0].shape[1] if matrices else 0
+    perm = ranking.grouping_permutation(n, group, seed)
+    return [ranking.group_losses(m, group, perm) if m.shape[0] else np.zeros((0, len(perm) // group))
+            for m in matrices]
 
 
 def compare_competition(cf: CompetitionField, block_now: int, *, seed: int = constants.BENCH_SEED,
@@ -121,18 +158,21 @@ def compare_competition(cf: CompetitionField, block_now: int, *, seed: int = con
     """One competition's report section (benchmark.report format, plus candidate details).
 
     Every field model can take weight (chain uids and local incumbents alike); candidates
-    walk last with no advantage. Samples are grouped like the validator groups them
-    (competition.group_samples) before any statistic.
+    walk last, as if committed now. Samples are grouped like the live validator groups them
+    (competition.group_samples; the remainder dropped) before any statistic. Fewer samples
+    than one group: ValueError (live computes nothing then).
     """
     s = len(cf.sample_ids)
+    if cf.group_samples < 1 or s < cf.group_samples:
+        raise ValueError(f"{s} samples in groups of {cf.group_samples}: no complete group, nothing to judge")
     f, c = len(cf.field), len(cf.candidates)
     fl, ft = _matrix(cf.field, "losses", s), _matrix(cf.field, "n_tokens", s)
     cl, ct = _matrix(cf.candidates, "losses", s), _matrix(cf.candidates, "n_tokens", s)
-    # one call: the same seeded permutation for every row (losses and token counts alike)
-    grouped = ranking.group_samples(np.vstack([fl, cl, ft, ct]), cf.group_samples, seed) if f + c else \
-        np.zeros((0, -(-s // cf.group_samples)))
-    fl, cl, ft, ct = np.split(grouped, np.cumsum([f, c, f]))
-    n = grouped.shape[1]
+    # losses of field + candidates together (live's all-inf rule looks at every model), tokens apart
+    losses, tokens = live_grouping([np.vstack([fl, cl]), np.vstack([ft, ct])], cf.group_samples, seed)
+    fl, cl = losses[:f], losses[f:]
+    ft, ct = tokens[:f], tokens[f:]
+    n = losses.shape[1]
     ids = list(cf.sample_ids) if cf.group_samples == 1 else [f"group {i}" for i in range(n)]
     fb = np.array([np.nan if m.block is None else float(m.block) for m in cf.field], dtype=np.float64)
     labels = [m.label for m in cf.field]
@@ -152,6 +192,11 @@ def compare_competition(cf: CompetitionField, block_now: int, *, seed: int = con
     for d, mm, m in zip(candidates, section["models"][f:], cf.candidates):
         d.update(kind=m.kind, path=m.path, mean_loss_per_token=mm["mean_loss_per_token"])
         d["outcome"] = outcome(d)
+        lead_i = d.get("leader_index")
+        d["leader_weight_now"] = None if lead_i is None else d["field_weights_without"][lead_i]
+        d["leader_weight_with"] = None if lead_i is None else d["field_weights_with"][lead_i]
+        for w in cf.warnings:
+            d["verdict"] += f"; WARNING: {w}"
         twin = next((fm.label for fm in cf.field if m.content_hash and fm.content_hash == m.content_hash), None)
         d["copy_of"] = twin
         if twin is not None:  # on chain, first-seen content keeps it: a copy earns nothing
@@ -167,7 +212,7 @@ def compare_competition(cf: CompetitionField, block_now: int, *, seed: int = con
         leader = {"index": lead, "label": mm["label"], "uid": mm["uid"], "block": mm["block"],
                   "advantage": float(adv[lead]), "required_ratio": 1.0 - float(adv[lead])}
     section.update(block_now=int(block_now), n_field=f, n_samples=n, group_samples=cf.group_samples,
-                   sample_ids=ids, leader=leader, failed=list(cf.failed))
+                   sample_ids=ids, leader=leader, failed=list(cf.failed), warnings=list(cf.warnings))
     return breport.to_jsonable(section)
 
 
@@ -212,26 +257,37 @@ def _cell(iv: dict | None, spec: str, scale: float = 1.0, unit: str = "") -> Tex
     return Text.assemble(_iv(iv, spec, scale) + unit, "\n", (_ci(iv, spec, scale), "dim"))
 
 
+def _failed_text(x: dict) -> str:
+    return x["reason"] if x.get("refused") else f"failed: {x['reason']}"
+
+
+def _leader_weights(d: dict) -> str:
+    now, with_it = d.get("leader_weight_now"), d.get("leader_weight_with")
+    return "-" if now is None or with_it is None else f"{now:.3f} → {with_it:.3f}"
+
+
 def candidate_table(cid: str, sec: dict) -> Table:
     """Candidate rows, each estimate over its 95 % interval, and the call; every number is in the section."""
     lead = sec.get("leader")
     who = "no field" if lead is None else (f"leader {lead['label']}, advantage {100 * lead['advantage']:.3f} %")
     t = Table(title=f"{cid}: candidates vs a field of {sec.get('n_field', 0)} on {sec.get('n_samples', 0)} samples "
                     f"at block {sec.get('block_now', '-')} ({who})", title_justify="left", header_style="bold",
-              caption="value over [95 % CI]; Δ and ratio: candidate vs the leader on paired samples; "
-                      "needs <: loss ratio per sample that takes it from the leader", caption_justify="left")
+              caption="value over [95 % bootstrap CI]; Δ and ratio: candidate vs the leader on paired samples; "
+                      "needs <: loss ratio per sample that takes it from the leader; weight: the candidate's "
+                      "if committed now; leader weight: now (without the candidate) → if it were committed",
+              caption_justify="left")
     for col in ("candidate", "loss/tok", "win rate\nvs field", "win rate\nvs leader", "Δ loss\nper sample",
-                "loss ratio", "needs <", "weight", "call"):
+                "loss ratio", "needs <", "weight if\ncommitted now", "leader weight\nnow → with", "call"):
         t.add_column(col, justify="left" if col in ("candidate", "call") else "right")
     for d in sec.get("candidates") or []:
         t.add_row(Text(d["label"], style="bold"), _f(d.get("mean_loss_per_token"), ".4f"),
                   _cell(d["win_rate"], ".1f", 100, " %"), _cell(d.get("head_to_head"), ".1f", 100, " %"),
                   _cell(d.get("mean_delta"), ".3f"), _cell(d.get("loss_ratio"), ".4f"),
                   _f(d.get("required_ratio") if lead else None, ".4f"), _f(d.get("weight"), ".3f"),
-                  Text(d["outcome"], style=OUTCOME_STYLE.get(d["outcome"], "")))
+                  _leader_weights(d), Text(d["outcome"], style=OUTCOME_STYLE.get(d["outcome"], "")))
     for x in sec.get("failed") or []:
         if x.get("kind") == "candidate":
-            t.add_row(Text(x["label"], style="bold"), *["-"] * 7, Text(f"failed: {x['reason']}"[:60], style="red"))
+            t.add_row(Text(x["label"], style="bold"), *["-"] * 8, Text(_failed_text(x)[:60], style="red"))
     return t
 
 
@@ -252,7 +308,8 @@ def candidate_columns_table(cid: str, sec: dict) -> Table:
             ("Δ loss per sample", lambda d: _cell(d.get("mean_delta"), ".3f")),
             ("loss ratio", lambda d: _cell(d.get("loss_ratio"), ".4f")),
             ("needs <", lambda d: _f(d.get("required_ratio") if lead else None, ".4f")),
-            ("weight", lambda d: _f(d.get("weight"), ".3f")),
+            ("weight if committed now", lambda d: _f(d.get("weight"), ".3f")),
+            ("leader weight now → with", _leader_weights),
             ("call", lambda d: Text(d["outcome"], style=OUTCOME_STYLE.get(d["outcome"], "")))]
     for name, get in rows:
         t.add_row(Text(name, style="bold"), *[get(d) for d in cands])
@@ -263,7 +320,7 @@ def field_table(cid: str, sec: dict) -> Table:
     """The field as the validator ranks it now (without any candidate)."""
     t = Table(title=f"{cid}: the field (win rates without the candidates)", title_justify="left",
               header_style="bold", caption="★ the leader: highest win rate", caption_justify="left")
-    for col in ("model", "kind", "uid", "block", "adv %", "loss/tok", "win rate", "weight"):
+    for col in ("model", "kind", "uid", "block", "adv %", "loss/tok", "win rate", "weight now"):
         t.add_column(col, justify="left" if col in ("model", "kind") else "right")
     lead = (sec.get("leader") or {}).get("index")
     n_field = sec.get("n_field", 0)
@@ -278,7 +335,7 @@ def field_table(cid: str, sec: dict) -> Table:
     for x in sec.get("failed") or []:
         if x.get("kind") != "candidate":
             t.add_row(Text(x["label"], style="red"), x.get("kind", "chain"), _f(x.get("uid"), "d"),
-                      *["-"] * 4, Text(f"failed: {x['reason']}"[:60], style="red"))
+                      *["-"] * 4, Text(_failed_text(x)[:60], style="red"))
     return t
 
 
@@ -288,6 +345,9 @@ def render(report: dict, width: int | None = None) -> Group:
     With a `width` too narrow for a row per candidate, the candidate table is turned."""
     parts: list[Any] = []
     measure = Console(width=10_000, file=io.StringIO())
+    warnings = list(report.get("warnings") or [])
+    for w in warnings:
+        parts.append(Text(f"WARNING: {w}", style="bold yellow"))
     for cid, sec in report["competitions"].items():
         table = candidate_table(cid, sec)
         if width is not None and sec.get("candidates") and measure.measure(table).maximum > width:
@@ -295,9 +355,14 @@ def render(report: dict, width: int | None = None) -> Group:
         parts += [field_table(cid, sec), table]
         for d in sec.get("candidates") or []:
             parts.append(Text(f"  ▸ {d['verdict']}", style=OUTCOME_STYLE.get(d["outcome"], "")))
+        for x in sec.get("failed") or []:
+            if x.get("kind") == "candidate":
+                parts.append(Text(f"  ▸ {x['label']}: {_failed_text(x)}", style="red"))
         parts.append(Text(""))
     for p in report.get("problems") or []:
         parts.append(Text(f"problem: {p}", style="yellow"))
+    for w in warnings:  # again at the end, where the eye lands after the tables
+        parts.append(Text(f"WARNING: {w}", style="bold yellow"))
     return Group(*parts)
 
 
@@ -309,6 +374,35 @@ def print_report(report: dict, console: Console | None = None) -> None:
 # --- I/O: chain, hub, samples, scoring ------------------------------------------------------------
 
 
+def tokenizer_refusal(path: Path, competition: Any) -> str | None:
+    """Why a validator could not tokenize for this model dir, or None (validator.tokens C1-C4):
+    with a competition tokenizer there is always one to use; without, the dir's own
+    tokenizer.json must load under the 4.44 rules."""
+    from validator import tokens
+
+    if getattr(competition, "tokenizer", None):
+        return None
+    if not (Path(path) / "tokenizer.json").is_file():
+        return (f"tokenizer: competition {competition.id} has no tokenizer and {path} holds no tokenizer.json: "
+                "a validator does not evaluate it")
+    try:
+        tokens.plan_tokenizer(path, role="model")
+    except tokens.TokenizerLoadError as e:
+        return f"tokenizer: {e} (competition {competition.id} has no tokenizer to fall back on)"
+    return None
+
+
+def validator_refusal(path: Path, competition: Any) -> str | None:
+    """Why a validator would refuse this model dir for the competition before scoring it, or
+    None: repo size, download set, safetensors only, model type, parameters (the checks of
+    validator.hub on a download) and the tokenizer rule."""
+    from validator import hub
+
+    try:
+        hub.check_model_constraints(path, competition)
+    except hub.HubError as e:
+        return str(e)
+    return tokenizer_refusal(Path(path), competition)
 
 
 
@@ -378,17 +472,42 @@ def _kind(e: Any) -> str:
     return "chain" if e.uid is not None else ("benchmark" if e.block is not None else "candidate")
 
 
+def refused_entries(path: Path, competitions: dict, bench: list, problems: list[str]) -> list[dict]:
+    """The benchmark.json entries a validator would refuse before scoring, each
+    {"key", "label", "kind", "competition", "reason": "would be refused: ..."}: those
+    `loop.benchmark_entries` let through (`bench`) that fail `validator_refusal`, and those
+    it skipped because their files break the hub's rules (their problem line is taken out of
+    `problems`: a refusal is a verdict, not a typo)."""
+    from benchmark.config import load_benchmark
+
+    out = []
+    for e in bench:
+        reason = validator_refusal(e.path, competitions[e.competition])
+        if reason is not None:
+            e.status, e.reason = "refused", f"would be refused: {reason}"
+            out.append({"key": e.key, "label": e.label, "kind": _kind(e), "competition": e.competition,
+                        "reason": e.reason})
+    parsed, _errors = load_benchmark(path)
+    kept = {e.key for e in bench}
+    for bid, b in parsed.items():
+        if f"bench:{bid}" in kept or b.competition not in competitions or not Path(b.path).is_dir():
+            continue
+        reason = validator_refusal(b.path, competitions[b.competition])
+        if reason is None:
+            continue
+        prefix = f"benchmark entry {bid!r}:"
+        problems[:] = [p for p in problems if not p.startswith(prefix)]
+        out.append({"key": f"bench:{bid}", "label": b.label or bid, "competition": b.competition,
+                    "kind": "candidate" if b.block is None else "benchmark", "reason": f"would be refused: {reason}"})
+    return out
+
+
 def run_benchmark(args: argparse.Namespace, console: Console | None = None) -> int:
-    """The `benchmark` command. 0: report made; 1: nothing could be judged; 2: bad input."""
+    """The `benchmark` command; returns its exit status (EXIT_BEATS, EXIT_DOES_NOT, EXIT_NOT_JUDGED)."""
     from benchmark.config import BenchmarkError
-    from validator import data, loop
-    from validator.chain import ChainError
-    from validator.cli import default_device
+    from validator import loop
     from validator.competitions import CompetitionsError, load_competitions
-    from validator.evalcache import EvalCache, cache_file
-    from validator.leaderboard import StepProgress
-    from validator.scorer import make_score_fn
-    from validator.state import StateError
+    from validator.hub_cli import EndpointError, open_endpoint
 
     console = console or make_console()
 
@@ -412,13 +531,49 @@ def run_benchmark(args: argparse.Namespace, console: Console | None = None) -> i
         bench, problems = loop.benchmark_entries(Path(args.benchmark), competitions)
     except BenchmarkError as e:
         return fail(str(e), 2)
-    candidates = [e for e in bench if e.block is None]
-    incumbents = [e for e in bench if e.block is not None]
-    if not candidates:
+    refused = refused_entries(Path(args.benchmark), competitions, bench, problems)
+    if problems and not args.skip_bad_entries:  # a typo must not silently shrink the field or drop a candidate
+        for p in problems:
+            console.print(f"[red]error:[/red] {p}", highlight=False)
+        return fail(f"{args.benchmark}: {len(problems)} unusable entr{'y' if len(problems) == 1 else 'ies'} "
+                    "(fix them, or pass --skip-bad-entries to run without them)", 2)
+    if not refused and not any(e.block is None for e in bench):
         return fail(f"{args.benchmark}: no candidate (an entry without a \"block\"); entries with a block are "
                     "incumbents" + (f"; skipped: {'; '.join(problems)}" if problems else ""), 2)
+    refused_keys = {x["key"] for x in refused}
+    candidates = [e for e in bench if e.block is None and e.key not in refused_keys]
+    incumbents = [e for e in bench if e.block is not None and e.key not in refused_keys]
+    for x in refused:
+        console.print(f"[red]{x['label']}[/red] ({x['kind']}, {x['competition']}): {x['reason']}", highlight=False)
+        if x["kind"] != "candidate":
+            problems.append(f"incumbent {x['label']}: {x['reason']}")
+    if not candidates:
+        return fail("no candidate can be judged: every candidate would be refused (see above)", EXIT_NOT_JUDGED)
     wanted = {e.competition for e in candidates}
-    endpoint = args.hf_endpoint or os.environ.get("HF_ENDPOINT")
+    try:
+        endpoint, close_endpoint = open_endpoint(args.hf_endpoint or os.environ.get("HF_ENDPOINT"))
+    except EndpointError as e:
+        return fail(f"--hf-endpoint: {e}", 2)
+    try:
+        return _run_judged(args, console, fail, competitions, candidates, incumbents, refused, wanted, endpoint,
+                           problems)
+    finally:
+        close_endpoint()
+
+
+def _run_judged(args: argparse.Namespace, console: Console, fail, competitions: dict, candidates: list,
+                incumbents: list, refused: list[dict], wanted: set[str], endpoint: str | None,
+                problems: list[str]) -> int:
+    """run_benchmark once the entries are checked and the hub endpoint is open."""
+    from validator import data, loop
+    from validator.chain import ChainError
+    from validator.cli import default_device
+    from validator.evalcache import EvalCache, cache_file
+    from validator.leaderboard import StepProgress
+    from validator.scorer import make_score_fn
+    from validator.state import StateError
+
+    warnings: list[str] = []
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     caches: dict[str, EvalCache] = {}
@@ -442,7 +597,7 @@ def run_benchmark(args: argparse.Namespace, console: Console | None = None) -> i
                                                         Path(args.model_dir or state_dir / "models"), endpoint,
                                                         progress, problems)
             except (ChainError, OSError) as e:
-                return fail(f"chain {args.network}: {e} (use --offline for local entries only)", 1)
+                return fail(f"chain {args.network}: {e} (use --offline for local entries only)", EXIT_NOT_JUDGED)
             if args.block is not None:
                 problems.append(f"--block {args.block} ignored: the chain says block {block_now}")
         score = make_score_fn(device=args.device or default_device(), cache_dir=state_dir / "tokenizers",
@@ -463,6 +618,19 @@ def run_benchmark(args: argparse.Namespace, console: Console | None = None) -> i
             if not ids:
                 problems.append(f"competition {cid}: {comp.dataset!r} gave no usable samples")
                 continue
+            comp_warnings = []
+            if len(ids) < args.samples:
+                comp_warnings.append(f"{len(ids)} samples of the {args.samples} requested ({comp.dataset!r} has no "
+                                     "more usable ones): the intervals are wider than planned")
+            if len(ids) < comp.group_samples:
+                problems.append(f"competition {cid}: {len(ids)} samples, fewer than one group of "
+                                f"{comp.group_samples}: nothing to judge")
+                warnings += [f"competition {cid}: {w}" for w in comp_warnings]
+                continue
+            if len(ids) % comp.group_samples:
+                comp_warnings.append(f"{len(ids) % comp.group_samples} samples dropped: groups of "
+                                     f"{comp.group_samples}, as live")
+            warnings += [f"competition {cid}: {w}" for w in comp_warnings]
             todo = [e for e in field + cands if e.path is not None]
             progress.start("score", len(todo))
 
@@ -481,24 +649,29 @@ def run_benchmark(args: argparse.Namespace, console: Console | None = None) -> i
 
             failed = [{"label": e.label, "uid": e.uid, "reason": e.reason or e.status, "kind": _kind(e)}
                       for e in field + cands if id(e) not in ok_ids]
+            failed += [{"label": x["label"], "uid": None, "reason": x["reason"], "kind": x["kind"], "refused": True}
+                       for x in refused if x["competition"] == cid]
             problems += [f"competition {cid}: {x['label']} failed: {x['reason']}" for x in failed]
             inputs[cid] = CompetitionField(
                 field=[model(e, _kind(e)) for e in field if id(e) in ok_ids],
                 candidates=[model(e, "candidate") for e in cands if id(e) in ok_ids], sample_ids=ids,
-                params=bstats.WinParams.from_competition(comp), group_samples=comp.group_samples, failed=failed)
+                params=bstats.WinParams.from_competition(comp), group_samples=comp.group_samples, failed=failed,
+                warnings=comp_warnings)
     finally:
         progress.stop()
     report = compare_field(inputs, block_now, seed=args.seed, n_boot=args.bootstrap, extra={
         "mode": "offline" if args.offline else "chain", "network": None if args.offline else args.network,
         "top": None if args.offline else args.top, "samples_requested": args.samples,
-        "forward_samples": forwards, "problems": problems})
+        "forward_samples": forwards, "problems": problems, "warnings": warnings})
     print_report(report, console)
     if args.out:
         written = breport.write_report(report, Path(args.out))
         console.print(f"report: {written['html']} (and report.json, {len(written) - 2} PNG plots) "
                       f"in {Path(args.out)}", highlight=False)
-    judged = sum(len(sec["candidates"]) for sec in report["competitions"].values())
-    return 0 if judged else fail("no candidate could be judged (see the problems above)", 1)
+    status = exit_status(report)
+    if status == EXIT_NOT_JUDGED:
+        return fail("no candidate could be judged (see the problems above)", status)
+    return status
 
 
 # --- the subcommand ----------------------------------------------------------------------------
@@ -512,13 +685,20 @@ def register_benchmark_command(subparsers: Any) -> argparse.ArgumentParser:
                     "the top --top models per competition by incentive on the chain, or with --offline "
                     "only the benchmark.json entries that have a block (incumbents, committed at that block). "
                     "Prints win rates, the weight each candidate would get and the paired loss delta against "
-                    "the leader, with 95 % bootstrap intervals, and a verdict per candidate.")
+                    "the leader, with 95 % bootstrap (and, for win rates, Wilson) intervals, and a verdict per "
+                    "candidate. Every entry first passes the checks a validator applies before scoring "
+                    "(size, parameters, model type, safetensors only, download set, tokenizer); one that "
+                    "fails is shown as 'would be refused: <reason>'.",
+        epilog=EXIT_HELP)
     p.add_argument("benchmark", nargs="?", type=Path, default=DEFAULT_BENCHMARK,
                    help="benchmark.json: {id: {competition, path, label, block?}} (default: ./benchmark.json)")
+    p.add_argument("--skip-bad-entries", action="store_true",
+                   help="run without the benchmark.json entries that cannot be used (bad path, unknown key or "
+                        "competition) instead of stopping with exit status 2")
     g = p.add_argument_group("field")
     g.add_argument("--network", default="finney",
                    help="finney | test | ws://host:port | local (a LocalChain file, see --chain-db)")
-    g.add_argument("--netuid", type=int, default=constants.NETUID)
+    g.add_argument("--netuid", type=int, default=constants.NETUID, help=f"subnet (default: {constants.NETUID})")
     g.add_argument("--chain-db", type=Path, default=None,
                    help=f"--network local: the LocalChain file (default: {DEFAULT_LOCAL_CHAIN})")
     g.add_argument("--top", type=int, default=constants.BENCH_TOP_MODELS,
@@ -536,7 +716,9 @@ def register_benchmark_command(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda when available)")
     g.add_argument("--competitions", default=None,
                    help=f"competitions.json: a file or an https URL (default: {constants.COMPETITIONS_URL})")
-    g.add_argument("--hf-endpoint", default=None, help="hub endpoint (default: $HF_ENDPOINT or huggingface.co)")
+    g.add_argument("--hf-endpoint", default=None,
+                   help="hub endpoint URL, or local:DIR to serve a git mirror dir (olah on 127.0.0.1) for this run "
+                        "(default: $HF_ENDPOINT or huggingface.co)")
     g.add_argument("--no-isolation", action="store_true",
                    help="score in this process instead of a worker per model (faster start, no time limit)")
     g = p.add_argument_group("storage and output")
@@ -544,6 +726,6 @@ def register_benchmark_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="loss cache, tokenizers and (default) downloaded models; reruns reuse the losses")
     g.add_argument("--model-dir", type=Path, default=None, help="model store (default: <state-dir>/models)")
     g.add_argument("--out", type=Path, default=None, help="write report.json, PNG plots and report.html here")
-    g.add_argument("--log-level", default="WARNING")
+    g.add_argument("--log-level", default="WARNING", help="DEBUG | INFO | WARNING | ERROR (default: WARNING)")
     p.set_defaults(func=run_benchmark)
     return p

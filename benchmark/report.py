@@ -23,6 +23,15 @@ An optional top-level "consensus" (validator.consensus.consensus_report's dict, 
 validator step) adds a plot of our weights against the validators' consensus per uid and its
 tables.
 
+A validator step (validator.leaderboard.step_to_report) also carries text the HTML shows as
+given, escaped: "version" (str), "summary" ([[name, value], ...]: step, weights set or why
+not, ...), "problems" ([str]), "legend" ([[column, meaning], ...], under the competition
+tables), "tables" ([table, ...], e.g. the weights set) and per competition "table": the
+leaderboard with every model, evaluated or not. A table is {"title": str, "columns": [str],
+"rows": [[str, ...], ...], "status": [str] (optional, one per row), "notes": [str] (optional),
+"align": ["left" | "right" | "center"] (optional, one per column; else numbers go right)};
+a competition with one replaces its "models" table by it ("models" then only feed the plots).
+
 ``competition_section`` builds one competition's entry from arrays with the validator's
 ranking and benchmark.stats, so compare.py only gathers the losses.
 
@@ -96,6 +105,17 @@ def _check(report: Any) -> dict[str, dict]:
             if values.shape != (len(labels), len(labels)):
                 raise ReportError(f"report: competition {comp!r}: win_matrix shape {values.shape} "
                                   f"does not match {len(labels)} labels")
+        if sec.get("table") is not None:
+            _check_table(sec["table"], f"competition {comp!r} table")
+    for i, t in enumerate(report.get("tables") or []):
+        _check_table(t, f"tables[{i}]")
+    for key in ("summary", "legend"):
+        pairs = report.get(key)
+        if pairs is not None and not (isinstance(pairs, list) and all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs)):
+            raise ReportError(f"report: {key!r} must be a list of [name, text] pairs of strings")
+    if report.get("problems") is not None and not _strings(report["problems"]):
+        raise ReportError("report: 'problems' must be a list of strings")
     cons = report.get("consensus")
     if cons is not None:
         if not isinstance(cons, dict) or not all(isinstance(cons.get(k), dict) for k in ("ours", "consensus_weights")):
@@ -106,6 +126,28 @@ def _check(report: Any) -> dict[str, dict]:
             if bad:
                 raise ReportError(f"report: consensus {key!r}: entries {bad[:5]} are not uid -> number")
     return report["competitions"]
+
+
+def _strings(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _check_table(t: Any, what: str) -> None:
+    if not isinstance(t, dict) or not _strings(t.get("columns")) or not isinstance(t.get("rows"), list):
+        raise ReportError(f"report: {what}: expected an object with 'columns' (strings) and 'rows'")
+    n = len(t["columns"])
+    for i, row in enumerate(t["rows"]):
+        if not _strings(row) or len(row) != n:
+            raise ReportError(f"report: {what} row #{i}: expected {n} strings, one per column")
+    for key in ("status", "notes"):
+        if t.get(key) is not None and not _strings(t[key]):
+            raise ReportError(f"report: {what}: {key!r} must be a list of strings")
+    align = t.get("align")
+    if align is not None and (not isinstance(align, list) or len(align) != n
+                              or any(a not in ("left", "right", "center") for a in align)):
+        raise ReportError(f"report: {what}: 'align' must give left, right or center for each of {n} columns")
+    if t.get("status") is not None and len(t["status"]) != len(t["rows"]):
+        raise ReportError(f"report: {what}: {len(t['status'])} statuses for {len(t['rows'])} rows")
 
 
 def _matrix(sec: dict) -> tuple[np.ndarray, list[str]] | None:
@@ -126,7 +168,8 @@ def _num(x: Any) -> float:
 
 
 def _short(label: str) -> str:
-    return label if len(label) <= LABEL_MAX_CHARS else label[: LABEL_MAX_CHARS - 1] + "…"
+    label = label if len(label) <= LABEL_MAX_CHARS else label[: LABEL_MAX_CHARS - 1] + "…"
+    return label.replace("$", r"\$")  # a label is text, never matplotlib mathtext
 
 
 def _safe(name: str) -> str:
@@ -254,8 +297,9 @@ def plot_consensus(cons: dict, path: Path) -> Path:
     ax.set_title("our weights against the validators' consensus"
                  + (f" (estimated vtrust {vtrust:.3f})" if isinstance(vtrust, (int, float)) else ""))
     ax.grid(axis="y", alpha=0.3)
-    ax.legend()
-    if not uids:
+    if uids:
+        ax.legend()
+    else:
         ax.text(0.5, 0.5, "no weights", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path)
@@ -277,23 +321,82 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+STATUS_CLASSES = {"scored": "st-scored", "cached": "st-cached", "failed": "st-failed", "skipped": "st-skipped",
+                  "pending": "st-pending"}
+_NUMERIC_CELL = re.compile(r"^(?:[-+]?\d[\d.,]*(?: ± [-+]?\d[\d.]*)?|-|–|n/a|inf|)$")
+STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+         "text-align:right;vertical-align:top}td:first-child,th:first-child{text-align:left}"
+         ".txt{text-align:left}.num{text-align:right}td.num{white-space:nowrap}th{vertical-align:bottom}"
+         "td.txt:last-child{min-width:16em}caption{text-align:left;font-weight:bold;padding:.3em 0}"
+         "tr.st-failed td:last-child{color:#b00020}tr.st-skipped td:last-child{color:#8a6d00}"
+         "tr.st-cached td:last-child{color:#00707a}tr.st-scored td:last-child{color:#1b7a1b}"
+         "tr.st-pending td{color:#777}dl.pairs{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}"
+         "dl.pairs dt{font-weight:bold}dl.pairs dd{margin:0}.problem{color:#8a3b00}"
+         "img{max-width:100%;display:block;margin:1em 0}li{margin:.4em 0}")
+
+
+def _pairs_html(pairs: list) -> str:
+    return '<dl class="pairs">' + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>"
+                                          for k, v in pairs) + "</dl>"
+
+
+def _table_html(t: dict) -> list[str]:
+    """A table of given text cells, every one escaped; a row's status colours its last cell.
+    Columns of numbers are right-aligned and never wrap; columns of text are left-aligned."""
+    align = t.get("align") or [None] * len(t["columns"])
+    text_cols = [a in ("left", "center") if a else any(not _NUMERIC_CELL.match(row[j]) for row in t["rows"])
+                 for j, a in enumerate(align)]
+    cls = [f'class="{"txt" if txt else "num"}"' + (' style="text-align:center"' if a == "center" else "")
+           for txt, a in zip(text_cols, align)]
+    out = ["<table>"]
+    if t.get("title"):
+        out.append(f"<caption>{html.escape(str(t['title']))}</caption>")
+    out.append("<tr>" + "".join(f"<th {c}>{html.escape(name)}</th>" for c, name in zip(cls, t["columns"])) + "</tr>")
+    statuses = t.get("status") or [""] * len(t["rows"])
+    for row, status in zip(t["rows"], statuses):
+        row_cls = STATUS_CLASSES.get(status)
+        cells = "".join(f"<td {c}>{html.escape(cell)}</td>" for c, cell in zip(cls, row))
+        out.append((f'<tr class="{row_cls}">' if row_cls else "<tr>") + cells + "</tr>")
+    if not t["rows"]:
+        out.append(f'<tr><td class="txt" colspan="{len(t["columns"])}">none</td></tr>')
+    out.append("</table>")
+    out += [f'<p class="problem">{html.escape(n)}</p>' for n in t.get("notes") or []]
+    return out
+
+
+def _models_html(sec: dict) -> list[str]:
+    out = ["<table><tr><th>model</th><th>kind</th><th>uid</th><th>block</th>"
+           "<th>mean loss / token</th><th>win rate</th><th>95 % CI</th><th>weight</th></tr>"]
+    for m in sec["models"]:
+        ci = m.get("win_rate_ci") or [None, None]
+        out.append(
+            f"<tr><td>{html.escape(m['label'])}</td><td>{_fmt(m.get('kind', 'chain'))}</td>"
+            f"<td>{_fmt(m.get('uid'))}</td><td>{_fmt(m.get('block'))}</td>"
+            f"<td>{_fmt(m.get('mean_loss_per_token'))}</td><td>{_fmt(m.get('win_rate'), '.3f')}</td>"
+            f"<td>{_fmt(ci[0], '.3f')} – {_fmt(ci[1], '.3f')}</td><td>{_fmt(m.get('weight'), '.3f')}</td></tr>")
+    out.append("</table>")
+    return out
+
+
 def _html(report: dict, comps: dict[str, dict], images: dict[str, dict[str, Path]],
           consensus_image: Path | None = None) -> str:
+    """Summary and problems first, then each competition's table (the legend under them),
+    the other tables, the consensus and the plots."""
     title = report.get("title") or "coldint benchmark report"
-    out = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-        "text-align:right}td:first-child,th:first-child{text-align:left}"
-        "img{max-width:100%;display:block;margin:1em 0}li{margin:.4em 0}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-    ]
-    meta = [f"{k}: {html.escape(str(report[k]))}" for k in ("block", "generated") if report.get(k) is not None]
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{html.escape(title)}</title>", f"<style>{STYLE}</style></head><body>",
+           f"<h1>{html.escape(title)}</h1>"]
+    meta = [f"{k}: {html.escape(str(report[k]))}" for k in ("block", "generated", "version")
+            if report.get(k) is not None]
     if meta:
         out.append(f"<p>{' · '.join(meta)}</p>")
-    if report.get("consensus") is not None:
-        out += _consensus_html(report["consensus"], consensus_image)
+    if report.get("summary"):
+        out.append(_pairs_html(report["summary"]))
+    if report.get("problems") is not None:
+        out.append("<h2>Problems</h2>")
+        out.append("<ul>" + "".join(f'<li class="problem">{html.escape(p)}</li>' for p in report["problems"])
+                   + "</ul>" if report["problems"] else "<p>none</p>")
     for comp, sec in comps.items():
         out.append(f"<h2>Competition {html.escape(comp)}</h2>")
         cands = sec.get("candidates") or []
@@ -301,19 +404,19 @@ def _html(report: dict, comps: dict[str, dict], images: dict[str, dict[str, Path
             out.append("<h3>Candidates</h3><ul>")
             out += [f"<li>{html.escape(str(c.get('verdict', c.get('label', ''))))}</li>" for c in cands]
             out.append("</ul>")
-        out.append("<table><tr><th>model</th><th>kind</th><th>uid</th><th>block</th>"
-                   "<th>mean loss / token</th><th>win rate</th><th>95 % CI</th><th>weight</th></tr>")
-        for m in sec["models"]:
-            ci = m.get("win_rate_ci") or [None, None]
-            out.append(
-                f"<tr><td>{html.escape(m['label'])}</td><td>{_fmt(m.get('kind', 'chain'))}</td>"
-                f"<td>{_fmt(m.get('uid'))}</td><td>{_fmt(m.get('block'))}</td>"
-                f"<td>{_fmt(m.get('mean_loss_per_token'))}</td><td>{_fmt(m.get('win_rate'), '.3f')}</td>"
-                f"<td>{_fmt(ci[0], '.3f')} – {_fmt(ci[1], '.3f')}</td><td>{_fmt(m.get('weight'), '.3f')}</td></tr>")
-        out.append("</table>")
-        for key, alt in (("losses", "loss per token"), ("win_rates", "win rates"), ("win_matrix", "win matrix")):
-            if key in images[comp]:
-                out.append(_img(images[comp][key], f"{comp} {alt}"))
+        out += _table_html(sec["table"]) if sec.get("table") is not None else _models_html(sec)
+    if report.get("legend"):
+        out += ["<h3>What the columns mean</h3>", _pairs_html(report["legend"])]
+    for t in report.get("tables") or []:
+        out += _table_html(t)
+    if report.get("consensus") is not None:
+        out += _consensus_html(report["consensus"], consensus_image)
+    for comp in comps:
+        shown = [(k, alt) for k, alt in (("losses", "loss per token"), ("win_rates", "win rates"),
+                                         ("win_matrix", "win matrix")) if k in images[comp]]
+        if shown:
+            out.append(f"<h2>Plots: competition {html.escape(comp)}</h2>")
+            out += [_img(images[comp][k], f"{comp} {alt}") for k, alt in shown]
     out.append("</body></html>")
     return "\n".join(out)
 

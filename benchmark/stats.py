@@ -1,18 +1,24 @@
 """Would my candidate win? Statistics of candidates against the live field (pure numpy).
 
 Each candidate is judged alone against the field, as if it were committed at the current
-block: it walks last and has no advantage, while the field models keep their real
-advantage. The win rule is the validator's own (validator.ranking.sample_winners).
+block: it walks last, while the field models keep their real advantage. Win rates and
+weights are the live step's (validator.ranking.competition_step, on samples the caller has
+already grouped as live groups them); the per-sample winners behind the intervals follow the
+same walk (validator.ranking.sample_winners).
 
 Confidence intervals are percentile bootstraps over samples: the per-sample outcome
 (who wins, the paired loss delta) is computed once; a resample only re-averages those
-per-sample numbers over resampled sample indices, so 1000+ resamples stay cheap.
+per-sample numbers over resampled sample indices, so 1000+ resamples stay cheap. A
+bootstrap interval of a win rate collapses to a point at 0 % or 100 % (every resample
+is all wins), so win rates also get a Wilson score interval, which does not; the call
+("beats the leader") needs both to clear one half.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -77,6 +83,24 @@ class Interval:
         return _clean(asdict(self))
 
 
+def wilson_interval(successes: float, n: int, confidence: float = CONFIDENCE) -> Interval:
+    """Wilson score interval of a proportion ``successes / n``: unlike a bootstrap (or the
+    normal approximation) it keeps a width at 0 % and 100 %, e.g. 10 wins of 10 give a
+    95 % interval of 72-100 %. No samples: nan bounds."""
+    if n < 0 or successes < 0 or successes > n:
+        raise ValueError(f"wilson_interval: need 0 <= successes <= n, got {successes} of {n}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence: must be in (0, 1), got {confidence}")
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, confidence)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), confidence)
+
+
 @dataclass
 class CandidateStats:
     """How one candidate would fare if committed now. Loss units are those of the input."""
@@ -95,11 +119,16 @@ class CandidateStats:
     n_paired: int  # samples where both losses are finite
     head_to_head: Interval | None  # samples won against the leader alone
     verdict: str
+    win_rate_wilson: Interval | None = None  # Wilson score interval of win_rate (never collapses)
+    head_to_head_wilson: Interval | None = None
+    field_weights_without: list[float] = field(default_factory=list)  # the field's weights now, no candidate
+    field_weights_with: list[float] = field(default_factory=list)  # ... if the candidate were committed now
     deltas: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # per-sample, nan if unpaired
 
     def to_dict(self, include_deltas: bool = False) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k != "deltas"}
-        for key in ("win_rate", "loss_ratio", "mean_delta", "head_to_head"):
+        for key in ("win_rate", "loss_ratio", "mean_delta", "head_to_head", "win_rate_wilson",
+                    "head_to_head_wilson"):
             out[key] = out[key].to_dict() if out[key] is not None else None
         if include_deltas:
             out["deltas"] = self.deltas
@@ -217,31 +246,73 @@ def _pct(x: float) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.0f} %"
 
 
-def _ci_pct(iv: Interval) -> str:
+def _ci_pct(iv: Interval, wilson: Interval | None = None) -> str:
     if not (math.isfinite(iv.low) and math.isfinite(iv.high)):
         return "no CI"
-    return f"{100 * iv.confidence:.0f} % CI {100 * iv.low:.0f}-{100 * iv.high:.0f} %"
+    text = f"{100 * iv.confidence:.0f} % CI {100 * iv.low:.0f}-{100 * iv.high:.0f} %"
+    if wilson is not None and math.isfinite(wilson.low) and math.isfinite(wilson.high):
+        text += f", Wilson {100 * wilson.low:.0f}-{100 * wilson.high:.0f} %"
+    return text
+
+
+def call(head_to_head: Interval | dict | None, wilson: Interval | dict | None) -> str:
+    """The call against the leader: both intervals of the head-to-head win rate (bootstrap and
+    Wilson) must lie above one half to beat it, or both below to lose; else too close to call."""
+    def bounds(iv: Interval | dict | None) -> tuple[float, float]:
+        if iv is None:
+            return math.nan, math.nan
+        lo, hi = (iv.low, iv.high) if isinstance(iv, Interval) else (iv.get("low"), iv.get("high"))
+        return (math.nan if lo is None else lo), (math.nan if hi is None else hi)
+
+    (blo, bhi), (wlo, whi) = bounds(head_to_head), bounds(wilson)
+    if blo > 0.5 and (wlo > 0.5 or wilson is None):
+        return "beats the leader"
+    if bhi < 0.5 and (whi < 0.5 or wilson is None):
+        return "does not beat the leader"
+    return "too close to call"
+
+
+def _weight_text(s: CandidateStats) -> str:
+    line = f"would take ~{s.weight:.2f} of the competition's weight if committed now"
+    if s.leader_index is not None and s.field_weights_without:
+        lead = s.leader_index
+        line += (f" ({_name(s.leader_label, s.leader_uid)}: {s.field_weights_without[lead]:.2f} now, "
+                 f"{s.field_weights_with[lead]:.2f} with it)")
+    return line
 
 
 def _verdict(s: CandidateStats) -> str:
     if s.leader_index is None:
         return (f"{s.label}: no field to compare against; wins {_pct(s.win_rate.value)} of samples, "
-                f"would take ~{s.weight:.2f} of the competition's weight")
+                + _weight_text(s))
     who = _name(s.leader_label, s.leader_uid)
     parts = [f"{s.label}: wins {_pct(s.head_to_head.value)} of samples against {who} "
-             f"({_ci_pct(s.head_to_head)})"]
-    parts.append(f"{_pct(s.win_rate.value)} against the whole field ({_ci_pct(s.win_rate)})")
-    line = ", ".join(parts) + f", would take ~{s.weight:.2f} of the competition's weight"
+             f"({_ci_pct(s.head_to_head, s.head_to_head_wilson)})",
+             f"{_pct(s.win_rate.value)} against the whole field ({_ci_pct(s.win_rate, s.win_rate_wilson)})"]
+    line = ", ".join(parts) + ", " + _weight_text(s)
     if s.loss_ratio is not None and math.isfinite(s.loss_ratio.value):
         line += (f"; loss ratio to {who} {s.loss_ratio.value:.4f} "
                  f"(needs < {s.required_ratio:.4f} per sample to take it)")
-    if s.head_to_head.low > 0.5:
-        line += "; beats the leader"
-    elif s.head_to_head.high < 0.5:
-        line += "; does not beat the leader"
-    else:
-        line += "; too close to call against the leader"
+    outcome = call(s.head_to_head, s.head_to_head_wilson)
+    line += "; too close to call against the leader" if outcome == "too close to call" else f"; {outcome}"
     return line
+
+
+def _block_or_none(b: float) -> int | None:
+    return None if math.isnan(b) else int(b)
+
+
+def live_step(losses: np.ndarray, blocks: Sequence[int | None], block_now: int,
+              params: WinParams) -> "ranking.CompetitionStep":
+    """The live step on already grouped rows (group_samples 1: the caller grouped them)."""
+    return ranking.competition_step([row for row in losses], list(blocks), int(block_now), group_samples=1,
+                                    advantage_initial=params.advantage_initial,
+                                    advantage_decay=params.advantage_decay,
+                                    weight_skew_factor=params.weight_skew_factor, pool_size=max(len(losses), 1))
+
+
+def _step_rates(step: "ranking.CompetitionStep", n: int) -> np.ndarray:
+    return np.zeros(n) if step.win_rate is None else np.asarray(step.win_rate, dtype=np.float64)
 
 
 def candidate_stats(field_losses: Any, field_blocks: Any, candidate_losses: Any, block_now: float,
@@ -279,44 +350,57 @@ def candidate_stats(field_losses: Any, field_blocks: Any, candidate_losses: Any,
     else:
         elig = np.asarray(eligible, dtype=bool).reshape(-1)
     rule = (block_now, params.advantage_initial, params.advantage_decay, params.epoch)
+    field_blocks_int = [_block_or_none(b) for b in fb.tolist()]
 
-    field_wins = ranking.compute_wins(fl, fb, *rule) if f else np.zeros(0, dtype=np.int64)
-    lead = _leader(ranking.win_rates(field_wins, s), fb)
+    field_step = live_step(fl, field_blocks_int, block_now, params) if f else None
+    field_rates = _step_rates(field_step, f) if field_step is not None else np.zeros(0)
+    without = ranking.weights_from_win_rates(field_rates, params.weight_skew_factor, elig) if f else np.zeros(0)
+    lead = _leader(field_rates, fb)
     lead_adv = float(ranking.advantages(fb[[lead]], block_now, params.advantage_initial,
                                         params.advantage_decay, params.epoch)[0]) if lead is not None else 0.0
-    blocks_all = np.append(fb, np.nan)  # the candidate: newest, no advantage
+    now = float(int(block_now))
+    blocks_all = np.append(fb, now)  # the candidate, as if committed now: it walks last
     elig_all = np.append(elig, True)
 
     results = []
     for c in range(cl.shape[0]):
         cand = cl[c]
         full = np.vstack([fl, cand[None, :]])
-        winners = ranking.sample_winners(full, blocks_all, *rule)
+        step = live_step(full, field_blocks_int + [int(block_now)], block_now, params)
+        wr_all = _step_rates(step, f + 1)
+        weights = (np.asarray(step.weights) if elig_all.all() and step.weights is not None
+                   else ranking.weights_from_win_rates(wr_all, params.weight_skew_factor, elig_all))
+        winners = ranking.sample_winners(full, blocks_all, *rule)  # per sample, for the intervals
         won = (winners == f).astype(np.float64)
-        wr_all = ranking.win_rates(np.bincount(winners[winners >= 0], minlength=f + 1), s)
-        weight = float(ranking.weights_from_win_rates(wr_all, params.weight_skew_factor, elig_all)[f])
         per_sample = {"win": won}
         wts: dict[str, np.ndarray] = {}
         deltas = np.full(s, np.nan)
+        h2h_wins = 0.0
         if lead is not None:
             ll = fl[lead]
             paired = np.isfinite(cand) & np.isfinite(ll)
             deltas[paired] = cand[paired] - ll[paired]
-            h2h = ranking.sample_winners(np.vstack([ll, cand]), np.array([fb[lead], np.nan]), *rule)
+            h2h = ranking.sample_winners(np.vstack([ll, cand]), np.array([fb[lead], now]), *rule)
+            h2h_wins = float((h2h == 1).sum())
             per_sample.update(h2h=(h2h == 1).astype(np.float64), delta=np.where(paired, deltas, 0.0),
                               ratio=np.where(paired, cand, 0.0))
             wts.update(delta=paired.astype(np.float64), ratio=np.where(paired, ll, 0.0))
         ivs = bootstrap_means(per_sample, wts, n_boot, seed, confidence) if s else \
             {k: Interval(math.nan, math.nan, math.nan, confidence) for k in per_sample}
+        # the point estimate is the live step's; the bootstrap only gives its spread
+        ivs["win"] = Interval(float(wr_all[f]), ivs["win"].low, ivs["win"].high, confidence)
         n_paired = int(np.isfinite(deltas).sum())
         st = CandidateStats(
-            label=clabels[c], n_samples=s, win_rate=ivs["win"], weight=weight,
+            label=clabels[c], n_samples=s, win_rate=ivs["win"], weight=float(weights[f]),
             leader_index=lead, leader_label=labels[lead] if lead is not None else None,
             leader_uid=(None if lead is None or uids[lead] is None else int(uids[lead])),
             leader_advantage=lead_adv, required_ratio=1.0 - lead_adv,
             loss_ratio=ivs.get("ratio") if n_paired else None,
             mean_delta=ivs.get("delta") if n_paired else None, n_paired=n_paired,
-            head_to_head=ivs.get("h2h"), verdict="", deltas=deltas)
+            head_to_head=ivs.get("h2h"), verdict="", deltas=deltas,
+            win_rate_wilson=wilson_interval(round(float(wr_all[f]) * s), s, confidence),
+            head_to_head_wilson=wilson_interval(h2h_wins, s, confidence) if lead is not None else None,
+            field_weights_without=[float(x) for x in without], field_weights_with=[float(x) for x in weights[:f]])
         st.verdict = _verdict(st)
         results.append(st)
     return results

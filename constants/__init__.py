@@ -202,3 +202,37 @@ TOKENIZER_JSON_MAX_BYTES = 64 * 1024**2  # a larger tokenizer.json is refused (c
 # --- hub: hostile repos (validator/hub.py) ---------------------------------------------------
 HUB_MAX_REPO_FILES = 1000  # a repo listing more files is refused (bad_repo) before any download
 HUB_MAX_NAME_BYTES = 255  # a path component of a file to download longer than this is refused (NAME_MAX)
+
+# --- persisted state: bounded reads (validator/state.py read_json) ----------------------------
+STATE_MAX_BYTES = 512 * 1024**2  # validator_state.json, an eval cache file: larger is refused as damaged
+STATE_MAX_DEPTH = 64  # JSON nesting of a state file (the eval cache nests 4 deep)
+STATE_MAX_ELEMENTS = 40_000_000  # JSON values; 256 models x 20k samples x 3 fit
+
+# --- scoring workers: limits and what a miner may not choose (validator/worker.py, scorer.py, scoring.py) ---
+SCORE_MEMORY_FRACTION = 0.8  # a scoring worker's resident memory limit: this share of the host's (or cgroup's) RAM
+SCORE_ADDRESS_SPACE_HEADROOM_BYTES = 16 * 1024**3  # on CPU, RLIMIT_AS = that limit + this (torch, arenas, stacks)
+TOKENIZE_TIME_SHARE = 0.25  # of the model's time limit (TTL_MODEL_EVAL_S): its own tokenizer's time box
+# config.json keys that pick kernels, quantizers or parallel plans: removed before a model is built
+# (here and, for the hub side, before checks), at every nesting level (sub-configs)
+CONFIG_KEYS_STRIPPED = ("attn_implementation", "_attn_implementation", "_attn_implementation_internal",
+                        "_attn_implementation_autoset", "experts_implementation", "_experts_implementation",
+                        "_experts_implementation_internal", "quantization_config", "use_kernels", "kernel_config",
+                        "tp_plan", "base_model_tp_plan", "base_model_pp_plan", "base_model_ep_plan",
+                        "base_model_fsdp_plan", "distributed_config", "device_map")
+
+# --- step report: shown text (validator/loop.py) ----------------------------------------------
+PROBLEM_MAX_CHARS = 2_000  # a step problem is cut to this many characters (after escaping) before it is shown
+
+# --- layer-streamed scoring (validator/streaming.py) -----------------------------------------
+# Stream a model layer by layer when its weights exceed this share of the free device memory
+# (or of --max-device-memory): the rest holds activations, the loss chunk and allocator slack.
+STREAM_FREE_MEMORY_SHARE = 0.8
+
+# --- hub: bounded repo JSON and the isolated config check (validator/hub.py, config_check.py) ---
+HUB_JSON_MAX_DEPTH = 32  # nesting of a repo's JSON files (config.json nests 3 deep; tokenizer_config 3)
+HUB_JSON_MAX_ELEMENTS = 500_000  # JSON values of one repo file (an index of 100k tensors, 60k added tokens fit)
+CONFIG_CHECK_TIMEOUT_S = 180  # the config build + meta-device model build, in its worker (about 5 s: imports)
+CONFIG_CHECK_MEMORY_BYTES = 8 * 1024**3  # that worker's address space (RLIMIT_AS; torch's own mappings included)
+
+# --- operator defaults (validator/cli.py `run`) ----------------------------------------------
+MODEL_STORE_DEFAULT_FREE_GB = 50.0  # no --model-store-gb: the model store keeps this much of its disk free

@@ -8,9 +8,12 @@
 Steps (any failure exits non-zero with a message saying which step and why):
 1. the model dir is checked against the competition before anything is uploaded: the
    commitment fits the chain's 128 bytes, the dir's size, and the files validators will
-   download (safetensors weights, model class from model_type, parameter count);
+   download (safetensors weights, model class from model_type, parameter count), and the
+   content is not what this hotkey has committed already (committing it again would reset
+   its age, the advantage it holds: refused unless --force); only then is the hotkey
+   registered (--register, a local chain);
 2. upload: a private repo on huggingface.co (token from HF_TOKEN / HF_ACCESS_TOKEN, a
-   .env file, or `huggingface-cli login`), or a git commit in a local mirror
+   .env file, or `hf auth login`), or a git commit in a local mirror
    (`--hub local:<dir>`, the repos olah serves);
 3. the snapshot is downloaded back at the new commit through the same hub client and the
    same rule a validator uses (validator/live_repo.py: only the files transformers 4.44
@@ -20,7 +23,7 @@ Steps (any failure exits non-zero with a message saying which step and why):
    on 127.0.0.1 for the purpose;
 4. `namespace:name:commit:hash:competition` is committed on chain with the hotkey, and read
    back (chain.sync()) until it shows;
-5. the repo is made public (a hub repo; a local mirror has no visibility).
+5. the repo is made public (a hub repo; a local mirror has no visibility), and its URL printed.
 
 `--model-id ns:name:commit` skips the upload and commits an existing upload (steps 3-5,
 with the check of step 1 made on the downloaded snapshot).
@@ -51,7 +54,7 @@ class UploadError(RuntimeError):
 
 def load_token() -> str | None:
     """HF token: $HF_TOKEN, $HF_ACCESS_TOKEN, the same keys in a .env file (current dir or
-    above), else the token cached by `huggingface-cli login`."""
+    above), else the token cached by `hf auth login`."""
     for key in ("HF_TOKEN", "HF_ACCESS_TOKEN"):
         if os.environ.get(key):
             return os.environ[key]
@@ -142,12 +145,52 @@ def check_commitment_fits(namespace: str, name: str, competition_id: str) -> Non
         raise UploadError(f"commitment for {namespace}/{name} in {competition_id}: {exc}") from None
 
 
-def _check_registered(chain: Any, hotkey: str) -> None:
-    """Fail before uploading when the hotkey could not commit anyway."""
+def _sync(chain: Any) -> tuple[Any, dict]:
     try:
-        metagraph, _ = chain.sync()
+        return chain.sync()
     except Exception as exc:  # noqa: BLE001 - reported with the step
         raise UploadError(f"chain: cannot read the metagraph ({type(exc).__name__}: {exc})") from None
+
+
+def current_commitment(commitments: dict, hotkey: str) -> ModelId | None:
+    """The hotkey's commitment in a chain.sync() answer, parsed; None when it has none (or an
+    unparsable one)."""
+    found = commitments.get(hotkey)
+    if found is None:
+        return None
+    try:
+        return ModelId.from_commitment(found.text)
+    except InvalidCommitment:
+        return None
+
+
+def check_not_recommitted(commitments: dict, hotkey: str, secure: str, force: bool,
+                          log: Callable[[str], None]) -> None:
+    """UploadError when `secure` (the secure hash of the content for this hotkey) is the hash
+    of the hotkey's current commitment: a new commitment of the same content only moves its
+    block forward, which resets the age advantage it holds. `force` commits it anyway."""
+    now = current_commitment(commitments, hotkey)
+    if now is None or now.hash != secure:
+        return
+    what = f"{now.namespace}/{now.name}@{now.commit[:12]} ({now.competition})"
+    if force:
+        log(f"--force: committing content {hotkey} has already committed as {what} again (its age restarts)")
+        return
+    raise UploadError(f"check: hotkey {hotkey} has already committed this content as {what}; committing it "
+                      "again would restart its age and lose the advantage it holds (pass --force to do it anyway)")
+
+
+def repo_url(hub_spec: str, namespace: str, name: str, endpoint: str | None) -> str:
+    """Where the published repo can be seen: the hub's page, or the mirror's git dir."""
+    if hub_spec.startswith(LOCAL_PREFIX):
+        mirror = Path(hub_spec[len(LOCAL_PREFIX):]).expanduser().resolve()
+        path = mirror / "models" / namespace / name
+        return f"{endpoint.rstrip('/')}/{namespace}/{name} ({path})" if endpoint else str(path)
+    return f"{hub.resolve_endpoint(endpoint).rstrip('/')}/{namespace}/{name}"
+
+
+def _check_registered(chain: Any, hotkey: str, metagraph: Any) -> None:
+    """Fail before uploading when the hotkey could not commit anyway."""
     if metagraph is not None and metagraph.uid_of(hotkey) is None:
         raise UploadError(f"chain: hotkey {hotkey} is not registered on netuid {chain.netuid}")
 
@@ -157,24 +200,32 @@ def publish_and_commit(model_dir: str | os.PathLike | None, competition: Any, *,
                        endpoint: str | None = None, token: str | None = None,
                        readback_tries: int = constants.UPLOAD_CHAIN_READBACK_TRIES,
                        readback_wait_s: float = constants.UPLOAD_CHAIN_READBACK_WAIT_S,
-                       log: Callable[[str], None] = print) -> ModelId:
-    """Check, upload, hash as a validator would, commit, read back, make public.
+                       log: Callable[[str], None] = print, force: bool = False,
+                       register: Callable[[], None] | None = None) -> ModelId:
+    """Check, register, upload, hash as a validator would, commit, read back, make public.
 
     hub_spec: "local:<mirror dir>" or "hf" (huggingface.co, or `endpoint`). signer: what
     chain.commit takes (a hotkey for LocalChain, a bittensor Wallet for SubtensorChain);
-    hotkey: its ss58 address (bound into the secure hash). Returns the committed ModelId;
-    raises UploadError (or HubError) naming the failed step."""
+    hotkey: its ss58 address (bound into the secure hash). Content this hotkey has already
+    committed is refused unless `force` (before the upload, and again on the hash taken
+    from the download). `register` (if given) runs once every check has passed, before
+    the upload. Returns the committed ModelId; raises UploadError (or HubError) naming the
+    failed step."""
     mirror = Path(hub_spec[len(LOCAL_PREFIX):]).expanduser() if hub_spec.startswith(LOCAL_PREFIX) else None
     if mirror is None and hub_spec != "hf":
         raise UploadError(f"--hub {hub_spec!r}: expected 'hf' or 'local:<mirror dir>'")
     if mirror is None and token is None and model_id is None:
         raise UploadError("upload: no Hugging Face token (set HF_TOKEN in the environment or .env, "
-                          "or run `huggingface-cli login`)")
+                          "or run `hf auth login`)")
 
-    _check_registered(chain, hotkey)
     if model_id is not None:
         ns, name, commit = parse_model_id(model_id)
         check_commitment_fits(ns, name, competition.id)
+        metagraph, _commitments = _sync(chain)
+        if register is not None:
+            register()
+            metagraph, _commitments = _sync(chain)
+        _check_registered(chain, hotkey, metagraph)
         log(f"committing the existing upload {ns}/{name}@{commit[:12]} (no upload)")
     else:
         if repo is None:
@@ -188,6 +239,16 @@ def publish_and_commit(model_dir: str | os.PathLike | None, competition: Any, *,
         except hub.HubError as exc:
             raise UploadError(f"check against competition {competition.id}: {exc}") from None
         log(f"{model_dir}: within competition {competition.id}'s limits")
+        try:
+            local_hash = hub.model_dir_hash(model_dir)
+        except hub.HubError as exc:
+            raise UploadError(f"check against competition {competition.id}: {exc}") from None
+        metagraph, commitments = _sync(chain)
+        check_not_recommitted(commitments, hotkey, secure_hash(local_hash, hotkey), force, log)
+        if register is not None:
+            register()
+            metagraph, _commitments = _sync(chain)
+        _check_registered(chain, hotkey, metagraph)
         try:
             if mirror is not None:
                 commit = hub.publish_local(model_dir, mirror, ns, name)
@@ -204,6 +265,8 @@ def publish_and_commit(model_dir: str | os.PathLike | None, competition: Any, *,
         except hub.HubError as exc:
             raise UploadError(f"download back at {commit[:12]}: {exc}") from None
     mid = ModelId(ns, name, commit, secure_hash(content, hotkey), competition.id)
+    if model_id is not None:  # an existing upload: its hash is known only now (an upload was checked before)
+        check_not_recommitted(_sync(chain)[1], hotkey, mid.hash, force, log)
     text = mid.to_commitment()
     log(f"committing {text} for hotkey {hotkey}")
     try:
@@ -220,11 +283,14 @@ def publish_and_commit(model_dir: str | os.PathLike | None, competition: Any, *,
         except Exception as exc:  # noqa: BLE001 - reported with the step
             raise UploadError(f"make {ns}/{name} public (it is committed; make it public by hand): {exc}") from None
         log(f"{ns}/{name} is public")
+    log(f"repo: {repo_url(hub_spec, ns, name, endpoint)}")
     return mid
 
 
-def make_chain(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    """(chain, signer, hotkey ss58) from the flags; bittensor is imported only when needed."""
+def make_chain(args: argparse.Namespace) -> tuple[Any, Any, str, Callable[[], None] | None]:
+    """(chain, signer, hotkey ss58, register) from the flags; `register` (for --register on a
+    local chain, else None) is called by publish_and_commit once its checks have passed.
+    bittensor is imported only when needed."""
     if args.network == "local":
         from validator.chain.local import LocalChain
 
@@ -234,18 +300,24 @@ def make_chain(args: argparse.Namespace) -> tuple[Any, Any, str]:
         if not db.exists() and not args.register:  # never commit into a fresh, empty chain by mistake
             raise UploadError(f"--chain-db {db}: no local chain there (pass --register to create it)")
         chain = LocalChain(db, netuid=args.netuid)
+        register = None
         if args.register:
-            _metagraph, _ = chain.sync()
-            if _metagraph.uid_of(args.hotkey) is None:
-                chain.register(args.hotkey)
-        return chain, args.hotkey, args.hotkey
+            def register() -> None:
+                metagraph, _ = chain.sync()
+                if metagraph.uid_of(args.hotkey) is None:
+                    uid = chain.register(args.hotkey)
+                    print(f"registered {args.hotkey} as uid {uid} on the local chain {db}")
+        return chain, args.hotkey, args.hotkey, register
     import bittensor as bt
 
     from validator.chain.subtensor import SubtensorChain
 
     wallet = bt.Wallet(name=args.wallet_name, hotkey=args.wallet_hotkey, path=args.wallet_path)
     hotkey = wallet.hotkey.ss58_address
-    return SubtensorChain(args.network, netuid=args.netuid, wallet=wallet), wallet, hotkey
+    if args.register:
+        raise UploadError("--register: only on a local chain (--network local); register on "
+                          f"{args.network} with btcli subnet register")
+    return SubtensorChain(args.network, netuid=args.netuid, wallet=wallet), wallet, hotkey, None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,7 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", help="namespace/name of the repo to upload to")
     p.add_argument("--model-id", help="namespace:name:commit of an existing upload to commit (no upload)")
     p.add_argument("--hotkey", help="hotkey ss58 (--network local)")
-    p.add_argument("--register", action="store_true", help="register --hotkey on the local chain if needed")
+    p.add_argument("--register", action="store_true",
+                   help="register --hotkey on the local chain if needed, once the checks have passed")
+    p.add_argument("--force", action="store_true",
+                   help="commit even content this hotkey has already committed (restarts its age: loses its "
+                        "advantage)")
     p.add_argument("--wallet.name", dest="wallet_name", default="default")
     p.add_argument("--wallet.hotkey", dest="wallet_hotkey", default="default")
     p.add_argument("--wallet.path", dest="wallet_path", default="~/.bittensor/wallets")
@@ -285,11 +361,17 @@ def main(argv: list[str] | None = None) -> int:
             raise UploadError(f"--competition {args.competition!r}: not in {args.competitions} "
                               f"(known: {', '.join(sorted(comps))})")
         token = None if args.hub.startswith(LOCAL_PREFIX) else load_token()
-        chain, signer, hotkey = make_chain(args)
-        mid = publish_and_commit(args.model_dir, comps[args.competition], hub_spec=args.hub, chain=chain,
+        comp = comps[args.competition]
+        if args.model_id is None and args.model_dir is not None and Path(args.model_dir).is_dir():
+            try:  # before any chain is opened (or a local one created): a refused model touches nothing
+                hub.check_model_constraints(args.model_dir, comp)
+            except hub.HubError as exc:
+                raise UploadError(f"check against competition {comp.id}: {exc}") from None
+        chain, signer, hotkey, register = make_chain(args)
+        mid = publish_and_commit(args.model_dir, comp, hub_spec=args.hub, chain=chain,
                                  signer=signer, hotkey=hotkey, repo=args.repo, model_id=args.model_id,
                                  endpoint=args.endpoint, token=token, readback_tries=args.readback_tries,
-                                 readback_wait_s=args.readback_wait)
+                                 readback_wait_s=args.readback_wait, force=args.force, register=register)
     except (UploadError, hub.HubError) as exc:
         print(f"upload_model: error: {exc}", file=sys.stderr)
         return 1

@@ -70,7 +70,7 @@ def test_the_gpu_check_script_runs_its_stages_in_smoke_mode(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = (tmp_path / "summary.txt").read_text().splitlines()
-    assert [line.split(":")[0] for line in summary] == ["== tests", "== bench_1b", "== bench_7b"]
+    assert [line.split(":")[0] for line in summary] == ["== tests", "== bench_1b", "== bench_7b", "== streamed_7b"]
     assert all(": exit 0 " in line for line in summary)
     records = [json.loads(line) for line in (tmp_path / "scoring.jsonl").read_text().splitlines()]
     assert [r["flags"]["kv_heads"] for r in records] == [2, 4]  # grouped-query 1B shape, then full MHA
@@ -78,6 +78,9 @@ def test_the_gpu_check_script_runs_its_stages_in_smoke_mode(tmp_path):
         assert set(r["figures"]) == {"reference", "engine"}
         assert r["max_rel_loss_diff"] < 1e-4 and r["measured_matmul_tflops"] > 0
     assert "torch" in (tmp_path / "machine.txt").read_text()
+    (streamed,) = [json.loads(line) for line in (tmp_path / "streamed.jsonl").read_text().splitlines()]
+    assert streamed["max_rel_loss_diff"] < 1e-5 and streamed["groups"] >= 1
+    assert streamed["predicted_streamed_s"] > 0 and streamed["peak_rss_streamed_mib"] > 0
 
 
 def test_a_childs_peak_memory_leaves_out_the_parents():

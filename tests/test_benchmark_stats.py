@@ -146,3 +146,41 @@ def test_params_from_competition_like_object():
     p = S.WinParams.from_competition(Comp())
     assert (p.advantage_initial, p.advantage_decay, p.weight_skew_factor) == (0.01, 0.9, 2.0)
     assert math.isclose(S.WinParams.from_competition(object()).advantage_initial, 0.004)
+
+
+def test_wilson_interval_keeps_a_width_at_0_and_100_percent():
+    # textbook values (Wilson 1927 score interval, z = 1.959964 for 95 %)
+    for k, n, low, high in ((10, 10, 0.7225, 1.0), (0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634),
+                            (3, 3, 0.4385, 1.0)):
+        iv = S.wilson_interval(k, n)
+        assert (iv.value, iv.low, iv.high) == pytest.approx((k / n, low, high), abs=1e-4)
+    assert math.isnan(S.wilson_interval(0, 0).low)
+    with pytest.raises(ValueError, match="need 0 <= successes <= n"):
+        S.wilson_interval(4, 3)
+
+
+def test_three_samples_all_won_are_too_close_to_call():
+    """The bootstrap of 3 wins out of 3 is [100 %, 100 %]; Wilson's is 44-100 %: no call."""
+    field = np.array([[10.0, 10.0, 10.0]])
+    (st,) = S.candidate_stats(field, [100.0], [[5.0, 5.0, 5.0]], 100, PARAMS, n_boot=1_000, seed=1)
+    assert st.head_to_head.low == 1.0 and st.head_to_head_wilson.low == pytest.approx(0.4385, abs=1e-4)
+    assert st.verdict.endswith("too close to call against the leader")
+    assert S.call(st.head_to_head, st.head_to_head_wilson) == "too close to call"
+    # with 40 of 40 won both intervals clear one half
+    (st,) = S.candidate_stats(np.full((1, 40), 10.0), [100.0], [np.full(40, 5.0)], 100, PARAMS, n_boot=1_000)
+    assert st.verdict.endswith("; beats the leader") and "Wilson 91-100 %" in st.verdict
+
+
+def test_candidate_weight_if_committed_now_and_the_field_weights_without_it():
+    # two field models, candidate wins sample 0 only; the live step's arithmetic by hand
+    field = np.array([[10.0, 10.0, 10.0, 10.0], [9.0, 12.0, 12.0, 12.0]])
+    (st,) = S.candidate_stats(field, [100.0, 50.0], [[1.0, 20.0, 20.0, 20.0]], 100, PARAMS, n_boot=1_000)
+    # field alone: the walk starts at block 50 (losses 9, 12, 12, 12); block 100 (10, 10, 10, 10)
+    # takes b, c and d (10 < 12 * (1 - adv)) and not a: win rates 0.25 and 0.75
+    assert st.field_weights_without == pytest.approx([0.75 ** 1.2 / (0.75 ** 1.2 + 0.25 ** 1.2),
+                                                      0.25 ** 1.2 / (0.75 ** 1.2 + 0.25 ** 1.2)])
+    # with the candidate: it takes sample 0; model 0 keeps b, c, d
+    total = 0.75 ** 1.2 + 0.25 ** 1.2
+    assert st.field_weights_with == pytest.approx([0.75 ** 1.2 / total, 0.0])
+    assert st.weight == pytest.approx(0.25 ** 1.2 / total)
+    assert "if committed now" in st.verdict

@@ -10,7 +10,8 @@ from validator import cli
 
 def test_run_flags_parse_with_defaults():
     args = cli.build_parser().parse_args(["run", "--offline", "--steps", "2", "--model-store-gb", "-20"])
-    assert args.network == "local" and args.netuid == 29 and args.steps == 2
+    # finney by default, as btcli and `benchmark`: a validator never silently runs on an empty local chain
+    assert args.network == "finney" and args.netuid == 29 and args.steps == 2
     assert args.offline and not args.dont_set_weights and args.model_store_gb == -20.0
     assert str(args.state_dir) == ".coldint"
 

@@ -348,9 +348,18 @@ def test_compare_field_groups_samples_like_the_validator():
     cand = C.ScoredModel("cand", base * 0.9, np.full(10, 20), kind="candidate")
     cf = C.CompetitionField(field, [cand], [f"s{i}" for i in range(10)], group_samples=3)
     sec = C.compare_field({"c": cf}, 10, n_boot=1000)["competitions"]["c"]
-    assert sec["n_samples"] == 4 and sec["sample_ids"] == ["group 0", "group 1", "group 2", "group 3"]
-    grouped = ranking.group_samples(np.vstack([base, base * 0.9]), 3, C.constants.BENCH_SEED)
-    assert sec["candidates"][0]["deltas"] == pytest.approx(grouped[1] - grouped[0])
+    # live: the 10th sample does not fill a group and is dropped; 9 shuffled samples, 3 groups
+    assert sec["n_samples"] == 3 and sec["sample_ids"] == ["group 0", "group 1", "group 2"]
+    perm = np.random.default_rng(C.constants.BENCH_SEED).permutation(9)
+    by_hand = base[perm].reshape(3, 3).sum(axis=1)
+    assert sec["candidates"][0]["deltas"] == pytest.approx(by_hand * 0.9 - by_hand)
+    # the win rates are those of the live step on the raw rows (it groups them itself)
+    step = ranking.competition_step([base, base * 0.9], [10, 10], 10, group_samples=3, advantage_initial=0.004,
+                                    advantage_decay=0.995, weight_skew_factor=1.2, pool_size=2,
+                                    seed=C.constants.BENCH_SEED)
+    assert sec["candidates"][0]["win_rate"]["value"] == pytest.approx(step.win_rate[1])
+    with pytest.raises(ValueError, match="2 samples in groups of 3: no complete group"):
+        C.compare_field({"c": C.CompetitionField(field[:0], [], ["a", "b"], group_samples=3)}, 10, n_boot=1000)
     with pytest.raises(ValueError, match="n_tokens has 9 entries, expected 10"):
         C.compare_field({"c": C.CompetitionField([C.ScoredModel("x", base, np.ones(9))], [], list("abcdefghij"))}, 1)
     with pytest.raises(ValueError, match="bootstrap resamples"):
@@ -391,7 +400,11 @@ def test_a_candidate_that_cannot_be_scored_is_shown_failed(world, tmp_path):
     argv = _offline_argv(world)
     argv[0] = str(bench)
     rc, text, _ = _run(argv + ["--out", str(tmp_path / "out")])
-    assert rc == 0, text  # the others are judged
+    # an unusable entry stops the run, its reason first (a typo must not shrink the field unseen)
+    assert rc == 2 and text.startswith("error: benchmark entry 'elsewhere': unknown competition 'c99'"), text
+    assert "--skip-bad-entries" in text and not (tmp_path / "out").exists()
+    rc, text, _ = _run(argv + ["--out", str(tmp_path / "out"), "--skip-bad-entries"])
+    assert rc == 0, text  # the others are judged: "better" beats the leader
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     sec = report["competitions"]["c00"]
     assert [d["label"] for d in sec["candidates"]] == ["better"]
@@ -429,13 +442,14 @@ def test_field_from_local_chain_and_hub(world, tmp_path):
         # incentive: the validator weighs leader and old; "worse" has none -> not in the top 2
         chain.set_weights_as("validator0", [uids["leader"], uids["old"]], [0.7, 0.3], 1)
         chain.advance(10)
-        bench = tmp_path / "candidates.json"
-        bench.write_text(json.dumps({"better": {"competition": "c00", "path": str(world["models"]["better"])}}))
-        rc, text, _ = _run([str(bench), "--network", "local", "--chain-db", str(tmp_path / "chain.sqlite"),
-                            "--hf-endpoint", hub.endpoint, "--top", "2", "--competitions", str(world["competitions"]),
-                            "--state-dir", str(world["state"]), "--model-dir", str(tmp_path / "models"),
-                            "--samples", str(N_SAMPLES), "--seed", str(SEED), "--device", "cpu", "--no-isolation",
-                            "--bootstrap", "1000", "--out", str(tmp_path / "out")])
+    bench = tmp_path / "candidates.json"
+    bench.write_text(json.dumps({"better": {"competition": "c00", "path": str(world["models"]["better"])}}))
+    # the hub is gone: `--hf-endpoint local:DIR` serves the mirror for the run (validator.hub_cli.open_endpoint)
+    rc, text, _ = _run([str(bench), "--network", "local", "--chain-db", str(tmp_path / "chain.sqlite"),
+                        "--hf-endpoint", f"local:{mirror}", "--top", "2", "--competitions", str(world["competitions"]),
+                        "--state-dir", str(world["state"]), "--model-dir", str(tmp_path / "models"),
+                        "--samples", str(N_SAMPLES), "--seed", str(SEED), "--device", "cpu", "--no-isolation",
+                        "--bootstrap", "1000", "--out", str(tmp_path / "out")])
     assert rc == 0, text
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["mode"] == "chain" and report["block"] == chain.block
@@ -485,3 +499,13 @@ def test_runs_with_other_seeds_on_a_full_sample_db(world, tmp_path, monkeypatch)
     rc, text, _ = _run(argv[:argv.index("--samples") + 1] + [str(C.constants.DB_MAX_SAMPLES + 1)]
                        + argv[argv.index("--samples") + 2:])
     assert rc == 2 and "the sample database's cap" in text
+
+
+def test_exit_status_follows_the_best_call():
+    def report(*outcomes):
+        return {"competitions": {"c00": {"candidates": [{"outcome": o} for o in outcomes]}}}
+
+    assert C.exit_status(report("does not beat the leader", "beats the leader")) == C.EXIT_BEATS == 0
+    assert C.exit_status(report("too close to call", "does not beat the leader")) == C.EXIT_DOES_NOT == 1
+    assert C.exit_status(report("no field")) == C.EXIT_NOT_JUDGED == 2
+    assert C.exit_status(report()) == C.EXIT_NOT_JUDGED

@@ -24,9 +24,9 @@ CONSENSUS = {
 }
 
 
-def text_of(renderable) -> str:
+def text_of(renderable, width: int = 200) -> str:
     out = io.StringIO()
-    Console(file=out, width=200, color_system=None).print(renderable)
+    Console(file=out, width=width, color_system=None).print(renderable)
     return out.getvalue()
 
 
@@ -67,7 +67,97 @@ def test_render_shows_consensus_only_when_the_step_has_it():
     assert "estimated vtrust 0.412" in text and "validators in the consensus" in text
 
 
-def test_step_to_report_carries_consensus():
-    step = {"step": 2, "block": 4321, "competitions": {}, "consensus": CONSENSUS}
-    assert L.step_to_report(step)["consensus"] is CONSENSUS
+def test_step_to_report_carries_consensus_with_the_chain_win_rates_of_the_table():
+    # uid 8's win rate over every entry (a benchmark candidate beat it) is not what its weight comes from
+    step = {"step": 2, "block": 4321, "consensus": CONSENSUS, "competitions": {"c00": {"models": [
+        {"label": "uid 8", "uid": 8, "status": "scored", "win_rate": 0.25, "chain_win_rate": 0.9}]}}}
+    out = L.step_to_report(step)["consensus"]
+    assert [d["win_rate"] for d in out["top_differences"]] == [None, 0.9, None]
+    assert out["vtrust"] == CONSENSUS["vtrust"] and CONSENSUS["top_differences"][1]["win_rate"] == 0.812  # a copy
+    assert "0.900" in rows(text_of(L.render(step)))["8"]
     assert "consensus" not in L.step_to_report({"step": 2, "block": 1, "competitions": {}})
+
+
+# --- the competition table: one set of numbers, every model, a legend ------------------------------
+
+def _row(label, uid, **kw):
+    base = {"label": label, "uid": uid, "hotkey": None if uid is None else f"5Hot{uid}xxxxxx", "block": 100,
+            "age_blocks": 50, "status": "scored", "reason": None, "win_rate": None, "chain_win_rate": None,
+            "abs_win_rate": None, "advantage": None, "weight": None, "pool": None, "tokenizer": None,
+            "tokenizer_reason": None, "loss_per_token": None}
+    return {**base, **kw}
+
+
+# A step report by hand, shaped as Validator.step writes it: a candidate leads every entry, so the
+# chain models' win rates over every entry (win_rate) differ from the chain rule's (chain_win_rate).
+STEP = {"step": 7, "block": 5000, "weights_set": "set at block 5000 for 2 uids", "paused": False,
+        "weights": {"1": 0.6125, "2": 0.3875}, "hotkeys": {"1": "5Hot1xxxxxx", "2": "5Hot2xxxxxx", "3": "5Hot3xxxxxx"},
+        "problems": [], "seconds": 3.0, "competitions": {"c00": {
+            "n_samples": 40, "group_samples": 1, "n_groups": 40, "block": 5000, "error": None, "models": [
+                _row("cand", None, block=None, age_blocks=None, win_rate=1.0, loss_per_token=2.1,
+                     loss_per_token_std=0.05),
+                _row("uid 1", 1, win_rate=0.5, chain_win_rate=1.0, abs_win_rate=0.75, advantage=0.004, weight=1.0,
+                     pool=True, tokenizer="competition", tokenizer_reason="own tokenizer fails the round trip",
+                     loss_per_token=2.5, loss_per_token_std=0.1),
+                _row("uid 2", 2, win_rate=0.0, chain_win_rate=0.0, abs_win_rate=0.25, advantage=0.003, weight=0.0,
+                     pool=True, tokenizer="model", loss_per_token=2.7, loss_per_token_std=0.1),
+                _row("uid 3", 3, status="failed", reason="network: 5Hot3: read timed out (retry at the next update)"),
+                _row("uid 4", 4, status="skipped", reason="download time budget of this step used up")]}}}
+
+
+def table_cells(step: dict) -> dict[str, dict[str, str]]:
+    header = [c for c, _ in L.GLOSSARY]
+    table = L.competition_table("c00", step["competitions"]["c00"], step["weights"])
+    lines = [line for line in text_of(table, width=400).splitlines() if line.startswith("│")]
+    return {cells[1]: dict(zip(header, cells)) for cells in
+            ([c.strip() for c in line.split("│")[1:-1]] for line in lines)}
+
+
+def test_table_shows_the_chain_win_rate_and_the_candidates_apart():
+    t = table_cells(STEP)
+    assert t["uid 1"]["win rate"] == "1.000" and t["uid 1"]["bench win rate"] == ""  # not its 0.500 over all
+    assert t["uid 1"]["abs win"] == "0.750" and t["uid 1"]["adv %"] == "0.400"
+    assert t["cand"]["win rate"] == "n/a" and t["cand"]["bench win rate"] == "1.000"
+    assert t["cand"]["weight (step)"] == t["cand"]["weight (EMA, set)"] == "n/a" and t["cand"]["hotkey"] == "bench"
+    assert [t[k]["#"] for k in ("cand", "uid 1", "uid 2", "uid 3", "uid 4")] == ["1", "2", "3", "-", "-"]
+    # a step saved before chain_win_rate was recorded: its win_rate was the chain's
+    old = {**STEP, "competitions": {"c00": {**STEP["competitions"]["c00"], "models": [
+        {k: v for k, v in STEP["competitions"]["c00"]["models"][2].items() if k != "chain_win_rate"}
+        | {"win_rate": 0.125}]}}}
+    assert table_cells(old)["uid 2"]["win rate"] == "0.125"
+
+
+def test_weight_columns_are_the_step_weight_and_the_ema_vector_of_the_weights_table():
+    text = text_of(L.render(STEP))
+    assert "weight" in text and "(step)" in text and "(EMA, set)" in text
+    t = table_cells(STEP)
+    assert (t["uid 1"]["weight (step)"], t["uid 1"]["weight (EMA, set)"]) == ("1.0000", "0.6125")
+    assert (t["uid 2"]["weight (step)"], t["uid 2"]["weight (EMA, set)"]) == ("0.0000", "0.3875")
+    # a model not evaluated this step still holds its share of the vector (0 when it has none)
+    assert (t["uid 3"]["weight (step)"], t["uid 3"]["weight (EMA, set)"]) == ("-", "0.0000")
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines() if line.startswith("│")]
+    weights = {c[0]: c[2] for c in cells if len(c) == 3}  # the weights table: uid, hotkey, weight
+    assert weights == {"1": "0.6125", "2": "0.3875"}
+
+
+def test_models_not_evaluated_show_their_state_and_reason_and_the_legend_explains_each_column():
+    t = table_cells(STEP)
+    assert t["uid 3"]["status"] == "failed: network: 5Hot3: read timed out (retry at the next update)"
+    assert t["uid 4"]["status"] == "skipped: download time budget of this step used up"
+    assert t["uid 1"]["status"] == "scored (tokenizer: own tokenizer fails the round trip)"
+    assert t["uid 1"]["tokenizer"] == "competition" and t["uid 1"]["pool"] == "yes"
+    assert t["uid 3"]["win rate"] == "-" and t["uid 3"]["loss/token"] == "-"
+    legend = text_of(L.legend())
+    for col, meaning in L.GLOSSARY:
+        assert any(line.startswith(col + " ") and meaning.split()[0] in line for line in legend.splitlines()), col
+    text = text_of(L.render(STEP))
+    assert text.index("weight (EMA, set)  the model's share") > text.index("competition c00: 40 samples")
+
+
+def test_header_names_the_version_and_a_paused_subnet():
+    import importlib.metadata
+
+    head = text_of(L.render({**STEP, "paused": True})).splitlines()[0]
+    assert f"coldint-validator {importlib.metadata.version('coldint-validator')}" in head
+    assert "step 7 at block 5000" in head and "subnet paused" in head
+    assert "paused" not in text_of(L.render(STEP)).splitlines()[0]

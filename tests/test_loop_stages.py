@@ -108,6 +108,13 @@ def _validator(tmp_path, chain, qualities, calls, bench=None, score_hook=None, c
                      clock=clock or time.time)
 
 
+def _candidate_files(cand: Path) -> None:
+    """The smallest dir a validator would hash once published: a config naming a model type
+    and safetensors weights (benchmark candidates are hashed over that download set)."""
+    (cand / "config.json").write_text('{"model_type": "llama"}')
+    (cand / "model.safetensors").write_bytes(b"v1")
+
+
 class Clock:
     """The validator's wall clock, moved by the test (chain updates: every 16 minutes of it)."""
 
@@ -226,7 +233,7 @@ def test_benchmark_candidate_never_displaces_chain_weight(tmp_path):
     chain, _ = _field(tmp_path, q)
     cand = tmp_path / "cand"
     cand.mkdir()
-    (cand / "config.json").write_text("{}")
+    _candidate_files(cand)
     q["cand"] = 0.5  # better than every chain model
     bench = tmp_path / "benchmark.json"
     bench.write_text(json.dumps({"c": {"competition": "c00", "path": str(cand), "label": "cand"}}))
@@ -471,12 +478,11 @@ def test_benchmark_candidates_are_hashed_again_only_when_their_files_change(tmp_
 
     cand = tmp_path / "cand"
     cand.mkdir()
-    (cand / "config.json").write_text("{}")
-    (cand / "model.safetensors").write_bytes(b"v1")
+    _candidate_files(cand)
     bench = tmp_path / "benchmark.json"
     bench.write_text(json.dumps({"c": {"competition": "c00", "path": str(cand)}}))
     hashed = []
-    monkeypatch.setattr(loop, "dir_hash", lambda p: hashed.append(p) or dir_hash(p))
+    monkeypatch.setattr(loop.hub, "model_dir_hash", lambda p: hashed.append(p) or dir_hash(p))
     memo: dict = {}
     (e1,), _ = loop.benchmark_entries(bench, COMPS, memo)
     (e2,), _ = loop.benchmark_entries(bench, COMPS, memo)
@@ -554,7 +560,7 @@ def test_pool_is_chosen_by_chain_win_rate_a_benchmark_candidate_does_not_push_a_
     chain, _ = _field(tmp_path, {"A": 0, "B": 0, "C": 0})
     cand = tmp_path / "models" / "X"
     cand.mkdir(parents=True)
-    (cand / "config.json").write_text("{}")
+    _candidate_files(cand)
     bench = tmp_path / "benchmark.json"
     bench.write_text(json.dumps({"x": {"competition": "c00", "path": str(cand), "label": "X"}}))
     v = _validator(tmp_path, chain, {}, [], bench=bench)
@@ -579,7 +585,7 @@ def test_loss_rows_of_content_no_longer_committed_or_listed_are_forgotten(tmp_pa
     (tmp_path / "models" / "m2b").mkdir()
     cand = tmp_path / "models" / "cand"
     cand.mkdir()
-    (cand / "config.json").write_text("{}")
+    _candidate_files(cand)
     bench = tmp_path / "benchmark.json"
     bench.write_text(json.dumps({"c": {"competition": "c00", "path": str(cand), "label": "cand"}}))
     clock = Clock()

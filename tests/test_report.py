@@ -264,3 +264,164 @@ def test_bad_consensus_section_is_named(tmp_path):
         rep.write_report({"competitions": comps, "consensus": {"ours": []}}, tmp_path)
     with pytest.raises(rep.ReportError, match="consensus 'ours'.*'x'"):
         rep.write_report({"competitions": comps, "consensus": {"ours": {"x": 1.0}, "consensus_weights": {}}}, tmp_path)
+
+
+# --- a validator step as HTML: every model with its state, the console's numbers, escaped -----------
+
+HOSTILE = "<script>alert('x')</script>"
+
+
+def real_steps(tmp_path) -> tuple[dict, dict]:
+    """Two steps of the fake loop (tests/test_loop_stages.py): a normal one (two chain models, a
+    benchmark candidate better than both, a download that fails) and one in which every download
+    fails. Miner-supplied text (the hub's error about the miner's repo) carries markup, and so
+    does the candidate's label."""
+    from tests.test_loop_stages import _field, _validator
+    from validator.hub import HubError
+
+    steps = []
+    for name, failing in (("normal", {"m3"}), ("failed", {"m1", "m2", "m3"})):
+        base = tmp_path / name
+        base.mkdir(parents=True)
+        q = {"m1": 1.0, "m2": 0.9, "m3": 0.95}
+        chain, _ = _field(base, q)
+        cand = base / "cand"
+        cand.mkdir()
+        (cand / "config.json").write_text('{"model_type": "llama"}')  # what a published model would hold
+        (cand / "model.safetensors").write_bytes(b"v1")
+        q["cand"] = 0.5  # better than every chain model: the chain models' win rates over every entry drop
+        bench = base / "benchmark.json"
+        bench.write_text(json.dumps({"c": {"competition": "c00", "path": str(cand), "label": "<i>cand</i>"}}))
+        v = _validator(base, chain, q, [], bench=bench if name == "normal" else None)
+        good = v.fetch
+
+        def fetch(mid, hotkey, comp, deadline=None, good=good, failing=failing):
+            if hotkey in failing:
+                raise HubError("network", f"{hotkey}: {HOSTILE} hub said no")
+            return good(mid, hotkey, comp, deadline)
+
+        v.fetch = fetch
+        v.step()
+        steps.append(json.loads((base / "state" / "last_step.json").read_text()))
+    return steps[0], steps[1]
+
+
+class _Cells(__import__("html.parser").parser.HTMLParser):
+    """Tables of an HTML page as text cells (entities decoded), and the tags seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.tags: set[str] = set()
+        self.text: list[str] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def parse_html(text: str) -> _Cells:
+    p = _Cells()
+    p.feed(text)
+    return p
+
+
+def console_rows(step: dict) -> list[list[str]]:
+    """The console leaderboard's body rows of competition c00, cell by cell (a wide console: no wraps)."""
+    import io
+
+    from rich.console import Console
+
+    from validator import leaderboard as L
+
+    out = io.StringIO()
+    Console(file=out, width=400, color_system=None).print(
+        L.competition_table("c00", step["competitions"]["c00"], step["weights"]))
+    return [[c.strip() for c in line.split("│")[1:-1]] for line in out.getvalue().splitlines()
+            if line.startswith("│")]
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory):
+    return real_steps(tmp_path_factory.mktemp("steps"))
+
+
+def test_step_html_holds_the_console_leaderboard_cell_for_cell(steps, tmp_path):
+    import importlib.metadata
+
+    from validator import leaderboard as L
+
+    normal, _ = steps
+    files = rep.write_report(L.step_to_report(normal, generated="2026-01-02T03:04:05+00:00"), tmp_path)
+    page = parse_html(files["html"].read_text())
+    header = [c for c, _ in L.GLOSSARY]
+    table = next(t for t in page.tables if t and t[0] == header)
+    assert table[1:] == console_rows(normal)  # every cell of the console is in the HTML, in its order
+    by_model = {row[1]: dict(zip(header, row)) for row in table[1:]}
+    assert set(by_model) == {m["label"] for m in normal["competitions"]["c00"]["models"]}  # every model
+    steprows = {m["label"]: m for m in normal["competitions"]["c00"]["models"]}
+    failed = next(lab for lab, m in steprows.items() if m["status"] == "failed")
+    assert by_model[failed]["status"] == f"failed: {steprows[failed]['reason']}"
+    assert HOSTILE in by_model[failed]["status"]
+    # the chain win rate (what weights come from) and, apart, the candidate's win rate over every entry
+    leader = next(lab for lab, m in steprows.items() if m.get("weight") == 1.0)
+    assert steprows[leader]["win_rate"] == 0.0 and steprows[leader]["chain_win_rate"] == 1.0
+    assert by_model[leader]["win rate"] == "1.000" and by_model[leader]["bench win rate"] == ""
+    assert by_model["<i>cand</i>"]["win rate"] == "n/a" and by_model["<i>cand</i>"]["bench win rate"] == "1.000"
+    # the EMA column is the weights table's number for the uid: the vector set on the chain
+    weights = next(t for t in page.tables if t and t[0] == ["uid", "hotkey", "weight (EMA, set)"])
+    uid = str(steprows[leader]["uid"])
+    assert weights[1] == [uid, steprows[leader]["hotkey"][:8], f"{normal['weights'][uid]:.4f}"]
+    assert by_model[leader]["weight (EMA, set)"] == weights[1][2]
+    legend = "".join(page.text)
+    assert all(col in legend for col in header) and "What the columns mean" in legend
+    assert "2026-01-02T03:04:05+00:00" in legend and importlib.metadata.version("coldint-validator") in legend
+    assert normal["weights_set"] in legend
+    assert page.tags.isdisjoint({"script", "b", "i"})  # miner and operator text is escaped, never markup
+    assert "c00_losses.png" in {p.name for p in files.values()}
+
+
+def test_step_in_which_every_model_failed_still_lists_every_model_with_its_reason(steps, tmp_path):
+    from validator import leaderboard as L
+
+    _, failed = steps
+    models = failed["competitions"]["c00"]["models"]
+    assert len(models) == 3 and all(m["status"] == "failed" for m in models)
+    report = L.step_to_report({**failed, "problems": [f"uid 9: invalid commitment: {HOSTILE}"]})
+    files = rep.write_report(report, tmp_path)
+    assert not any(p.suffix == ".png" and "c00" in p.name for p in files.values())  # nothing to plot
+    text = files["html"].read_text()
+    page = parse_html(text)
+    table = next(t for t in page.tables if t and t[0] == [c for c, _ in L.GLOSSARY])
+    assert {row[1]: row[-1] for row in table[1:]} == {m["label"]: f"failed: {m['reason']}" for m in models}
+    assert [row[2] for row in table[1:]] == [m["hotkey"][:8] for m in models]
+    words = "".join(page.text)
+    assert failed["weights_set"].startswith("not set") and failed["weights_set"] in words
+    assert f"uid 9: invalid commitment: {HOSTILE}" in words  # the problem, escaped
+    assert "<script" not in text and page.tags.isdisjoint({"script"})
+
+
+def test_a_malformed_step_table_is_named(tmp_path):
+    table = {"columns": ["a", "b"], "rows": [["1", "2"], ["3"]]}
+    with pytest.raises(rep.ReportError, match="'c00' table row #1: expected 2 strings"):
+        rep.write_report({"competitions": {"c00": {"models": [], "table": table}}}, tmp_path)
+    with pytest.raises(rep.ReportError, match="'problems' must be a list of strings"):
+        rep.write_report({"competitions": {}, "problems": "boom"}, tmp_path)
+    with pytest.raises(rep.ReportError, match="'summary' must be a list of"):
+        rep.write_report({"competitions": {}, "summary": [["only one"]]}, tmp_path)

@@ -197,7 +197,8 @@ def test_hf_upload_without_token_is_refused_before_anything(model_src, competiti
     args = base_args(model_src, competitions_file, tmp_path, chain)
     args[args.index(f"local:{tmp_path}")] = "hf"
     assert upload_model.main(args) == 1
-    assert "token" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "token" in err and "`hf auth login`" in err  # the login command of huggingface_hub >= 1.0
 
 
 def test_register_creates_the_local_chain_and_commits(model_src, competitions_file, olah_mirror, olah_hub, tmp_path):
@@ -210,6 +211,51 @@ def test_register_creates_the_local_chain_and_commits(model_src, competitions_fi
     metagraph, commitments = LocalChain(db).sync()
     assert metagraph.uid_of("5NewMiner") is not None
     assert ModelId.from_commitment(commitments["5NewMiner"].text).name == "registered"
+
+
+def test_recommitting_the_same_content_is_refused_unless_forced(model_src, competitions_file, olah_mirror,
+                                                               olah_hub, chain, capsys):
+    """Committing content again moves its block forward: the age advantage it holds is lost."""
+    from validator.hub import _git
+
+    args = base_args(model_src, competitions_file, olah_mirror, chain, repo="carol/again") + [
+        "--endpoint", olah_hub.endpoint]
+    assert upload_model.main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert f"repo: {olah_hub.endpoint}/carol/again" in out  # where to look at it
+    first = chain.sync()[1][HOTKEY]
+    head = _git(["rev-parse", "HEAD"], olah_mirror / "models" / "carol" / "again")
+    chain.advance(20)
+    assert upload_model.main(args) == 1
+    err = capsys.readouterr().err
+    assert f"hotkey {HOTKEY} has already committed this content as carol/again@{head[:12]} (c00)" in err
+    assert "--force" in err and "restart its age" in err
+    assert chain.sync()[1][HOTKEY] == first  # the commitment and its block stay
+    assert _git(["rev-parse", "HEAD"], olah_mirror / "models" / "carol" / "again") == head  # nothing uploaded
+    assert upload_model.main(args + ["--force"]) == 0, capsys.readouterr().err
+    again = chain.sync()[1][HOTKEY]
+    same_hash = ModelId.from_commitment(again.text).hash == ModelId.from_commitment(first.text).hash
+    assert same_hash and again.block > first.block  # a new git commit of the same content, a later block
+
+
+def test_register_happens_only_after_the_checks_pass(model_src, competitions_file, olah_mirror, olah_hub,
+                                                      tmp_path, capsys):
+    db = tmp_path / "fresh" / "chain.sqlite"
+    args = [str(model_src), "--competition", "c01", "--competitions", str(competitions_file),
+            "--hub", f"local:{olah_mirror}", "--endpoint", olah_hub.endpoint, "--repo", "carol/unregistered",
+            "--hotkey", "5RefusedMiner", "--network", "local", "--chain-db", str(db), "--register",
+            "--readback-wait", "0"]
+    assert upload_model.main(args) == 1
+    assert "check against competition c01" in capsys.readouterr().err
+    assert not db.exists()  # no chain created, no hotkey registered for a model that is refused
+    db.parent.mkdir()
+    existing = LocalChain(db)
+    assert upload_model.main(args) == 1
+    assert existing.sync()[0].uid_of("5RefusedMiner") is None
+    args[args.index("c01")] = "c00"
+    assert upload_model.main(args) == 0, capsys.readouterr().err
+    assert "registered 5RefusedMiner as uid" in capsys.readouterr().out
+    assert existing.sync()[0].uid_of("5RefusedMiner") is not None
 
 
 # --- huggingface.co: a fake HfApi records what publish_hf and set_visibility ask of the hub ----

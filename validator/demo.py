@@ -71,31 +71,45 @@ def build_demo(root: Path, console: Console, endpoint: str, mirror: Path) -> dic
 
 def run_demo(root: Path, steps: int = 2, eval_samples: int = 200) -> int:
     """Build the local field in `root` (a finished field there is reused) and run `steps`
-    validator steps on it from a fresh validator state; weights are not set."""
+    validator steps on it from a fresh validator state; weights are not set.
+
+    One demo per dir (its state is wiped at start). Ctrl-C or SIGTERM: the first stops after
+    the model in flight, a second at once; olah and any scoring worker are stopped either way
+    (the `with` blocks unwind); the status is then 128 + the signal's number."""
     import shutil
 
     from validator.cli import build_parser, build_validator
     from validator.leaderboard import make_console, print_report
     from validator.localhub import LocalHub
+    from validator.preflight import SetupError
+    from validator.runlock import LockHeld, RunLock
+    from validator.stopping import exit_status, graceful_loop_stop
 
     console = make_console()
     root = Path(root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    mirror = root / "mirror"
-    shutil.rmtree(root / "state", ignore_errors=True)
-    with LocalHub(mirror) as hub:
-        console.print(f"local hub (olah) at {hub.endpoint}, serving {mirror}")
-        built = build_demo(root, console, hub.endpoint, mirror)
-        args = build_parser().parse_args([
-            "run", "--network", "local", "--chain-db", str(built["chain"]), "--hotkey", VALIDATOR_HOTKEY,
-            "--competitions", str(built["competitions"]), "--benchmark", str(built["benchmark"]),
-            "--state-dir", str(root / "state"), "--hf-endpoint", hub.endpoint, "--device", "cpu",
-            "--eval-samples", str(eval_samples), "--offline", "--step-interval", "0",
-            "--save-step-json", str(root / "last_step.json"),
-        ])
-        validator = build_validator(args, console)
-        for report in validator.run(steps):
-            validator.progress.stop()
-            print_report(report, console)
+    try:
+        lock = RunLock(root).acquire()
+    except LockHeld as e:
+        raise SetupError(str(e)) from None
+    with lock:
+        mirror = root / "mirror"
+        shutil.rmtree(root / "state", ignore_errors=True)
+        with LocalHub(mirror) as hub:
+            console.print(f"local hub (olah) at {hub.endpoint}, serving {mirror}")
+            built = build_demo(root, console, hub.endpoint, mirror)
+            args = build_parser().parse_args([
+                "run", "--network", "local", "--chain-db", str(built["chain"]), "--hotkey", VALIDATOR_HOTKEY,
+                "--competitions", str(built["competitions"]), "--benchmark", str(built["benchmark"]),
+                "--state-dir", str(root / "state"), "--hf-endpoint", hub.endpoint, "--device", "cpu",
+                "--eval-samples", str(eval_samples), "--offline", "--step-interval", "0",
+                "--save-step-json", str(root / "last_step.json"),
+            ])
+            validator = build_validator(args, console)
+            stop = graceful_loop_stop(validator)
+            for report in validator.run(steps):
+                validator.progress.stop()
+                print_report(report, console)
+    if stop.first is not None:
+        return exit_status(stop.first)
     console.print(f"\nre-render the last step with: coldint-validator leaderboard --state-dir {root / 'state'}")
     return 0

@@ -12,6 +12,8 @@ Layout under `model_dir`:
         snapshots/<commit>/            the verified snapshot: real files, no symlinks
         snapshots/<commit>.verified    marker (JSON: dir hash, ...); its mtime = last use
         snapshots/<commit>.lock        a filelock: one download per model at a time
+        snapshots/<commit>.attempt     present while the commit's files are checked; left by a
+                                       process that died there, it refuses the commit for good
         .tmp-<commit>-<pid>-<rand>/    a download in progress (never mistaken for a snapshot)
 
 The marker lives beside the snapshot, not in it, so the snapshot's directory hash is the
@@ -24,15 +26,19 @@ weights, the tokenizer files AutoTokenizer asks for). Anything else in the repo 
 
 Order of checks, so no weight byte is fetched for a model that must be refused:
 file list at the commit (total size vs the competition's model_size) -> the small JSON
-files (tokenizer_config.json, config.json, the safetensors index), which fix the download
-set -> model class from model_type and parameter count on the meta device (layer and
-expert counts bounded first) -> free disk -> the download -> symlinks realised and confined
-to the download -> exactly the download set on disk -> the same checks on disk -> secure
-hash.
+files (tokenizer_config.json, config.json, the safetensors index), bounded in size, nesting
+and value count before any parser sees them, which fix the download set -> model class
+from model_type and parameter count on the meta device (CONFIG_KEYS_STRIPPED removed, layer
+and expert counts bounded first, the build in a worker with time and memory limits) -> free
+disk -> the download -> symlinks realised and confined to the download -> exactly the
+download set on disk -> the same checks on disk (generation_config.json and the other JSON
+files a load reads bounded too) -> secure hash.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -44,12 +50,13 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 import filelock
 
 import constants
-from validator import live_repo
+from validator import live_repo, worker
+from validator.config_source import SourceError, check_json_shape, decode_json
 from validator.identity import ModelId, NothingToHash, dir_hash, files_hash, secure_hash
 from validator.state import atomic_write_json
 
@@ -229,6 +236,79 @@ def _lock(snapshot: Path) -> Path:
     return snapshot.parent / f"{snapshot.name}.lock"
 
 
+def attempt_marker(snapshot: str | os.PathLike) -> Path:
+    """`<commit>.attempt` beside the snapshot: present while this commit's files are checked."""
+    snapshot = Path(snapshot)
+    return snapshot.parent / f"{snapshot.name}.attempt"
+
+
+ATTEMPT_MARKER_MAX_BYTES = 4096
+
+
+def _process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22), None
+    where unknown: with the pid it tells a process from a later one given the same pid (a
+    container's validator is often pid 1 at every restart)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])  # fields after "pid (comm)" start at field 3
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _process_alive(pid: Any, started: Any) -> bool:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    now = _process_start(pid)
+    return started is None or now is None or now == started
+
+
+@contextlib.contextmanager
+def _checks_attempt(snapshot: Path) -> Iterator[None]:
+    """Record that this process is checking the commit's files (parsing the miner's JSON,
+    building its config) for as long as it does, so that a crash there is not repeated at
+    every restart (_refuse_crashed_attempt)."""
+    path = attempt_marker(snapshot)
+    pid = os.getpid()
+    atomic_write_json(path, {"pid": pid, "process_start": _process_start(pid), "at": time.time()},
+                      crash_points=False)  # a download record, not validator state
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _refuse_crashed_attempt(snapshot: Path, what: str) -> None:
+    """HubError(constraint), permanent, when an earlier check of this commit never ended: its
+    attempt marker is there and the process that wrote it is gone (killed for memory, a
+    crash). Called with the commit's lock held, so no live process is checking it now; a
+    marker of a process still alive is a left-over, removed."""
+    path = attempt_marker(snapshot)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(ATTEMPT_MARKER_MAX_BYTES + 1)
+    except FileNotFoundError:
+        return
+    try:
+        record = json.loads(raw) if len(raw) <= ATTEMPT_MARKER_MAX_BYTES else None
+    except ValueError:
+        record = None  # written atomically: unreadable means damaged, still an attempt that never ended
+    pid = record.get("pid") if isinstance(record, dict) else None
+    if _process_alive(pid, record.get("process_start") if isinstance(record, dict) else None):
+        path.unlink(missing_ok=True)
+        return
+    raise HubError(FailureReason.constraint,
+                   f"{what}: an earlier check of this commit never finished: process {pid} died during it "
+                   f"(killed for memory, or crashed); refused so that it cannot take the validator down at every "
+                   f"restart (delete {path} to check it again)")
+
+
 def read_marker(snapshot: str | os.PathLike) -> dict | None:
     """The verification record of a snapshot, or None (absent or unreadable)."""
     try:
@@ -281,25 +361,81 @@ def _check_size(total: int, competition: Any, what: str) -> int:
     return total
 
 
+# The repo's JSON files that this module or a later load reads with Python's json module
+# (tokenizer.json is validator/tokens.py's, with its own bound). Each is bounded in size, then
+# in nesting depth and value count, before any parser sees it: 60 MiB of nested empty lists
+# once cost the validator 5.8 GB and 12 minutes.
+BOUNDED_JSON_FILES = (live_repo.TOKENIZER_CONFIG, live_repo.CONFIG, live_repo.SAFE_INDEX,
+                      live_repo.GENERATION_CONFIG, "special_tokens_map.json", "added_tokens.json")
+
+
+def check_json_size(name: str, size: int, what: str) -> None:
+    """HubError(constraint) when a repo JSON file is larger than HUB_SMALL_FILE_MAX_BYTES."""
+    if size > constants.HUB_SMALL_FILE_MAX_BYTES:
+        raise HubError(FailureReason.constraint, f"{what}/{name}: {size} bytes, more than "
+                                                 f"HUB_SMALL_FILE_MAX_BYTES = {constants.HUB_SMALL_FILE_MAX_BYTES}")
+
+
+def _json_error(exc: SourceError, what: str) -> HubError:
+    """config_source's message ("<what>: why") as a refusal that names the hub's bounds."""
+    why = str(exc).removeprefix(f"{what}: ")
+    return HubError(FailureReason.constraint,
+                    f"{what}: not readable JSON within HUB_JSON_MAX_DEPTH = {constants.HUB_JSON_MAX_DEPTH}, "
+                    f"HUB_JSON_MAX_ELEMENTS = {constants.HUB_JSON_MAX_ELEMENTS}: {why}")
+
+
+def check_repo_json(name: str, raw: bytes, what: str) -> None:
+    """Refuse (HubError constraint, naming the file and the bound) a repo JSON file beyond
+    HUB_SMALL_FILE_MAX_BYTES, HUB_JSON_MAX_DEPTH or HUB_JSON_MAX_ELEMENTS, without parsing it.
+    Whether it is valid JSON stays the live rule's question (live_repo): an unreadable
+    tokenizer_config.json makes 4.44 skip the tokenizer, an unreadable config.json refuses."""
+    check_json_size(name, len(raw), what)
+    try:
+        check_json_shape(raw.decode("utf-8-sig", errors="replace"), f"{what}/{name}",
+                         max_depth=constants.HUB_JSON_MAX_DEPTH, max_elements=constants.HUB_JSON_MAX_ELEMENTS)
+    except SourceError as exc:
+        raise _json_error(exc, f"{what}/{name}") from None
+
+
+def decode_repo_json(raw: bytes, what: str) -> Any:
+    """A repo JSON file (`what` names it) decoded by config_source.decode_json within
+    HUB_SMALL_FILE_MAX_BYTES, HUB_JSON_MAX_DEPTH and HUB_JSON_MAX_ELEMENTS; HubError(constraint)
+    naming the file and the bound or the parse error otherwise."""
+    if len(raw) > constants.HUB_SMALL_FILE_MAX_BYTES:
+        raise HubError(FailureReason.constraint, f"{what}: {len(raw)} bytes, more than "
+                                                 f"HUB_SMALL_FILE_MAX_BYTES = {constants.HUB_SMALL_FILE_MAX_BYTES}")
+    try:
+        return decode_json(raw, what, max_depth=constants.HUB_JSON_MAX_DEPTH,
+                           max_elements=constants.HUB_JSON_MAX_ELEMENTS)
+    except SourceError as exc:
+        raise _json_error(exc, what) from None
+
+
 def plan_download(files: Iterable[str], small_files: dict[str, bytes], what: str) -> live_repo.DownloadSet:
-    """live_repo.download_set with its refusals as HubError."""
+    """live_repo.download_set with its refusals as HubError; each small file bounded first
+    (check_repo_json)."""
+    for name, raw in small_files.items():
+        check_repo_json(name, raw, what)
     try:
         return live_repo.download_set(files, small_files)
     except live_repo.RepoRefused as exc:
         raise HubError(exc.reason, f"{what}: {exc.detail}") from None
 
 
-def check_config(cfg: Any, competition: Any, what: str = "config.json") -> tuple[str, int]:
+def check_config(cfg: Any, competition: Any, what: str = "config.json", *, timeout_s: float | None = None,
+                 memory_limit_bytes: int | None = None) -> tuple[str, int]:
     """The live constraints from a config dict: the class built from model_type (printed as
     the live validator prints it) must contain one of the competition's model_types, and its
     unique parameters (built on the meta device: no weights, no remote code) must not exceed
-    `parameters`. Returns (printed class, parameter count); raises HubError(constraint)."""
+    `parameters`. The build runs in a worker (count_parameters_isolated; the limits default to
+    CONFIG_CHECK_TIMEOUT_S and CONFIG_CHECK_MEMORY_BYTES). Returns (printed class, parameter
+    count); raises HubError(constraint)."""
     try:
         printed = live_repo.live_model_class(live_repo.config_model_type(cfg))
     except live_repo.RepoRefused as exc:
         raise HubError(exc.reason, f"{what}: {exc.detail}") from None
     check_model_type(printed, competition, what)
-    _arch, n_params = count_parameters(cfg, what)
+    _arch, n_params = count_parameters_isolated(cfg, what, timeout_s=timeout_s, memory_limit_bytes=memory_limit_bytes)
     check_parameters(n_params, competition, what)
     return printed, n_params
 
@@ -315,16 +451,78 @@ def check_parameters(n_params: int, competition: Any, what: str) -> None:
         raise HubError(FailureReason.constraint, f"{what}: parameters: {n_params} > {competition.parameters}")
 
 
-def count_parameters(cfg: dict, what: str = "config.json") -> tuple[str, int]:
-    """(model class name, unique parameter count) of the causal LM a config describes.
+def strip_config_keys(cfg: dict) -> dict:
+    """A copy of a config dict without the keys of constants.CONFIG_KEYS_STRIPPED (they pick
+    attention kernels, quantizers, parallel plans: code paths a miner must not choose), at
+    every nesting level (sub-configs). Iterative: any depth."""
+    stripped = frozenset(constants.CONFIG_KEYS_STRIPPED)
+    root: dict = {}
+    stack: list[tuple[Any, Any]] = [(cfg, root)]
+    while stack:
+        src, dst = stack.pop()
+        for key, value in (src.items() if isinstance(src, dict) else enumerate(src)):
+            if isinstance(src, dict) and key in stripped:
+                continue
+            if isinstance(value, (dict, list)):
+                copy: Any = {} if isinstance(value, dict) else [None] * len(value)
+                stack.append((value, copy))
+                value = copy
+            dst[key] = value
+    return root
 
-    Built on torch's meta device: shapes only, nothing allocated, no weights read. The build
-    still costs time and memory per module, so the layer and expert counts are bounded first
-    (check_config_counts)."""
+
+# (class, parameters) by the sha256 of a stripped config: a worker per distinct config, not per
+# check (ensure_model checks the same config.json before and after the download).
+_COUNTED: dict[str, tuple[str, int]] = {}
+_COUNTED_MAX = 256
+
+
+def count_parameters_isolated(cfg: dict, what: str = "config.json", *, timeout_s: float | None = None,
+                              memory_limit_bytes: int | None = None) -> tuple[str, int]:
+    """count_parameters in a worker process (validator.config_check) under a time limit and an
+    address-space limit (default CONFIG_CHECK_TIMEOUT_S, CONFIG_CHECK_MEMORY_BYTES): a config
+    whose build hangs, eats memory or crashes costs that worker, not the validator. A worker
+    that fails is a permanent refusal, HubError(constraint, "...: config checks crashed: oom ...")."""
+    if not isinstance(cfg, dict):
+        raise HubError(FailureReason.constraint, f"{what}: not a JSON object")
+    cfg = strip_config_keys(cfg)
+    check_config_counts(cfg, what)  # a refused count starts no worker
+    key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+    if key in _COUNTED:
+        return _COUNTED[key]
+    timeout = constants.CONFIG_CHECK_TIMEOUT_S if timeout_s is None else timeout_s
+    memory = constants.CONFIG_CHECK_MEMORY_BYTES if memory_limit_bytes is None else memory_limit_bytes
+    res = worker.run_isolated("validator.config_check:count_parameters_job", {"cfg": cfg, "what": what},
+                              timeout_s=timeout, memory_limit_bytes=memory)
+    value = res.value if res.ok else None
+    if not res.ok or not isinstance(value, dict):
+        why = res.describe() if not res.ok else f"unexpected result {str(value)[:80]}"
+        raise HubError(FailureReason.constraint,
+                       f"{what}: config checks crashed: {why[:300]} (limits: {timeout:g} s, {memory} bytes of "
+                       f"address space; CONFIG_CHECK_TIMEOUT_S, CONFIG_CHECK_MEMORY_BYTES)")
+    if "refused" in value:
+        raise HubError(value["refused"], str(value.get("detail", "")))
+    result = (str(value["class"]), int(value["parameters"]))
+    if len(_COUNTED) >= _COUNTED_MAX:
+        _COUNTED.pop(next(iter(_COUNTED)))  # oldest first
+    _COUNTED[key] = result
+    return result
+
+
+def count_parameters(cfg: dict, what: str = "config.json") -> tuple[str, int]:
+    """(model class name, unique parameter count) of the causal LM a config describes, in this
+    process (count_parameters_isolated runs it in a worker; validators use that one).
+
+    Built on torch's meta device: shapes only, nothing allocated, no weights read, without the
+    keys of CONFIG_KEYS_STRIPPED. The build still costs time and memory per module, so the
+    layer and expert counts are bounded first (check_config_counts)."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    if not isinstance(cfg, dict):
+        raise HubError(FailureReason.constraint, f"{what}: not a JSON object")
+    cfg = strip_config_keys(cfg)
     check_config_counts(cfg, what)  # before anything is built: a huge count is hours of building
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
@@ -448,11 +646,15 @@ def local_files(root: Path) -> dict[str, int]:
 def _local_small_files(root: Path, files: dict[str, int], what: str) -> dict[str, bytes]:
     out = {}
     for name in live_repo.small_files_needed(files):
-        if files[name] > constants.HUB_SMALL_FILE_MAX_BYTES:  # bounded before reading
-            raise HubError(FailureReason.constraint, f"{what}/{name}: {files[name]} bytes, more than "
-                                                     f"HUB_SMALL_FILE_MAX_BYTES = {constants.HUB_SMALL_FILE_MAX_BYTES}")
-        out[name] = (root / name).read_bytes()
+        out[name] = _read_bounded(root, name, files[name], what)
     return out
+
+
+def _read_bounded(root: Path, name: str, size: int, what: str) -> bytes:
+    """A repo JSON file of a local dir, its size bounded before it is read (and while reading)."""
+    check_json_size(name, size, what)  # bounded before reading
+    with open(root / name, "rb") as f:
+        return f.read(constants.HUB_SMALL_FILE_MAX_BYTES + 1)  # it may have grown since it was listed
 
 
 def model_dir_hash(path: str | os.PathLike) -> str:
@@ -473,11 +675,14 @@ def _check_dir(root: Path, competition: Any, repo_size: int | None = None, exact
     what = str(root)
     files = local_files(root)
     size = _check_size(sum(files.values()) if repo_size is None else repo_size, competition, what)
-    plan = plan_download(files, _local_small_files(root, files, what), what)
+    small = _local_small_files(root, files, what)
+    plan = plan_download(files, small, what)
     if exact and set(plan.files) != set(files):
         extra = sorted(set(files) - set(plan.files))
         raise HubError(FailureReason.unsafe_format, f"{what}: holds files a validator does not download: {extra[:5]}")
-    cfg = _read_json(root / live_repo.CONFIG, f"{what}/{live_repo.CONFIG}")
+    for name in sorted((set(plan.files) & set(BOUNDED_JSON_FILES)) - set(small)):  # read later, by the load
+        check_repo_json(name, _read_bounded(root, name, files[name], what), what)
+    cfg = decode_repo_json(small[live_repo.CONFIG], f"{what}/{live_repo.CONFIG}")
     printed, n_params = check_config(cfg, competition, f"{what}/{live_repo.CONFIG}")
     return {"repo_size": size, "parameters": n_params, "class": printed, "files": list(plan.files)}
 
@@ -492,13 +697,6 @@ def _check_recorded(marker: dict, competition: Any, what: str) -> None:
         check_model_type(printed, competition, what)
     if isinstance(n_params, int):
         check_parameters(n_params, competition, what)
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
-        raise HubError(FailureReason.constraint, f"{what}: not readable JSON ({type(exc).__name__}: {exc})") from None
 
 
 # --- download -------------------------------------------------------------------------------
@@ -600,9 +798,7 @@ def _fetch_small(repo_id: str, commit: str, endpoint: str, cache_dir: Path, file
     out = {}
     for name in live_repo.small_files_needed(files):
         _check_deadline(deadline, what)
-        if files[name] > constants.HUB_SMALL_FILE_MAX_BYTES:
-            raise HubError(FailureReason.constraint, f"{what}/{name}: {files[name]} bytes, more than "
-                                                     f"HUB_SMALL_FILE_MAX_BYTES = {constants.HUB_SMALL_FILE_MAX_BYTES}")
+        check_json_size(name, files[name], what)
         path = _with_retries(lambda n=name: hf_hub_download(repo_id, n, revision=commit, endpoint=endpoint,
                                                             cache_dir=cache_dir, token=token,
                                                             tqdm_class=_silent_tqdm()), f"{what}/{name}")
@@ -736,11 +932,13 @@ def ensure_model(model_id: ModelId, hotkey: str, competition: Any, model_dir: st
     try:
         if (found := present()) is not None:  # another process finished it meanwhile
             return found
+        _refuse_crashed_attempt(snapshot, what)
         repo_dir = snapshot.parent.parent
         _clean_stale_tmp(repo_dir, model_id.commit)
         if snapshot.exists():  # renamed into place but no (current) marker: verify locally, no network
             try:
-                checked = _check_dir(snapshot, competition, exact=True)
+                with _checks_attempt(snapshot):
+                    checked = _check_dir(snapshot, competition, exact=True)
                 content = _verify_local(snapshot, model_id, hotkey)
             except HubError:
                 shutil.rmtree(snapshot, ignore_errors=True)
@@ -831,26 +1029,32 @@ def _diagnose_download(repo_id: str, commit: str, endpoint: str, token, files: l
 
 
 def _fetch_checked(repo_id: str, commit: str, competition: Any, work: Path, endpoint: str, progress: bool,
-                   token, deadline: float | None = None) -> tuple[Path, dict]:
+                   token, deadline: float | None = None,
+                   guard: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> tuple[Path, dict]:
     """Everything ensure_model does before the hash: the repo's size at the commit, the
     download set from its small JSON files, the class and parameter count from config.json,
     free disk, the download of exactly that set (under `work`), the same checks on disk.
-    Returns (snapshot dir, what was measured)."""
+    The checks of the miner's files run inside `guard()` (ensure_model records the attempt
+    there). Returns (snapshot dir, what was measured)."""
     what = f"{repo_id}@{commit[:12]}"
     files = remote_files(repo_id, commit, endpoint, token)
     repo_size = check_repo_size(files, competition, what)
     cache = work / "dl"
     small = _fetch_small(repo_id, commit, endpoint, cache, files, token, what, deadline)
-    plan = plan_download(files, small, what)
-    cfg = json.loads(small[live_repo.CONFIG])  # plan_download has parsed it: a JSON object
-    check_config(cfg, competition, f"{what}/config.json")
+    with guard():
+        plan = plan_download(files, small, what)
+        for name in sorted(set(plan.files) & set(BOUNDED_JSON_FILES)):  # by their listed size, before the download
+            check_json_size(name, files[name], what)
+        cfg = decode_repo_json(small[live_repo.CONFIG], f"{what}/{live_repo.CONFIG}")
+        check_config(cfg, competition, f"{what}/{live_repo.CONFIG}")
     need = sum(files[f] for f in plan.files) + constants.DISK_MARGIN_BYTES
     free = _disk_free(work)
     if free < need:
         raise HubError(FailureReason.disk_full,
                        f"{what}: {free} bytes free, need {need} (download + margin of {constants.DISK_MARGIN_BYTES})")
     got = _fetch_files(repo_id, commit, endpoint, cache, plan.files, progress, token, deadline)
-    return got, _check_dir(got, competition, repo_size=repo_size, exact=True)
+    with guard():
+        return got, _check_dir(got, competition, repo_size=repo_size, exact=True)
 
 
 def download_snapshot(repo_id: str, commit: str, out_dir: str | os.PathLike, *, competition: Any,
@@ -879,7 +1083,7 @@ def _download_and_verify(model_id: ModelId, hotkey: str, competition: Any, snaps
     try:
         tmp.mkdir(parents=True)
         got, checked = _fetch_checked(model_id.repo_id, model_id.commit, competition, tmp, endpoint, progress, token,
-                                      deadline)
+                                      deadline, guard=lambda: _checks_attempt(snapshot))
         # A wrong hash is reported on this first visit (the live validator errors out first
         # and reports it at the next visit).
         content = _verify_local(got, model_id, hotkey)

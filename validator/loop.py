@@ -6,10 +6,13 @@ and a `source_for` function (sample sources), all injected by `cli.py` or a test
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import math
+import os
 import signal
+import stat
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,13 +22,14 @@ import numpy as np
 
 import constants
 from benchmark.config import BenchmarkError, load_benchmark
-from validator import ranking
+from validator import hub, ranking
 from validator.chain import Chain, ChainError, Commitment, Metagraph
 from validator.competitions import Competition, CompetitionsFile, ValidatorDefaults, effective
 from validator.consensus import ConsensusWatch, consensus_report
 from validator.data import seed_from_block_hash
 from validator.evalcache import EvalCache, cache_file, pick_eval_samples, pick_rechecks, verify_rechecks
-from validator.identity import InvalidCommitment, ModelId, dir_hash
+from validator.identity import InvalidCommitment, ModelId
+from validator.sanitize import printable
 from validator.selection import (Commit, CompetitionState, SelectionError, SelectionState, VisitResult,
                                  chain_update_due, finish_step, pick_step, update_chain, validators_from_metagraph)
 from validator.state import (StateError, atomic_write_json, keep_bad_copy, load_or_default, read_json,
@@ -69,6 +73,8 @@ class Entry:
     scoring: str = ""  # the competition's scoring_key: its tokenization rules
     tokenizer: str | None = None  # "model" | "competition": which tokenizer scored it this step
     tokenizer_reason: str | None = None  # why the model's own tokenizer was not used
+    engine: str | None = None  # how it was scored: "engine (...)", "reference: ...", "streamed (N groups)"
+    notes: list[str] = field(default_factory=list)  # around the model, not its fault (token cache not saved)
 
     @property
     def cache_key(self) -> str:
@@ -114,7 +120,7 @@ def parse_commitments(
         try:
             mid = ModelId.from_commitment(c.text)
         except InvalidCommitment as e:
-            problems[hotkey] = f"uid {uid}: invalid commitment: {e}"
+            problems[hotkey] = f"uid {uid}: invalid commitment: {printable(e)}"
             continue
         label = f"{mid.namespace}/{mid.name}|{mid.commit}"
         if label in seen:
@@ -129,7 +135,7 @@ def parse_commitments(
         parsed.append((hotkey, uid, mid, c))
     for hotkey, uid, mid, c in parsed:
         if mid.competition not in competitions:
-            problems[hotkey] = f"uid {uid}: unknown competition {mid.competition!r}"
+            problems[hotkey] = f"uid {uid}: unknown competition {printable(repr(mid.competition), 80)}"
             continue
         entries[hotkey] = Entry(key=f"uid:{uid}", competition=mid.competition, label=f"uid {uid}", uid=uid,
                                 hotkey=hotkey, block=c.block, commitment=c.text, model_id=mid,
@@ -151,6 +157,12 @@ class FetchRecord:
     retry_at: float | None = 0.0  # None: permanent, wait for a new commitment
     path: str | None = None
     content_hash: str | None = None
+
+
+def clamp_retry_at(retry_at: float, now: float) -> float:
+    """A persisted retry time (wall clock) at most the largest backoff ahead of `now`: after the
+    clock jumped back (or in a hand-edited state) a retry is never put days away."""
+    return min(retry_at, now + constants.DOWNLOAD_RETRY_BACKOFF_S[-1])
 
 
 @dataclass
@@ -184,6 +196,8 @@ def fetch_models(
         rec = records.get(e.hotkey)
         if rec is None or rec.commitment != e.commitment:
             rec = records[e.hotkey] = FetchRecord(commitment=e.commitment)
+        if rec.retry_at is not None:
+            rec.retry_at = clamp_retry_at(rec.retry_at, now)
         if rec.reason is not None and (rec.retry_at is None or now < rec.retry_at):
             e.status, e.reason = "failed", f"{rec.reason}: {rec.detail}"
             continue
@@ -200,7 +214,8 @@ def fetch_models(
             health.network_failures = health.network_failures + 1 if reason == "network" else 0
             rec.attempts += 1
             wait = retry_after(reason, rec.attempts)
-            rec.reason, rec.detail = reason, str(getattr(exc, "detail", "") or exc)[:300]
+            # the hub's detail quotes the repo (names, file lists, server text): escaped before it is shown
+            rec.reason, rec.detail = reason, printable(getattr(exc, "detail", "") or exc, 300)
             rec.retry_at = None if wait is None else now + wait
             e.status, e.reason = "failed", f"{reason}: {rec.detail}"
             log.warning("uid %s: %s", e.uid, e.reason)
@@ -220,11 +235,33 @@ def fetch_models(
             on_progress(e)
 
 
+class UnsafeEntry(ValueError):
+    """A benchmark candidate holds something other than regular files and folders."""
+
+
 def _fingerprint(directory: Path) -> tuple:
     """What a file listing says about a directory's content: a change of any file's size or
-    mtime changes it (a candidate being rewritten gets hashed again)."""
-    return tuple(sorted((str(p.relative_to(directory)), st.st_size, st.st_mtime_ns)
-                        for p in directory.rglob("*") if p.is_file() for st in [p.stat()]))
+    mtime changes it (a candidate being rewritten gets hashed again). Walks with lstat and
+    refuses anything but regular files and folders (UnsafeEntry): reading a FIFO blocks, a
+    device never ends, a symlink points anywhere. Hidden folders are skipped, as publishing does."""
+    if not stat.S_ISDIR(os.stat(directory).st_mode):  # the path itself is the operator's: may be a link
+        raise UnsafeEntry(f"{printable(directory)} is not a directory")
+    out = []
+
+    def fail(err: OSError) -> None:
+        raise err
+
+    for cur, dirs, names in os.walk(directory, onerror=fail):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in dirs + names:
+            full = Path(cur) / name
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode):
+                out.append((full.relative_to(directory).as_posix(), st.st_size, st.st_mtime_ns))
+            elif not stat.S_ISDIR(st.st_mode):
+                kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                raise UnsafeEntry(f"{printable(full.relative_to(directory))} is {kind}")
+    return tuple(sorted(out))
 
 
 def benchmark_entries(path: Path | None, competitions: dict[str, Competition],
@@ -239,22 +276,32 @@ def benchmark_entries(path: Path | None, competitions: dict[str, Competition],
     try:
         parsed, errors = load_benchmark(path)
     except BenchmarkError as e:
-        return [], [str(e)]
-    problems = [f"benchmark entry {k!r}: {v}" for k, v in errors.items()]
+        return [], [printable(e)]
+    problems = [f"benchmark entry {printable(repr(k), 80)}: {printable(v)}" for k, v in errors.items()]
     out = []
     for bid, b in parsed.items():
         if b.competition not in competitions:
-            problems.append(f"benchmark entry {bid!r}: unknown competition {b.competition!r}")
+            problems.append(f"benchmark entry {printable(repr(bid), 80)}: unknown competition "
+                            f"{printable(repr(b.competition), 80)}")
             continue
+        name = printable(repr(bid), 80)
         try:
             fp = _fingerprint(b.path)
             if b.path not in hashes or hashes[b.path][0] != fp:
-                hashes[b.path] = (fp, dir_hash(b.path))
+                # what validators will hash once it is published: its download set only
+                hashes[b.path] = (fp, hub.model_dir_hash(b.path))
             content = hashes[b.path][1]
-        except OSError as e:
-            problems.append(f"benchmark entry {bid!r}: cannot read {b.path}: {e}")
+        except UnsafeEntry as e:
+            problems.append(f"benchmark entry {name}: refused: {e}")
             continue
-        out.append(Entry(key=f"bench:{bid}", competition=b.competition, label=b.label or bid, block=b.block,
+        except hub.HubError as e:
+            problems.append(f"benchmark entry {name}: {e.reason.value}: {printable(e.detail)}")
+            continue
+        except OSError as e:
+            problems.append(f"benchmark entry {name}: cannot read {printable(b.path)}: {printable(e)}")
+            continue
+        out.append(Entry(key=f"bench:{bid}", competition=b.competition, label=printable(b.label or bid, 80),
+                         block=b.block,
                          path=b.path, content_hash=content, scoring=competitions[b.competition].scoring_key))
     return out, problems
 
@@ -297,9 +344,13 @@ def score_entries(
             nonlocal forwards
             forwards += len(ids)
             res = score(e.path, list(zip(ids, cache.db.texts(ids))), comp, step_samples=step_samples)
-            e.tokenizer, e.tokenizer_reason = res.get("tokenizer"), res.get("tokenizer_reason")
+            # both quote the model's files (tokenizer errors, exception text): escaped before shown
+            why = res.get("tokenizer_reason")
+            e.tokenizer, e.tokenizer_reason = res.get("tokenizer"), None if why is None else printable(why)
+            e.engine = None if res.get("engine") is None else printable(res["engine"])
+            e.notes = [printable(n) for n in res.get("notes") or []]
             if res.get("failure"):
-                e.status, e.reason = "failed", res["failure"]
+                e.status, e.reason = "failed", printable(res["failure"])
                 return None
             return res
 
@@ -408,12 +459,19 @@ def rank_competition(entries: list[Entry], comp: Competition, cache: "EvalCache"
             "error": chain_step.error if chain_step else None}
 
 
+def _shown(text: str | None, limit: int | None = None) -> str | None:
+    return None if text is None else printable(text, limit)
+
+
 def _entry_row(e: Entry, block_now: int) -> dict:
-    return {"key": e.key, "label": e.label, "uid": e.uid, "hotkey": e.hotkey, "block": e.block,
+    # the last gate before the console and the report: every text that can come from a miner is escaped
+    return {"key": _shown(e.key), "label": _shown(e.label), "uid": e.uid, "hotkey": _shown(e.hotkey),
+            "block": e.block,
             "age_blocks": None if e.block is None else block_now - e.block, "status": e.status,
-            "reason": e.reason, "content_hash": e.content_hash, "commitment": e.commitment,
+            "reason": _shown(e.reason), "content_hash": _shown(e.content_hash), "commitment": _shown(e.commitment),
             "win_rate": None, "chain_win_rate": None, "weight": None,
-            "tokenizer": e.tokenizer, "tokenizer_reason": e.tokenizer_reason}
+            "tokenizer": _shown(e.tokenizer), "tokenizer_reason": _shown(e.tokenizer_reason),
+            "engine": _shown(e.engine), "notes": list(e.notes)}
 
 
 def unevaluated_entries(entries: dict[str, Entry], records: dict[str, FetchRecord],
@@ -568,20 +626,56 @@ def _clean_state_field(name: str, v: Any) -> Any:
 CompetitionsFn = Callable[[], "dict[str, Competition] | CompetitionsFile"]
 
 
+class Saver:
+    """Writes the validator's files (atomically); a test passes another to fill the disk."""
+
+    def cache(self, cache: "EvalCache", path: Path) -> None:
+        cache.save(path)
+
+    def state(self, state: ValidatorState, path: Path) -> None:
+        state.save(path)
+
+    def report(self, report: dict, path: Path) -> None:
+        atomic_write_json(path, report)
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def save_problem(exc: OSError, what: str) -> str:
+    """The step problem of a failed save: `disk_full: ...` when the disk or quota is full."""
+    if exc.errno in _NO_SPACE:
+        return (f"disk_full: {what} save failed ({printable(exc)}); the results are kept in memory and count, "
+                "everything is written once space is back")
+    return f"{what} save failed ({printable(exc)}); kept in memory, saved again at the next save"
+
+
+def note_once(problems: list[str], msg: str) -> None:
+    """Add `msg` (and log it) unless it is there already; a full disk fails every save of the
+    step (each model's cache save, the state, the report) and is said once."""
+    if msg in problems or (msg.startswith("disk_full:") and any(p.startswith("disk_full:") for p in problems)):
+        return
+    log.error(msg)
+    problems.append(msg)
+
+
 class Validator:
     def __init__(self, chain: Chain, competitions: CompetitionsFn, fetch: FetchFn,
                  score: ScoreFn, source_for: Callable[[str], Any], settings: Settings,
                  hotkey: str | None = None, retry_after: Callable[[str, int], float | None] | None = None,
                  cleanup: Callable[[set[Path]], Any] | None = None, progress: Any = None,
                  hall_of_fame: Any = None, overrides: dict[str, Any] | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] | None = None,
+                 saver: Saver | None = None):
         self.chain, self.competitions, self.fetch, self.score = chain, competitions, fetch, score
         self.source_for, self.settings, self.hotkey, self.cleanup = source_for, settings, hotkey, cleanup
         self.retry_after = retry_after or (lambda reason, attempts: constants.DOWNLOAD_RETRY_BACKOFF_S[0])
         self.progress = progress
         self.hall_of_fame = hall_of_fame  # a source with .hall_of_fame / .maybe_reload() / .problems(); or None
         self.overrides = {"eval_samples": settings.eval_samples, **(overrides or {})}
-        self.clock = clock  # wall clock: chain-update and weight-set intervals, the revisit slice
+        self.clock = clock  # wall clock: persisted times (visits, retries, weight sets), the revisit slice
+        self._monotonic = monotonic  # see monotonic()
+        self.saver = saver or Saver()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         # temporary files of a save the last process was killed in (never part of the state)
         for sub in ("", "evalcache", "tokenizers"):
@@ -591,10 +685,18 @@ class Validator:
         self.caches: dict[str, EvalCache] = {}
         self.load_problems: list[str] = []  # reported with the next step
         self.last_sync: tuple[Metagraph, dict[str, Commitment]] | None = None
-        self.last_chain_update: float | None = None  # live: in memory, so a start always updates
+        self.last_chain_update: float | None = None  # self.monotonic(); in memory, so a start always updates
         self.bench_hashes: dict[Path, tuple[tuple, str]] = {}  # benchmark candidates, see benchmark_entries
         self.consensus_watch = ConsensusWatch()
         self.stopping = False
+
+    def monotonic(self) -> float:
+        """The clock of in-process intervals (the chain update), which a wall-clock jump must not
+        stretch: time.monotonic(), or the injected `monotonic`; a wall clock a test injected or
+        set (self.clock) without one drives them as well."""
+        if self._monotonic is not None:
+            return self._monotonic()
+        return time.monotonic() if self.clock is time.time else self.clock()
 
     def note_problem(self, msg: str) -> None:
         """A problem found outside the step's stages (a port, a damaged file): in the next report."""
@@ -624,8 +726,8 @@ class Validator:
 
     def save(self) -> None:
         for dataset, cache in self.caches.items():
-            cache.save(self._cache_path(dataset))
-        self.state.save(self.state_path)
+            self.saver.cache(cache, self._cache_path(dataset))
+        self.saver.state(self.state, self.state_path)
 
     def _try_save(self, problems: list[str], what: str = "state") -> None:
         """save(), but a failure (disk full, read-only disk) is reported, not raised: the state
@@ -633,9 +735,7 @@ class Validator:
         try:
             self.save()
         except OSError as e:
-            msg = f"{what} save failed ({e}); kept in memory, saved again at the next save"
-            log.error(msg)
-            problems.append(msg)
+            note_once(problems, save_problem(e, what))
 
     def request_stop(self, *_: Any) -> None:
         self.stopping = True
@@ -687,8 +787,6 @@ class Validator:
         self.last_sync = (meta, commitments)
         block_now, now = meta.block, self.clock()
         seed = self._seed(block_now, problems)
-        problems += self.load_problems  # noted outside the stages: damaged cache files, a failed reload
-        self.load_problems = []
         t = stage("sync", t)
 
         entries, bad = parse_commitments(meta, commitments, competitions)
@@ -696,6 +794,8 @@ class Validator:
         # "copy" was a permanent failure in states saved before the live rules: a copy is scored now
         records = {hk: FetchRecord(**r) for hk, r in self.state.records.items() if r.get("reason") != "copy"}
         cache_of = {cid: self.cache_for(c.dataset, defaults) for cid, c in competitions.items()}
+        problems += self.load_problems  # noted outside the stages: damaged cache files (loaded just now), a port
+        self.load_problems = []
         changed = self._hotkey_changes(meta)
         sel = SelectionState.from_json(self.state.selection) if self.state.selection else SelectionState()
 
@@ -708,7 +808,7 @@ class Validator:
         fetch = lambda es: fetch_models(es, self.fetch, competitions, records, first_seen, now,  # noqa: E731
                                         deadline, self.retry_after, health=health)
         visited: dict[int, Entry] = {}
-        if chain_update_due(self.last_chain_update, now):
+        if chain_update_due(self.last_chain_update, self.monotonic()):
             sel = self._chain_update(sel, meta, entries, competitions, fetch, records, visited, seed, now,
                                      deadline, changed)
         saved_sel = sel  # what a partial (stopped) step keeps: the visits done, the pools it started with
@@ -746,16 +846,17 @@ class Validator:
             def scored(e: Entry, n: int, cid: str = cid) -> None:
                 # save after every model: a kill mid-step loses at most the model in flight
                 try:
-                    cache_of[cid].save(self._cache_path(competitions[cid].dataset))
-                except OSError as exc:
-                    msg = f"evaluation cache save failed ({exc}); kept in memory"
-                    if msg not in problems:
-                        log.error(msg)
-                        problems.append(msg)
+                    self.saver.cache(cache_of[cid], self._cache_path(competitions[cid].dataset))
+                except OSError as exc:  # the losses stay in memory: ranked this step, written later
+                    note_once(problems, save_problem(exc, "evaluation cache"))
                 if self.progress:
                     self.progress.advance("score", f"{e.label}: {e.status}")
             forwards += score_entries(in_play[cid], comp, cache_of[cid], sample_ids[cid], self.score, seed,
                                       lambda: self.stopping, scored)
+        for e in (e for es in in_play.values() for e in es):
+            for note in e.notes:  # the operator's problem (e.g. the token cache not saved), never the model's
+                if note not in problems:
+                    problems.append(f"{e.label}: {note}")
         t = stage("score", t)
 
         tables = {}
@@ -831,7 +932,7 @@ class Validator:
                           validators=validators_from_metagraph(meta), wall_clock=now, visit=visit,
                           fractions=lambda uid: _fraction(seed, uid), hotkey_changed=changed, should_stop=stop)
         if not stop():
-            self.last_chain_update = now
+            self.last_chain_update = self.monotonic()
         return up.state
 
     @staticmethod
@@ -853,16 +954,24 @@ class Validator:
 
     def _hotkey_changes(self, meta: Metagraph) -> list[int]:
         """Uids whose hotkey changed since the last step (a new miner at a reused uid): their
-        weight in the moving average and their last visit time are not inherited."""
+        weight in the moving average and their last visit time are not inherited. A uid that
+        left the metagraph loses its weight too, and its last hotkey is remembered, so the
+        miner registered there later is a change as well."""
         changed = []
-        for uid, hk in zip(meta.uids, meta.hotkeys):
-            old = self.state.uid_hotkeys.get(str(uid))
-            if old is not None and old != hk:
+        now_at = {str(u): hk for u, hk in zip(meta.uids, meta.hotkeys)}
+        for key, old in self.state.uid_hotkeys.items():
+            hk = now_at.get(key)
+            if hk == old or not key.isdigit():
+                continue
+            uid = int(key)
+            if hk is not None:
                 changed.append(uid)
-                if uid < len(self.state.ema):
-                    self.state.ema[uid] = 0.0
-        self.state.uid_hotkeys = {str(u): hk for u, hk in zip(meta.uids, meta.hotkeys)}
-        return changed
+            if uid < len(self.state.ema) and self.state.ema[uid]:
+                log.info("uid %d: hotkey %s -> %s, its moving-average weight %.4g is not inherited",
+                         uid, printable(old, 64), printable(hk, 64), self.state.ema[uid])
+                self.state.ema[uid] = 0.0
+        self.state.uid_hotkeys = {**{k: hk for k, hk in self.state.uid_hotkeys.items() if k not in now_at}, **now_at}
+        return sorted(changed)
 
     def _consensus(self, meta: Metagraph, report: dict, problems: list[str]) -> None:
         try:
@@ -893,14 +1002,15 @@ class Validator:
     def _finish(self, report: dict, t0: float, stages: dict) -> dict:
         report["seconds"] = time.monotonic() - t0
         report["stage_seconds"] = stages
+        # problems quote repos, commitments and hub answers: escaped before the log or the console
+        report["problems"] = [printable(p, constants.PROBLEM_MAX_CHARS) for p in report["problems"]]
         for path in (self.settings.state_dir / "last_step.json", self.settings.save_step_json):
             if path is None:
                 continue
             try:
-                atomic_write_json(path, report)
+                self.saver.report(report, path)
             except OSError as e:  # the step's work is done and saved; only its report is not on disk
-                log.error("cannot write the step report %s: %s", path, e)
-                report["problems"].append(f"step report {path} not written: {e}")
+                note_once(report["problems"], save_problem(e, f"step report {path}"))
         return report
 
     def _hall_of_fame(self, meta: Metagraph, block_now: int, problems: list[str]) -> Mapping[int, float]:

@@ -18,9 +18,17 @@ Two ways to compute the same numbers:
 `score_model` ties tokenizer, model and losses together (ScoreResult.tokenizer says whether the
 model's own tokenizer or the competition's was used); `score_model_job` is its JSON-in,
 JSON-out twin for the isolated worker (validator.worker.run_isolated).
+
+Not the model's choice: config.json keys that pick kernels or quantizers (constants.
+CONFIG_KEYS_STRIPPED) are removed before the model is built, and the model's own tokenizer has
+a time box for the step (TOKENIZE_TIME_SHARE of the model's time limit; over it the tokenizer
+is rejected like any other failing model tokenizer, rule C3). Trouble that is not the model's
+fault (the token cache cannot be saved: disk full) leaves its scoring alone and is reported in
+ScoreResult.notes.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -28,7 +36,7 @@ import math
 import os
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Sequence
@@ -40,6 +48,8 @@ from validator.tokens import TokenizedSample
 log = logging.getLogger(__name__)
 
 INF = float("inf")
+# The model's own tokenizer's time box for a step (score_model_job's default: the worker's default limit)
+DEFAULT_TOKENIZE_TIMEOUT_S = constants.TTL_MODEL_EVAL_S * constants.TOKENIZE_TIME_SHARE
 
 
 # --- errors and results ---------------------------------------------------------------------
@@ -67,6 +77,7 @@ class ScoreResult:
     engine: str | None = None  # "engine", or "reference: <why>"
     tokenizer: str | None = None  # "model" | "competition": whose tokenizer the ids came from
     tokenizer_reason: str | None = None  # why that one (validator.tokens.choose_tokenizer)
+    notes: list[str] = field(default_factory=list)  # not the model's fault, e.g. "token cache not saved: ..."
 
 
 # --- competition parameters -----------------------------------------------------------------
@@ -126,29 +137,45 @@ def tokenize_one(tokenizer, sample_id: str, text: str, competition: Any) -> Toke
 
 def tokenize_samples(tokenizer, samples: Sequence[tuple[str, str]], competition: Any,
                      *, cache: "TokenCache | None" = None, tokenizer_key: str | None = None,
-                     stop_after_fails: int | None = None) -> list[TokenizedSample]:
+                     stop_after_fails: int | None = None, time_limit_s: float | None = None) -> list[TokenizedSample]:
     """Tokenize (id, text) samples for a competition; failures are marked, not raised.
 
     With a cache and a tokenizer_key (`tokenizer.key`), results are reused across models and
     steps. stop_after_fails: raise tokens.TooManyFailures as soon as the round-trip failures
     exceed it (rule T5; the live loop stops there too), instead of tokenizing the rest.
+    time_limit_s: raise tokens.TooSlow once tokenizing (building the tokenizer included) has
+    taken longer (rule T7); what a too-slow run tokenized is not cached, so the next visit is
+    refused again rather than finishing the work piecemeal.
     """
     comp = _competition_view(competition)
     out = []
+    fresh: list[tuple[str, str, TokenizedSample]] = []
     fails = 0
-    for sample_id, text in samples:
-        sample_id = str(sample_id)
-        if not isinstance(text, str):
-            raise TypeError(f"sample {sample_id!r}: text must be a str, got {type(text).__name__}")
-        hit = cache.get(tokenizer_key, comp, sample_id, text) if cache is not None and tokenizer_key else None
-        if hit is None:
-            hit = tokenize_one(tokenizer, sample_id, text, comp)
-            if cache is not None and tokenizer_key:
-                cache.put(tokenizer_key, comp, sample_id, text, hit)
-        out.append(hit)
-        fails += hit.failure == "roundtrip"
-        if stop_after_fails is not None:
-            tokens.check_fails(fails, len(samples), stop_after_fails)
+    t0 = time.monotonic()
+    caching = cache is not None and bool(tokenizer_key)
+    too_slow = False
+    try:
+        for sample_id, text in samples:
+            sample_id = str(sample_id)
+            if not isinstance(text, str):
+                raise TypeError(f"sample {sample_id!r}: text must be a str, got {type(text).__name__}")
+            hit = cache.get(tokenizer_key, comp, sample_id, text) if caching else None
+            if hit is None:
+                hit = tokenize_one(tokenizer, sample_id, text, comp)
+                fresh.append((sample_id, text, hit))
+            out.append(hit)
+            fails += hit.failure == "roundtrip"
+            if stop_after_fails is not None:
+                tokens.check_fails(fails, len(samples), stop_after_fails)
+            if time_limit_s is not None:
+                tokens.check_time(time.monotonic() - t0, len(out), len(samples), time_limit_s)
+    except tokens.TooSlow:
+        too_slow = True
+        raise
+    finally:
+        if caching and not too_slow:
+            for sample_id, text, row in fresh:
+                cache.put(tokenizer_key, comp, sample_id, text, row)
     return out
 
 
@@ -254,7 +281,9 @@ class TokenCache:
             self._entries.pop(next(iter(self._entries)))
         self.dirty = True
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, *, write_bytes: Callable[[Path, bytes], None] | None = None) -> None:
+        """Write the cache atomically (write_bytes: state.atomic_write_bytes unless given); OSError
+        (disk full, read-only dir) propagates: see save_token_cache."""
         import io
 
         import numpy as np
@@ -281,7 +310,7 @@ class TokenCache:
         # slower (13 s vs 0.1 s for 20M ids) and the load ~10x (benchmarks/bench_token_cache.py).
         np.savez(buf, ids=flat,
                  index=np.frombuffer(json.dumps({"version": self.VERSION, "entries": index}).encode(), np.uint8))
-        atomic_write_bytes(Path(path), buf.getvalue())
+        (write_bytes or atomic_write_bytes)(Path(path), buf.getvalue())
         self.dirty = False
 
     @classmethod
@@ -319,6 +348,19 @@ class TokenCache:
         return cache
 
 
+def save_token_cache(cache: TokenCache, path: str | os.PathLike, *,
+                     write_bytes: Callable[[Path, bytes], None] | None = None) -> str | None:
+    """Save the cache; None when saved, else a note for the operator. Disk full (ENOSPC, EDQUOT)
+    or any other OSError costs only the cache (the next visit tokenizes again), never the model."""
+    try:
+        cache.save(path, write_bytes=write_bytes)
+    except OSError as e:
+        what = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else type(e).__name__
+        log.warning("token cache %s not saved (%s): %s", path, what, e)
+        return f"token cache not saved ({what}): {e}"
+    return None
+
+
 _INT32_MAX = 2**31 - 1
 
 
@@ -344,10 +386,37 @@ def _flash_attn_available() -> bool:
     return True
 
 
+def model_config(path: str | os.PathLike):
+    """The model's transformers config from config.json (bounded read), CONFIG_KEYS_STRIPPED removed."""
+    from transformers import CONFIG_MAPPING
+
+    from validator.state import StateError, read_json
+
+    path = Path(path)
+    try:
+        raw = read_json(path / "config.json", max_bytes=constants.HUB_SMALL_FILE_MAX_BYTES,
+                        max_depth=constants.CONFIG_MAX_DEPTH, max_elements=constants.CONFIG_MAX_ELEMENTS)
+    except (StateError, FileNotFoundError) as e:
+        raise ScoringError("load", f"config.json of {path}: {e}") from e
+    if not isinstance(raw, dict):
+        raise ScoringError("load", f"config.json of {path} is not a JSON object")
+    from validator.hub import strip_config_keys
+
+    data = strip_config_keys(raw)
+    if data != raw:
+        log.info("model %s: config keys of CONFIG_KEYS_STRIPPED ignored (they would choose kernels or quantizers)",
+                 path)
+    model_type = data.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise ScoringError("load", f"config.json of {path}: unknown model_type {model_type!r}")
+    return CONFIG_MAPPING[model_type].from_dict(data)
+
+
 def load_model(path: str | os.PathLike, device: str = "cpu"):
     """A causal LM from a local directory: safetensors only, no remote code, eval mode.
 
-    bf16 with flash-attention 2 (or SDPA) on CUDA, fp32 with SDPA on CPU.
+    bf16 with flash-attention 2 (or SDPA) on CUDA, fp32 with SDPA on CPU, whatever config.json
+    asks for: its kernel and quantizer keys (CONFIG_KEYS_STRIPPED) are removed first.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -357,7 +426,8 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
     attn_options = (["flash_attention_2"] if cuda and _flash_attn_available() else []) + ["sdpa", None]
     last_error: Exception | None = None
     for attn in attn_options:
-        kwargs = dict(local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=dtype)
+        kwargs = dict(local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=dtype,
+                      config=model_config(path))  # fresh per try: from_pretrained sets its attention on it
         if attn is not None:
             kwargs["attn_implementation"] = attn
         try:
@@ -658,15 +728,18 @@ def _pick_tokenizer_dir(comp: SimpleNamespace, tokenizer_path: str | os.PathLike
 
 
 def choose_step_tokens(model_path: Path, comp: SimpleNamespace, tokenizer_dir: Path | None,
-                       step: Sequence[tuple[str, str]], cache: TokenCache | None = None) -> tokens.TokenizerChoice:
+                       step: Sequence[tuple[str, str]], cache: TokenCache | None = None,
+                       tokenize_timeout_s: float | None = None) -> tokens.TokenizerChoice:
     """Which tokenizer the model is scored with and its ids for every sample of the step (rules
-    C1-C5 of validator.tokens over T1-T5); raises ScoringError("tokenizer") when there is none."""
+    C1-C5 of validator.tokens over T1-T5, and T7: the model's own tokenizer gets
+    tokenize_timeout_s); raises ScoringError("tokenizer") when there is none."""
 
     def tokenize_step(tok_dir: Path, role: tokens.Role) -> tokens.StepTokens:
         plan = tokens.plan_tokenizer(tok_dir, role=role)
         rows = tokenize_samples(tokens.LazyTokenizer(plan), step, comp, cache=cache,
                                 tokenizer_key=plan.key if cache is not None else None,
-                                stop_after_fails=comp.max_tokenize_fails)
+                                stop_after_fails=comp.max_tokenize_fails,
+                                time_limit_s=tokenize_timeout_s if role == "model" else None)
         return tokens.StepTokens({r.sample_id: r for r in rows}, tokens.max_token_id(rows), plan.describe(), plan.key)
 
     try:
@@ -680,7 +753,9 @@ def choose_step_tokens(model_path: Path, comp: SimpleNamespace, tokenizer_dir: P
 def score_model(model_path: str | os.PathLike, samples: Sequence[tuple[str, str]], competition: Any, *,
                 device: str = "cpu", tokenizer_path: str | os.PathLike | None = None, engine: bool = True,
                 token_cache: TokenCache | None = None, model: Any = None,
-                step_samples: Sequence[tuple[str, str]] | None = None) -> ScoreResult:
+                step_samples: Sequence[tuple[str, str]] | None = None,
+                tokenize_timeout_s: float | None = DEFAULT_TOKENIZE_TIMEOUT_S,
+                max_device_bytes: int | None = None) -> ScoreResult:
     """Score one model on the samples. Never raises for a model's fault: a model-level
     failure comes back as ScoreResult.failure (every loss inf); per-sample failures are inf.
 
@@ -692,6 +767,11 @@ def score_model(model_path: str | os.PathLike, samples: Sequence[tuple[str, str]
     max_tokenize_fails rule and the vocabulary check run over all of it, as the live validators
     do (they tokenize every sample every step). `model` may be given already loaded
     (benchmarks, tests); otherwise it is loaded from model_path with load_model.
+    `tokenize_timeout_s`: the model's own tokenizer's time box over the step's samples (None: none);
+    over it that tokenizer fails "too slow" (rule T7) and rule C3 applies.
+    `max_device_bytes`: a device memory cap; a model whose weights exceed (a share of) it, or
+    of the free CUDA memory, is scored layer by layer (validator.streaming, same losses);
+    ScoreResult.engine then says "streamed (N groups)".
     """
     t0 = time.monotonic()
     model_path = Path(model_path)
@@ -703,29 +783,26 @@ def score_model(model_path: str | os.PathLike, samples: Sequence[tuple[str, str]
     used = None
     choice = None
     try:
-        choice = choose_step_tokens(model_path, comp, _pick_tokenizer_dir(comp, tokenizer_path), step, token_cache)
+        choice = choose_step_tokens(model_path, comp, _pick_tokenizer_dir(comp, tokenizer_path), step, token_cache,
+                                    tokenize_timeout_s)
         tokenized = [choice.step.rows[sid] for sid in ids_of]
-        if model is None:
-            try:
-                model = load_model(model_path, device)
-            except ScoringError:
-                raise
-            except Exception as e:  # corrupt or mismatched weights are the model's fault
-                raise ScoringError("load", f"cannot load model from {model_path}: {type(e).__name__}: {e}") from e
-        check_max_token_id(model, choice.step.max_token_id)
         token_lists = [t.ids for t in tokenized]
-        try:
-            if engine:
-                losses, used = _engine_run(model, token_lists, device)
-            else:
-                used = "reference"
-                losses = reference_losses(model, token_lists, device)
-        except ScoringError:
-            raise
-        except Exception as e:
-            if _is_oom(e):
-                raise ScoringError("oom", f"{type(e).__name__}: {e}") from e
-            raise ScoringError("forward", f"{type(e).__name__}: {e}") from e
+        streamed = None
+        if model is None and engine:  # too large for the device: layer by layer (same losses)
+            streamed, used = _try_streamed(model_path, token_lists, device, max_device_bytes,
+                                           choice.step.max_token_id)
+        if streamed is not None:
+            losses = streamed
+        else:
+            if model is None:
+                try:
+                    model = load_model(model_path, device)
+                except ScoringError:
+                    raise
+                except Exception as e:  # corrupt or mismatched weights are the model's fault
+                    raise ScoringError("load", f"cannot load model from {model_path}: {type(e).__name__}: {e}") \
+                        from e
+            losses, used = _resident_losses(model, token_lists, device, engine, choice.step.max_token_id, used)
     except ScoringError as e:
         log.warning("model %s failed scoring: %s", model_path, e)
         return ScoreResult({sid: INF for sid in ids_of}, {sid: 0 for sid in ids_of}, e.reason,
@@ -739,6 +816,50 @@ def score_model(model_path: str | os.PathLike, samples: Sequence[tuple[str, str]
         failure=None, seconds=time.monotonic() - t0, engine=used, tokenizer=choice.used,
         tokenizer_reason=choice.reason)
 
+
+def _try_streamed(model_path: Path, token_lists: list, device: str, max_device_bytes: int | None,
+                  max_token_id: int | None) -> tuple[list[float] | None, str | None]:
+    """(losses, engine description) when the model is to be streamed layer by layer; (None,
+    why not) when it is scored resident (it fits, or streaming does not support it)."""
+    from validator import streaming
+
+    try:
+        budget = streaming.should_stream(model_path, device, max_device_bytes)
+    except streaming.Unsupported as e:
+        return None, f"resident: {e}"
+    if budget is None:
+        return None, None
+    check_max_token_id(model_config(model_path), max_token_id)
+    try:
+        losses, info = streaming.streamed_losses(model_path, token_lists, device, max_device_bytes=budget)
+    except streaming.Unsupported as e:
+        log.warning("model %s cannot be streamed (%s): scoring it resident", model_path, e)
+        return None, f"resident: not streamed ({e})"
+    except ScoringError:
+        raise
+    except Exception as e:
+        if _is_oom(e):
+            raise ScoringError("oom", f"streamed: {type(e).__name__}: {e}") from e
+        raise ScoringError("forward", f"streamed: {type(e).__name__}: {e}") from e
+    return losses, info.describe()
+
+
+def _resident_losses(model: Any, token_lists: list, device: str, engine: bool, max_token_id: int | None,
+                     note: str | None) -> tuple[list[float], str]:
+    """The whole model on the device: the batched engine (or the reference loop)."""
+    check_max_token_id(model, max_token_id)
+    try:
+        if engine:
+            losses, used = _engine_run(model, token_lists, device)
+        else:
+            losses, used = reference_losses(model, token_lists, device), "reference"
+    except ScoringError:
+        raise
+    except Exception as e:
+        if _is_oom(e):
+            raise ScoringError("oom", f"{type(e).__name__}: {e}") from e
+        raise ScoringError("forward", f"{type(e).__name__}: {e}") from e
+    return losses, used if note is None else f"{used}; {note}"
 
 def _encode_float(x: float) -> float | str:
     return x if math.isfinite(x) else ("inf" if x > 0 else "-inf" if x < 0 else "nan")
@@ -754,7 +875,7 @@ def result_to_json(result: ScoreResult) -> dict:
     return {"losses": {k: _encode_float(v) for k, v in result.losses.items()},
             "n_tokens": dict(result.n_tokens), "failure": result.failure, "seconds": result.seconds,
             "detail": result.detail, "engine": result.engine, "tokenizer": result.tokenizer,
-            "tokenizer_reason": result.tokenizer_reason}
+            "tokenizer_reason": result.tokenizer_reason, "notes": list(result.notes)}
 
 
 def result_from_json(data: dict) -> ScoreResult:
@@ -762,31 +883,41 @@ def result_from_json(data: dict) -> ScoreResult:
                        n_tokens={k: int(v) for k, v in data["n_tokens"].items()},
                        failure=data.get("failure"), seconds=float(data.get("seconds", 0.0)),
                        detail=data.get("detail"), engine=data.get("engine"), tokenizer=data.get("tokenizer"),
-                       tokenizer_reason=data.get("tokenizer_reason"))
+                       tokenizer_reason=data.get("tokenizer_reason"), notes=list(data.get("notes") or []))
 
 
 def score_model_job(model_path: str, samples: list, competition: dict, device: str = "cpu",
                     tokenizer_path: str | None = None, engine: bool = True,
-                    token_cache_path: str | None = None, step_samples: list | None = None) -> dict:
+                    token_cache_path: str | None = None, step_samples: list | None = None,
+                    tokenize_timeout_s: float | None = DEFAULT_TOKENIZE_TIMEOUT_S,
+                    max_device_bytes: int | None = None) -> dict:
     """Worker entry point ("validator.scoring:score_model_job"): JSON-able in and out.
 
     samples: [[sample_id, text], ...]; competition: Competition.model_dump() (or a dict
     with the same keys). Returns result_to_json(score_model(...)): losses keyed by sample
     id with inf encoded as the string "inf", n_tokens, failure, seconds, detail, engine,
     tokenizer ("model" | "competition" | None when no tokenizer was chosen), tokenizer_reason.
-    token_cache_path: a TokenCache file loaded before and saved after. step_samples:
-    [[sample_id, text], ...], the step's whole evaluation set (see score_model).
+    token_cache_path: a TokenCache file loaded before and saved after (a failed save is a note,
+    see save_token_cache). step_samples: [[sample_id, text], ...], the step's whole evaluation
+    set (see score_model). tokenize_timeout_s: the model's own tokenizer's time box.
+    max_device_bytes: the device memory cap (see score_model: streamed scoring).
     """
     cache = None
+    notes = []
     if token_cache_path:
         try:
             cache = TokenCache.load(token_cache_path)
         except ValueError as e:  # a damaged cache must not fail every model: rebuild it
             log.warning("%s; starting an empty token cache", e)
+            notes.append(f"token cache rebuilt: {e}")
             cache = TokenCache()
     result = score_model(model_path, [(str(s[0]), s[1]) for s in samples], competition, device=device,
                          tokenizer_path=tokenizer_path, engine=engine, token_cache=cache,
-                         step_samples=None if step_samples is None else [(str(s[0]), s[1]) for s in step_samples])
+                         step_samples=None if step_samples is None else [(str(s[0]), s[1]) for s in step_samples],
+                         tokenize_timeout_s=tokenize_timeout_s, max_device_bytes=max_device_bytes)
     if cache is not None and cache.dirty:
-        cache.save(token_cache_path)
+        note = save_token_cache(cache, token_cache_path)
+        if note:
+            notes.append(note)
+    result.notes.extend(notes)
     return result_to_json(result)

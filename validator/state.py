@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import constants
+
 log = logging.getLogger(__name__)
 
 _MISSING = object()
@@ -119,22 +121,31 @@ def atomic_write_json(path: str | Path, obj: Any, *, crash_points: bool = True) 
     atomic_write_bytes(path, data, crash_points=crash_points)
 
 
-def read_json(path: str | Path, default: Any = _MISSING) -> Any:
-    """Read a JSON file. A missing file gives `default` (or FileNotFoundError if none given);
-    an unreadable or corrupt file raises StateError naming the file."""
+def read_json(path: str | Path, default: Any = _MISSING, *, max_bytes: int | None = None,
+              max_depth: int | None = None, max_elements: int | None = None) -> Any:
+    """Read a JSON file within size, nesting and value-count bounds (the same bounded reader
+    as the config files: a hostile or damaged file cannot exhaust memory or the parser's
+    stack). A missing file gives `default` (or FileNotFoundError if none given); a file that
+    is not a regular file, too large, too deep, unreadable or corrupt raises StateError
+    naming the file and the reason. The bounds default to constants.STATE_MAX_*."""
+    # imported here: config_source writes its caches through this module
+    from validator.config_source import SourceError, decode_json, read_location
+
     path = Path(path)
+    what = "state"
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        if default is _MISSING:
-            raise
-        return default
-    except OSError as e:
-        raise StateError(path, f"cannot read: {e}") from e
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StateError(path, f"corrupt JSON ({e})") from e
+        raw = read_location(path, what, max_bytes=constants.STATE_MAX_BYTES if max_bytes is None else max_bytes,
+                            timeout=0.0)
+        return decode_json(raw, f"{what} file {path}",
+                           max_depth=constants.STATE_MAX_DEPTH if max_depth is None else max_depth,
+                           max_elements=constants.STATE_MAX_ELEMENTS if max_elements is None else max_elements)
+    except SourceError as e:
+        if e.not_found:
+            if default is _MISSING:
+                raise FileNotFoundError(f"state file {path}: not found") from None
+            return default
+        # the message names the file already ("state file <path>: <reason>")
+        raise StateError(path, str(e).removeprefix(f"{what} file {path}: ")) from None
 
 
 def keep_bad_copy(path: str | Path) -> str:

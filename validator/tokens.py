@@ -54,6 +54,8 @@ Tokenizing a step's samples (dataset.tokenize), per text, with cap_sample_len an
   T5  Round-trip failures are counted over the step's whole sample list; more than
       max_tokenize_fails abandons the tokenizer for the step.
   T6  The largest id over the kept samples is checked against the model's embedding rows.
+  T7  (ours, not live) The model's own tokenizer gets a time box for the step's samples (building it
+      included); over it, it is refused as "too slow (N s for M samples)" and rule C3 applies.
 
 Choosing the tokenizer of one model (validator.py), see `choose_tokenizer`:
   C1  A competition with a tokenizer tokenizes the step with it first; if that fails (too many
@@ -69,7 +71,8 @@ Choosing the tokenizer of one model (validator.py), see `choose_tokenizer`:
 Deliberate differences: the competition's own tokenizer (role "competition") may be a transformers 5
 / tokenizers >= 0.20 save (rule L2 and the "TokenizersBackend" name are waived for it; the live
 competition tokenizers are 4.x saves, so nothing changes for them); classes not in _CLASSES are
-refused; tokenizer files are read up to size limits.
+refused; tokenizer files are read up to size limits; rule T7 (a tokenizer the live validator would
+spend 30 minutes on, e.g. 300k normalizer replacements, is refused here instead).
 """
 from __future__ import annotations
 
@@ -100,6 +103,10 @@ class TokenizerLoadError(TokenizerError):
 
 class TooManyFailures(TokenizerError):
     """More round-trip failures than max_tokenize_fails over the step's samples (rule T5)."""
+
+
+class TooSlow(TokenizerError):
+    """Tokenizing the step's samples took longer than the model tokenizer's time box (rule T7)."""
 
 
 class NoTokenizer(TokenizerError):
@@ -707,6 +714,13 @@ def check_fails(failures: int, total: int, max_tokenize_fails: int) -> None:
     if failures > max_tokenize_fails:
         raise TooManyFailures(f"more than {max_tokenize_fails} round-trip failures over the step's {total} samples "
                               "(texts that do not decode back to themselves)")
+
+
+def check_time(elapsed_s: float, done: int, total: int, limit_s: float) -> None:
+    """Rule T7: raise TooSlow when tokenizing `done` of `total` samples took more than limit_s."""
+    if elapsed_s > limit_s:
+        raise TooSlow(f"too slow ({elapsed_s:.1f} s for {done} samples; the time box is {limit_s:g} s "
+                      f"for the step's {total})")
 
 
 def max_token_id(rows: Iterable[TokenizedSample]) -> int | None:

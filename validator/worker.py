@@ -10,10 +10,15 @@ reads the result as JSON from a file in a private temp dir. Nothing is ever unpi
 The child's stdout and stderr (its logging included) go to a log file whose tail is kept
 in `WorkerResult.detail`.
 
+The child gets a scrubbed environment (`child_environment`): only what Python, torch, the
+tokenizers and the accelerator read; tokens, wallet and other secrets never reach a job, which
+runs a miner's model. It runs offline (HF_HUB_OFFLINE=1): a job never reaches the network.
+
 Reasons a job fails (`WorkerResult.reason`):
   "timeout"  ran past timeout_s; the whole process group was killed
   "crashed"  died from a signal (segfault, SIGKILL, abort) or exited without a result
-  "oom"      MemoryError, torch.OutOfMemoryError / "out of memory", or memory_limit_bytes hit
+  "oom"      MemoryError, torch.OutOfMemoryError / "out of memory", memory_limit_bytes hit, or the
+             job's resident memory over rss_limit_bytes (the parent's watchdog killed it)
   "cuda"     a CUDA error (device-side assert, illegal memory access, ...)
   "error"    any other exception, including a return value that is not JSON
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,7 +36,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +46,7 @@ TRACEBACK_TAIL_LINES = 12
 _RESULT_FILE = "result.json"
 _LOG_FILE = "output.log"
 _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+RSS_POLL_S = 0.5  # how often the parent reads the job's resident memory (rss_limit_bytes)
 
 
 @dataclass
@@ -89,6 +96,74 @@ def _format_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n" + "\n".join(tail)
 
 
+# --- the child's environment (pure) -----------------------------------------------------------
+
+# What a job may read from the environment: the interpreter, locale, temp dir, thread pools,
+# the accelerator's driver and libraries, logging verbosity. Everything else is dropped.
+_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TZ", "LANG", "LANGUAGE", "TMPDIR",
+                        "TMP", "TEMP", "LD_LIBRARY_PATH", "TOKENIZERS_PARALLELISM", "TRANSFORMERS_VERBOSITY",
+                        "SAFETENSORS_FAST_GPU", "CUBLAS_WORKSPACE_CONFIG"})
+_ENV_PREFIXES = ("LC_", "PYTHON", "CUDA_", "NVIDIA_", "ROCR_", "HIP_", "HSA_", "ROCM_", "OMP_", "KMP_", "MKL_",
+                 "OPENBLAS_", "GOTO_", "NUMEXPR_", "PYTORCH_", "TORCH_", "TORCHINDUCTOR_", "TRITON_", "NCCL_")
+# Dropped even when allowed above: a name with one of these words (split at "_") is a secret.
+_SECRET_WORDS = re.compile(r"(^|_)(TOKEN|TOKENS|SECRET|SECRETS|PASSWORD|PASSWD|PASS|KEY|KEYS|APIKEY|CREDENTIAL|"
+                           r"CREDENTIALS|AUTH|MNEMONIC|SEED|WALLET|COLDKEY|HOTKEY|PRIVATE)(_|$)")
+# Forced in the child: no job reaches the network, whatever the parent's environment says.
+_ENV_FORCED = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """The environment a job runs with: the allowed names of `parent`, minus anything that
+    looks like a secret (HF_TOKEN, BT_*, WALLET*, *_KEY, ...), plus the offline switches."""
+    env = {}
+    for name, value in parent.items():
+        upper = name.upper()
+        if upper.startswith(("BT_", "BITTENSOR", "WALLET", "HF_", "HUGGING")) or _SECRET_WORDS.search(upper):
+            continue
+        if upper in _ENV_NAMES or upper.startswith(_ENV_PREFIXES):
+            env[name] = value
+    env.update(_ENV_FORCED)
+    return env
+
+
+# --- memory of a process group (Linux /proc; elsewhere the watchdog sees nothing) -----------
+
+def host_memory_bytes() -> int | None:
+    """Physical memory, or the cgroup's memory limit when smaller (a container); None if unknown."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = None
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) > 0:
+            total = int(raw) if total is None else min(total, int(raw))
+    return total
+
+
+def group_rss_bytes(pgid: int) -> int:
+    """Resident memory of every process in process group `pgid` (0 where /proc is missing)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    try:
+        pids = [d for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:  # field 5: the process group
+                continue
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended between listing and reading: it holds nothing now
+    return total
+
+
 # --- the parent side ---------------------------------------------------------------------
 
 
@@ -128,14 +203,16 @@ def _signal_name(signum: int) -> str:
 
 
 def run_isolated(fn_path: str, kwargs: dict, timeout_s: float,
-                 memory_limit_bytes: int | None = None) -> WorkerResult:
+                 memory_limit_bytes: int | None = None, rss_limit_bytes: int | None = None) -> WorkerResult:
     """Run fn_path(**kwargs) in a fresh child process and return what happened.
 
     kwargs must be JSON-able (ValueError otherwise: that is a bug of the caller, not a job
     failure). memory_limit_bytes caps the child's address space (RLIMIT_AS) once the job's
     module is imported; it counts virtual memory, so leave room for the interpreter and
     libraries (torch reserves several GiB of address space; do not use it with CUDA).
-    Never raises because of anything the child does.
+    rss_limit_bytes: the parent reads the job's resident memory (its whole process group) every
+    RSS_POLL_S and kills it past the limit ("oom"); works with CUDA, where address-space limits
+    break the driver. Never raises because of anything the child does.
     """
     _check_fn_path(fn_path)
     if isinstance(timeout_s, bool) or not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
@@ -143,6 +220,9 @@ def run_isolated(fn_path: str, kwargs: dict, timeout_s: float,
     if memory_limit_bytes is not None and (isinstance(memory_limit_bytes, bool) or not (
             isinstance(memory_limit_bytes, int) and memory_limit_bytes > 0)):
         raise ValueError(f"memory_limit_bytes {memory_limit_bytes!r}: must be a positive int or None")
+    if rss_limit_bytes is not None and (isinstance(rss_limit_bytes, bool) or not (
+            isinstance(rss_limit_bytes, int) and rss_limit_bytes > 0)):
+        raise ValueError(f"rss_limit_bytes {rss_limit_bytes!r}: must be a positive int or None")
     if not isinstance(kwargs, dict):
         raise ValueError(f"kwargs for {fn_path}: must be a dict, got {type(kwargs).__name__}")
     try:
@@ -165,9 +245,8 @@ def run_isolated(fn_path: str, kwargs: dict, timeout_s: float,
             "parent_pid": os.getpid(),
             "log_level": logging.getLogger().getEffectiveLevel(),
         }
-        env = dict(os.environ)
+        env = child_environment(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([_PROJECT_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        env.setdefault("PYTHONUNBUFFERED", "1")
         try:
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(
@@ -180,12 +259,10 @@ def run_isolated(fn_path: str, kwargs: dict, timeout_s: float,
             return WorkerResult(False, None, "error", time.monotonic() - start,
                                 f"could not start the worker process: {type(e).__name__}: {e}")
         timed_out = False
+        over_rss = 0  # the resident bytes seen when the watchdog killed the job
         try:
             _send_job(proc, job)
-            try:
-                proc.wait(timeout=max(0.0, timeout_s - (time.monotonic() - start)))
-            except subprocess.TimeoutExpired:
-                timed_out = True
+            timed_out, over_rss = _wait(proc, start + timeout_s, rss_limit_bytes)
         finally:
             # Always leave nothing behind: the child on timeout (or if we are interrupted),
             # and any grandchildren it left running after it exited.
@@ -193,9 +270,13 @@ def run_isolated(fn_path: str, kwargs: dict, timeout_s: float,
             proc.wait()
         seconds = time.monotonic() - start
         output = _tail(log_path)
-        result = _read_result(result_path) if not timed_out else None
+        result = _read_result(result_path) if not (timed_out or over_rss) else None
 
-    if timed_out:
+    if over_rss:
+        res = WorkerResult(False, None, "oom", seconds,
+                           f"resident memory {over_rss / 2**30:.2f} GiB over the worker's limit "
+                           f"{rss_limit_bytes / 2**30:.2f} GiB ({rss_limit_bytes} bytes): killed\n{output}")
+    elif timed_out:
         res = WorkerResult(False, None, "timeout", seconds,
                            f"killed after {timeout_s:g}s (process group {proc.pid})\n{output}")
     elif result is not None:
@@ -215,6 +296,24 @@ def run_isolated(fn_path: str, kwargs: dict, timeout_s: float,
         logger.warning("worker %s failed after %.1fs: %s", fn_path, seconds, res.describe())
         logger.debug("worker %s detail:\n%s", fn_path, res.detail)
     return res
+
+
+def _wait(proc: subprocess.Popen, deadline: float, rss_limit_bytes: int | None) -> tuple[bool, int]:
+    """Wait for the child until `deadline` (monotonic); (timed out, resident bytes when it went
+    over rss_limit_bytes, else 0)."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True, 0
+        try:
+            proc.wait(timeout=min(left, RSS_POLL_S) if rss_limit_bytes else left)
+            return False, 0
+        except subprocess.TimeoutExpired:
+            pass
+        if rss_limit_bytes:
+            rss = group_rss_bytes(proc.pid)
+            if rss > rss_limit_bytes:
+                return False, rss
 
 
 def _send_job(proc: subprocess.Popen, job: dict) -> None:

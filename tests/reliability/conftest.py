@@ -7,12 +7,12 @@ from tests.reliability import tally
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not any(tally.counts.values()):
+    if not tally.ran():
         return  # no reliability test ran in this session
     terminalreporter.write_line(tally.summary())
     if config.getoption("verbose") > 0:
-        for kind, c in tally.kinds.items():
-            terminalreporter.write_line(f"  {kind}: " + ", ".join(f"{k} x{v}" for k, v in sorted(c.items())))
+        for line in tally.details():
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture

@@ -16,8 +16,13 @@ from __future__ import annotations
 import http.client
 import http.server
 import socket
+import itertools
 import threading
 from urllib.parse import urlsplit
+
+from tests.reliability import tally
+
+_hubs = itertools.count()
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
               "proxy-authorization", "proxy-authenticate", "content-length"}
@@ -27,6 +32,7 @@ class FaultHub:
     def __init__(self, upstream: str):
         self.upstream = upstream.rstrip("/")
         self.mode = "proxy"
+        self.serial = next(_hubs)
         self.requests: list[tuple[str, str]] = []  # (method, path) seen, any mode
         self._release = threading.Event()  # set on stop: hanging handlers return
         hub = self
@@ -40,6 +46,8 @@ class FaultHub:
             def _serve(self) -> None:
                 hub.requests.append((self.command, self.path))
                 mode = hub.mode
+                if mode not in ("proxy", "die"):  # "die" fires only where a body is cut (below)
+                    hub.fired(mode, self.path)
                 if mode == "down":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -87,6 +95,7 @@ class FaultHub:
                 self.end_headers()
                 weights = self.path.split("?")[0].endswith(".safetensors")
                 if cut and weights and resp.status == 200 and len(data) > 1:
+                    hub.fired("die", self.path)
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
                     self.close_connection = True
@@ -101,6 +110,10 @@ class FaultHub:
         self.port = self._server.server_address[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def fired(self, mode: str, path: str) -> None:
+        """A request met the fault: one fault per hub, mode and URL (retries of it count once)."""
+        tally.fault_fired(f"hub {mode}", (self.serial, mode, path.split("?")[0]))
 
     def start(self) -> "FaultHub":
         self._thread.start()

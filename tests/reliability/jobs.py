@@ -9,10 +9,14 @@ import signal
 import time
 from pathlib import Path
 
+FIRED_SUFFIX = ".fired"  # <model dir>.fired: written by a job just before its fault fires
+
 
 def score(model_path: str, samples: list, competition: dict, device: str = "cpu", tokenizer_path=None,
           engine: bool = True, token_cache_path=None, step_samples=None) -> dict:
     name = Path(model_path).name
+    if name.startswith(("segv", "oom", "hang", "raise")):  # the fault is about to fire: say so first
+        Path(model_path + FIRED_SUFFIX).write_text(name)
     if name.startswith("segv"):
         os.kill(os.getpid(), signal.SIGSEGV)
     if name.startswith("oom"):

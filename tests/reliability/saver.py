@@ -136,8 +136,9 @@ def verify(d: Path, msgs: list[str], done: dict[str, int], ever: dict[str, int])
 def main() -> None:
     d, hook_kills, delay_kills, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     rng = random.Random(seed)
-    plan = [("hook", rng.randint(1, 45)) for _ in range(hook_kills)] + \
-           [("delay", rng.uniform(0.0, 0.04)) for _ in range(delay_kills)]
+    # every point of the first three save cycles once, then random ones
+    points = list(range(1, 46))[:hook_kills] + [rng.randint(1, 45) for _ in range(hook_kills - 45)]
+    plan = [("hook", n) for n in points] + [("delay", rng.uniform(0.0, 0.04)) for _ in range(delay_kills)]
     rng.shuffle(plan)
     done = {f: 0 for f in FILES}
     ever = {f: 0 for f in FILES}

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import psutil
 import pytest
 
 from tests.reliability import tally
+from tests.reliability.stepkill import POINTS
 from tests.reliability.world import VAL, publish_and_commit, run_args, tree_snapshot
 from validator.chain.local import LocalChain
 from validator.evalcache import EvalCache
@@ -24,22 +26,40 @@ from validator.state import KILL_AT_ENV
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def test_real_step_killed_at_every_named_point_loses_nothing():
+    # a RAM disk when there is one: the driver runs ~80 steps, each with several fsynced writes
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None) as tmp:
+        out = subprocess.run([sys.executable, "-m", "tests.reliability.stepkill", tmp], cwd=ROOT,
+                             capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    for name, kills in summary["kills"].items():
+        tally.crash_point(name, kills)
+    for run, n in summary["lost"].items():
+        tally.lost(n)
+    assert summary["unreached"] == [] and set(summary["kills"]) == set(POINTS), summary["unreached"]
+    assert len(summary["lost"]) == 2 * len(POINTS)  # every kill was restarted and compared
+    assert summary["reference_entries"] > 400  # losses of 4 models x 30 samples, pools, EMA, records
+    assert summary["examples"] == {}, summary["examples"]  # entries that differ from the never-killed run
+    assert summary["control_differences"] > 0  # a restart that did lose its EMA is seen
+
+
 def test_sigkill_at_save_points_and_random_moments_loses_nothing(tmp_path):
-    hook_kills, delay_kills = 130, 40
+    # the save path alone, in a synthetic loop (its kills are not crash points of the step path)
+    hook_kills, delay_kills = 60, 15
     out = subprocess.run([sys.executable, "-m", "tests.reliability.saver", str(tmp_path), str(hook_kills),
                           str(delay_kills), "29"], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    tally.crash_point("save path (state.py hook)", summary["kills"]["hook"])
-    tally.crash_point("save loop (random delay)", summary["kills"]["delay"])
     tally.lost(sum("LOST" in v for v in summary["violations"]))
     assert summary["violations"] == []
-    assert summary["kills"]["hook"] >= 100 and summary["kills"]["delay"] >= delay_kills // 2, summary["kills"]
+    assert summary["kills"]["hook"] >= 50 and summary["kills"]["delay"] >= delay_kills // 2, summary["kills"]
     # every point of one save cycle (cache, state, report: 5 points per write) was hit
     assert set(range(1, 16)) <= set(summary["hook_points"])
     assert summary["stale_temps"] > 0  # kills did land mid-write ...
     assert not list(tmp_path.rglob("*.tmp"))  # ... and a restart cleared their temporaries
-    assert summary["final"]["cache_models"] > 20  # the state kept moving between the kills
+    assert summary["final"]["cache_models"] > 10  # the state kept moving between the kills
     state = ValidatorState.load(tmp_path / "validator_state.json")
     assert state.step == summary["final"]["state_step"]
 
@@ -80,11 +100,11 @@ def test_real_validator_killed_mid_step_resumes(real_field, real_hub, chain_with
     saved: dict = {}
 
     # 1) killed by the save-path hook: mid samples-file write, mid first/second model's cache save
-    for n in (3, 8, 13):
+    for n, where in ((3, "samples file"), (8, "first model's cache"), (13, "second model's cache")):
         proc = subprocess.run(args + ["--no-isolation"], cwd=ROOT, env={**os.environ, KILL_AT_ENV: str(n)},
                               capture_output=True, timeout=180)
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-        tally.crash_point("real validator step (save hook)")
+        tally.crash_point(f"cli run, real models: mid-write of the {where} (save point {n})")
         ValidatorState.load(state_dir / "validator_state.json")  # loads
         now = _saved_losses(state_dir)
         _check_kept(saved, now)
@@ -108,7 +128,7 @@ def test_real_validator_killed_mid_step_resumes(real_field, real_hub, chain_with
     assert worker is not None, "no scoring worker was seen"
     gone, alive = psutil.wait_procs([worker], timeout=20)
     assert not alive, "the scoring worker outlived the killed validator"
-    tally.crash_point("real validator mid-scoring (worker running)")
+    tally.crash_point("cli run, real models: mid-scoring (isolated worker running)")
     now = _saved_losses(state_dir)
     _check_kept(saved, now)
     saved = now

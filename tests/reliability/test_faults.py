@@ -12,6 +12,7 @@ import pytest
 
 from tests.reliability import tally
 from tests.reliability.faulthub import FaultHub
+from tests.reliability.jobs import FIRED_SUFFIX
 import constants
 from tests.reliability.world import (VAL, Clock, FakeField, assert_weights_sane, publish_and_commit, rows,
                                      run_args)
@@ -24,19 +25,15 @@ def test_chain_unreachable_at_sync_block_hash_and_set_weights(tmp_path):
     v = f.validator()
     f.chain.fail_sync = 1
     r = v.step()  # no metagraph at all yet: nothing to rank, nothing set
-    tally.fault("chain sync down (first step)")
     assert r["weights_set"] == "not set: no metagraph" and "no earlier sync" in r["problems"][0]
     assert f.chain.sets == []
     f.chain.fail_block_hash, f.chain.fail_set = 1, 2
     r = v.step()
-    tally.fault("chain block_hash down")
-    tally.fault("chain set_weights down")
     assert any("seeding with the block number" in p for p in r["problems"])
     assert {m["status"] for m in rows(r).values()} == {"scored"}  # scoring was not blocked
     assert r["weights_set"].startswith("not set: set_weights: connection refused") and "retried" in r["weights_set"]
     f.local.advance(1)
     r = v.step()  # retried at once (the failed set did not count for the interval), fails again
-    tally.fault("chain set_weights down")
     assert "retried" in r["weights_set"]
     f.local.advance(1)
     r = v.step()
@@ -45,7 +42,6 @@ def test_chain_unreachable_at_sync_block_hash_and_set_weights(tmp_path):
     f.chain.fail_sync = 1
     f.local.advance(500)
     r = v.step()  # a stale metagraph: ranked from cache, never set
-    tally.fault("chain sync down (later step)")
     assert "stale" in r["weights_set"] and len(f.chain.sets) == 3  # no call at all
     assert_weights_sane(f.chain, v.settings.version_key)
 
@@ -55,14 +51,12 @@ def test_text_source_failing_then_garbage_then_back(tmp_path):
     v = f.validator()
     f.source.fail = OSError("shard server unreachable")
     r = v.step()
-    tally.fault("text source raises")
     assert any("sample source 'texts' failed" in p and "unreachable" in p for p in r["problems"])
     assert r["weights_set"].startswith("not set: no model has weight this step") and f.chain.sets == []
     assert {m["status"] for m in rows(r).values()} == {"skipped"}
     f.source.fail, f.source.garbage = None, True
     f.local.advance(1)
     r = v.step()
-    tally.fault("text source garbage rows", 7)
     cache = v.cache_for("texts")
     assert set(cache.db.ids()) == {f"s{i}" for i in range(30)}  # garbage never entered the db
     assert r["weights_set"].startswith("set"), r["weights_set"]
@@ -76,7 +70,6 @@ def test_hub_failures_per_model_are_reported_and_retried(tmp_path):
                       "m2": HubError(FailureReason.disk_full, "no space left on device"),
                       "m3": ConnectionResetError("connection reset by peer")}
     r = v.step()
-    tally.fault("fetch raises", 3)
     got = {m["hotkey"]: m for m in rows(r).values()}
     assert got["m1"]["reason"] == "network: hub answered 503"
     assert got["m2"]["reason"] == "disk_full: no space left on device"
@@ -100,7 +93,10 @@ def test_scoring_worker_segfault_oom_timeout_error(tmp_path, monkeypatch):
     v = f.validator()
     v.score = scorer.make_score_fn("cpu", tmp_path / "tok", isolate=True, timeout_s=4)
     r = v.step()
-    tally.fault("scoring worker segfault/oom/timeout/exception", 4)
+    fired = {p.name[:-len(FIRED_SUFFIX)] for p in (tmp_path / "models").glob("*" + FIRED_SUFFIX)}
+    for name in fired:  # each worker recorded its fault before it fired
+        tally.fault_fired(f"scoring worker {name}", str(tmp_path / name))
+    assert fired == {"segv", "oom", "hang", "raise"}
     got = {m["hotkey"]: m for m in rows(r).values()}
     assert got["segv"]["status"] == "failed" and "crashed" in got["segv"]["reason"] and "SIGSEGV" in got["segv"]["reason"]
     assert got["oom"]["status"] == "failed" and got["oom"]["reason"].startswith("oom")
@@ -149,6 +145,7 @@ def test_disk_full_during_state_save(tmp_path, tiny_fs, monkeypatch):
         import validator.state as st
 
         def full(fd):
+            tally.fault_fired("disk full during state save (fsync)")
             raise OSError(errno.ENOSPC, "No space left on device")
         monkeypatch.setattr(st.os, "fsync", full)
     f.qualities["m3"] = 0.5
@@ -160,8 +157,9 @@ def test_disk_full_during_state_save(tmp_path, tiny_fs, monkeypatch):
     f.local.advance(200)
     f.clock.advance(constants.CHAIN_UPDATE_INTERVAL_S)  # the chain update downloads m3
     r = v.step()
-    tally.fault("disk full during state save")
     assert any("save failed" in p and "No space left" in p for p in r["problems"]), r["problems"]
+    if tiny_fs is not None:  # the filesystem is the injection point: the save met its ENOSPC
+        tally.fault_fired("disk full during state save (tmpfs)")
     assert rows(r)[f"uid {f.uid('m3')}"]["status"] == "scored"  # the step went on
     assert (state_dir / "validator_state.json").read_bytes() == saved_state  # the old save is intact
     assert not list(state_dir.rglob(".*.tmp"))
@@ -221,7 +219,6 @@ def test_hub_faults_then_recovery_then_hub_down_with_models_on_disk(real_field, 
             # a hanging hub is cut by the request timeout (constants.HUB_TIMEOUT_S, 0.2 s here)
             monkeypatch.setattr(constants, "HUB_TIMEOUT_S", 0.1 if mode == "hang" else 0.2)
             r = v.step()
-            tally.fault(f"hub {mode}", 2)
             got = [m for m in r["competitions"]["c00"]["models"]]
             assert len(got) == 2 and all(m["status"] == "failed" for m in got), (mode, got)
             assert all(m["reason"].startswith(reason) for m in got), (mode, [m["reason"] for m in got])
@@ -239,7 +236,6 @@ def test_hub_faults_then_recovery_then_hub_down_with_models_on_disk(real_field, 
         hub_field.advance(150)
         v.clock.advance(constants.MIN_WEIGHT_SET_INTERVAL_S)  # a chain update, and weights may be set again
         r = v.step()  # hub down, models already on disk (the pool): scored from the store, weights set
-        tally.fault("hub down, models on disk", 2)
         assert {m["status"] for m in r["competitions"]["c00"]["models"]} <= {"scored", "cached"}
         assert r["weights_set"].startswith("set"), r["weights_set"]
 
@@ -258,13 +254,16 @@ def test_disk_full_during_download(real_field, real_hub, hub_field, tmp_path, ti
         real = hub._download_snapshot
 
         def full(*a, **k):
+            tally.fault_fired("disk full during download", repr(a[:2]))
             raise OSError(errno.ENOSPC, "No space left on device")
         monkeypatch.setattr(hub, "_download_snapshot", full)
     v = _real_validator(real_field, tmp_path, real_hub.endpoint, "--model-dir", str(model_dir))
     r = v.step()
-    tally.fault("disk full during download", 2)
     got = r["competitions"]["c00"]["models"]
     assert all(m["status"] == "failed" and m["reason"].startswith("disk_full") for m in got), got
+    if tiny_fs is not None:  # the filesystem is the injection point: each download met its ENOSPC
+        for m in got:
+            tally.fault_fired("disk full during download (tmpfs)", m["commitment"])
     assert not list(model_dir.glob("models/*/*/snapshots/*/*")) and not list(model_dir.glob("models/*/*/.tmp-*"))
     assert hub_field.weights_record(VAL) is None
     if tiny_fs is not None:
@@ -293,6 +292,5 @@ def test_a_hub_answering_500_is_asked_no_more_often_than_huggingface_hub_asks_by
         front.requests.clear()
         with pytest.raises(HubError) as err:
             hub.remote_files("miner/m", "a" * 40, front.endpoint)
-        tally.fault("hub 500 on the file list")
     assert err.value.reason is FailureReason.network and "HTTP 500" in str(err.value)
     assert library_alone > 1 and len(front.requests) == library_alone

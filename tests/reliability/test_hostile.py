@@ -3,6 +3,7 @@ Each gets a clear reason, the step goes on, no bad weight reaches the chain, and
 outside the state and model dirs is written."""
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from tests.reliability import tally
 from tests.reliability.world import (COMPS, VAL, FakeField, FaultyChain, assert_weights_sane, b64sha,
                                      publish_and_commit, rows, run_args, tree_snapshot)
+from tests.reliability.world import fake_commitment as fake_commitment_of
 from validator.chain import Commitment
 from validator.identity import ModelId, check_repo_part
 
@@ -54,6 +56,23 @@ def _field(root: Path) -> FakeField:
     return f
 
 
+def _commitment_reached(text: str, listed: bool, why: list[str]) -> None:
+    """Tally a hostile commitment by how far it got: the shape check (size, five fields) is
+    the first; one rejected there never reached the field checks, the dedupe or the fetch."""
+    first_check = any("':'-separated fields" in p or "bytes of UTF-8, more than" in p for p in why)
+    (tally.bad_input_stopped if first_check and not listed else tally.bad_input_reached)("commitment", text)
+
+
+def _document_reached(kind: str, raw: str | bytes) -> None:
+    """Tally a hostile config/state document: reached its schema when it decodes as a JSON object."""
+    try:
+        ok = isinstance(json.loads(raw), dict)
+    except (ValueError, UnicodeDecodeError):
+        ok = False
+    key = hashlib.sha256(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")).hexdigest()
+    (tally.bad_input_reached if ok else tally.bad_input_stopped)(kind, key)
+
+
 @SETTINGS
 @given(st.lists(commitments, min_size=1, max_size=len(HOSTILE)))
 def test_hostile_commitments(texts):
@@ -62,15 +81,16 @@ def test_hostile_commitments(texts):
         f.chain.extra = {hk: Commitment(t, 5 + i) for i, (hk, t) in enumerate(zip(HOSTILE, texts))}
         v = f.validator()
         r = v.step()
-        tally.bad_input("commitment string", len(texts))
         for mid in f.fetched:  # only well-formed ids of a known competition are ever fetched
             check_repo_part(mid.namespace, "namespace")
             check_repo_part(mid.name, "name")
             assert mid.competition == "c00" and ".." not in mid.repo_id
         listed = {m["hotkey"] for m in rows(r).values()}
-        for hk in HOSTILE[:len(texts)]:
+        for hk, t in zip(HOSTILE, texts):
+            why = [p for p in r["problems"] if p.startswith(f"uid {f.uid(hk)}:")]
             if hk not in listed:  # dropped: with a reason naming the uid
-                assert any(p.startswith(f"uid {f.uid(hk)}:") for p in r["problems"]), (hk, r["problems"])
+                assert why, (hk, r["problems"])
+            _commitment_reached(t, hk in listed, why)
         assert r["weights_set"].startswith("set")  # the good models still get their weights
         assert_weights_sane(f.chain, v.settings.version_key)
         assert set(tree_snapshot(Path(tmp), exclude=(Path(tmp) / "state",))) <= \
@@ -101,9 +121,8 @@ def test_hostile_benchmark_hall_of_fame_and_competitions_files(bench, hof, comps
 
         v.competitions = competitions
         r = v.step()
-        tally.bad_input("benchmark.json")
-        tally.bad_input("hall_of_fame.json")
-        tally.bad_input("competitions.json")
+        for kind in ("benchmark.json", "hall_of_fame.json", "competitions.json"):
+            _document_reached(kind, (root / kind.replace("hall_of_fame", "hof")).read_bytes())
         assert set(cfg.competitions) == {"c00"}  # the last good config stays in force
         assert r["weights_set"].startswith("set") and r["competitions"]["c00"]["models"]
         assert_weights_sane(f.chain, v.settings.version_key)
@@ -143,7 +162,9 @@ def test_hand_edited_state_files(field_values, damage_seed, which):
         for name, p in files.items():
             if which in (name, "all"):
                 p.write_bytes(_damage(p.read_bytes(), rnd))
-        tally.bad_input("hand-edited state file", 1 + (which != "none"))
+        for name, p in files.items():
+            if name == "state" or which in (name, "all"):
+                _document_reached(f"hand-edited {p.name}", p.read_bytes())
         f.local.advance(200)
         v2 = f.validator()  # a restart on the edited files
         r = v2.step()
@@ -178,8 +199,23 @@ def _edit_config(d: Path, **changes) -> None:
     (d / "config.json").write_text(json.dumps(cfg))
 
 
-def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard):
+def _shard_with_index(d: Path, shard_file: str, mapped_to: str | None = None) -> None:
+    """model.safetensors moved to `shard_file`, and an index whose weight_map names `mapped_to`
+    (the shard itself by default) for every tensor."""
+    from safetensors import safe_open
+
+    with safe_open(str(d / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    size = (d / "model.safetensors").stat().st_size
+    (d / "model.safetensors").rename(d / shard_file)
+    index = {"metadata": {"total_size": size}, "weight_map": {n: mapped_to or shard_file for n in names}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard, monkeypatch):
     import torch
+
+    import constants
 
     from validator.chain.local import LocalChain
     from validator.cli import build_parser, build_validator
@@ -258,6 +294,25 @@ def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard):
     chain.register("5Symlink")
     chain.commit("5Symlink", ModelId("bad", "symlink", sha, secure_hash(dir_hash(d), "5Symlink"), "c00").to_commitment())
     expect["5Symlink"] = "hash_mismatch"
+    # an index whose weight_map points out of the snapshot (the real shard is in the repo)
+    for hk, name, target in (("5IndexUp", "indexup", "../x/model.safetensors"),
+                             ("5IndexAbs", "indexabs", "/abs/model.safetensors")):
+        d = _model(real_field, mk, name)
+        _shard_with_index(d, "model-00001-of-00001.safetensors", target)
+        add(hk, d, "unsafe_format")
+    # glob characters in file names: a shard the index names and a file no validator downloads
+    d = _model(real_field, mk, "globchars")
+    _shard_with_index(d, "model-[0]*?.safetensors")
+    (d / "notes [*?].txt").write_text("not downloaded, counted in the repo size")
+    publish_and_commit(field, chain, "5Glob", d, f"bad/{d.name}", hash_of=model_dir_hash)
+    chain.advance(5)
+    # more files than HUB_MAX_REPO_FILES (lowered here: the check counts the listing, whatever the cap)
+    monkeypatch.setattr(constants, "HUB_MAX_REPO_FILES", 40)
+    d = _model(real_field, mk, "manyfiles")
+    for i in range(41):
+        (d / "extra" / f"f{i}.txt").parent.mkdir(exist_ok=True)
+        (d / "extra" / f"f{i}.txt").write_text(str(i))
+    add("5ManyFiles", d, "bad_repo")
     chain.advance(150)
 
     state_dir = tmp_path / "state"
@@ -275,15 +330,21 @@ def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard):
         chain.register(hk)
         v.chain.extra[hk] = Commitment(text, 1)
     r = v.step()
-    tally.bad_input("model repo", len(expect) + 2)
-    tally.bad_input("repo name with a path trick", 4)
-    tally.bad_input("damaged token cache")
     meta = chain.sync()[0]
     table = {m["hotkey"]: m for c in r["competitions"].values() for m in c["models"]}
     for hk, reason in expect.items():
         row = table[hk]
         assert row["reason"] and reason in row["reason"], (hk, row["status"], row["reason"])
         assert row["weight"] in (None, 0.0), (hk, row["weight"])
+        tally.bad_input_reached("model repo (listed and checked)", hk)  # the check that refused it ran
+    for hk in ("5Remote", "5Lowercase", "5Glob"):  # hostile but loadable: survived and scored
+        if table[hk]["status"] == "scored":
+            tally.bad_input_reached("model repo (listed, downloaded, scored)", hk)
+    assert table["5Glob"]["status"] == "scored", table["5Glob"]  # glob characters downloaded as names
+    for hk in ("5Trick0", "5Trick1", "5Trick2", "5Trick3"):  # five fields: reached the name checks
+        tally.bad_input_reached("repo name with a path trick", hk)
+    if (state_dir / "tokenizers" / "tokens.npz").read_bytes() != b"PK\x03\x04 not a zip":
+        tally.bad_input_reached("damaged token cache", "tokens.npz")  # loaded, refused, rewritten
     for hk in ("5Trick0", "5Trick1", "5Trick2", "5Trick3"):
         assert any(p.startswith(f"uid {meta.uid_of(hk)}: invalid commitment") for p in r["problems"]), hk
     assert table["5Good0"]["status"] == table["5Good1"]["status"] == "scored"  # despite the damaged token cache
@@ -292,7 +353,7 @@ def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard):
     assert table["5Lowercase"]["status"] == "scored", table["5Lowercase"]
     assert table["5Lowercase"]["loss_per_token"] == pytest.approx(table["5Remote"]["loss_per_token"], rel=1e-5)
     weighted = {u for u, w in chain.weights_of(VAL).items() if w > 0}
-    scored = {meta.uid_of(hk) for hk in ("5Good0", "5Good1", "5Remote", "5Lowercase")}
+    scored = {meta.uid_of(hk) for hk in ("5Good0", "5Good1", "5Remote", "5Lowercase", "5Glob")}
     assert weighted and weighted <= scored  # no hostile model that failed takes weight
     # nothing of the sentinel was copied into the store, nothing outside was written
     for p in state_dir.rglob("*"):
@@ -302,3 +363,49 @@ def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard):
     after = tree_snapshot(tmp_path, exclude=(state_dir, real_field["mirror"]))
     assert {k: v for k, v in after.items() if not k.startswith("chain.sqlite")} == \
         {k: v for k, v in outside.items() if not k.startswith("chain.sqlite")}
+
+
+def test_commitment_field_with_a_trailing_newline_is_an_invalid_commitment(tmp_path):
+    f = _field(tmp_path)
+    good = ModelId("team", "m", SHA, b64sha("x"), "c00")
+    fields = ["namespace", "name", "commit", "hash", "competition"]
+    texts = {}
+    for i, hk in enumerate(HOSTILE):  # the newline on one field each (four of the five)
+        parts = good.to_commitment().split(":")
+        parts[i + 1 if i else 0] += "\n"
+        texts[hk] = ":".join(parts)
+    f.chain.extra = {hk: Commitment(t, 5 + i) for i, (hk, t) in enumerate(texts.items())}
+    r = f.validator().step()
+    listed = {m["hotkey"] for m in rows(r).values()}
+    for i, hk in enumerate(HOSTILE):
+        why = [p for p in r["problems"] if p.startswith(f"uid {f.uid(hk)}: invalid commitment")]
+        assert why and hk not in listed, (fields[i + 1 if i else 0], r["problems"])
+        _commitment_reached(texts[hk], False, why)
+    assert not [m for m in f.fetched if m.namespace == "team" and m.name == "m"]  # never fetched
+    assert r["weights_set"].startswith("set")
+
+
+def test_a_reused_uid_whose_hotkey_changed_inherits_no_weight(tmp_path):
+    import sqlite3
+
+    import constants
+
+    f = FakeField(tmp_path, {"m1": 0.5, "m2": 0.9})  # m1 is the better model: it takes the weight
+    v = f.validator()
+    uid = f.uid("m1")
+    assert v.step()["weights_set"].startswith("set") and f.local.weights_of(VAL).get(uid, 0) > 0
+    assert v.state.ema[uid] > 0
+    # the uid is deregistered and taken by a new hotkey, whose model cannot be fetched
+    with sqlite3.connect(f.local.path) as db:
+        db.execute("UPDATE neurons SET hotkey = 'newcomer' WHERE uid = ?", (uid,))
+    f.local.commit("newcomer", fake_commitment_of("newcomer"))
+    f.fetch_faults["newcomer"] = OSError("the newcomer's repo is gone")
+    tally.bad_input_reached("reused uid with a new hotkey", str(tmp_path))
+    f.local.advance(200)
+    f.clock.advance(max(constants.CHAIN_UPDATE_INTERVAL_S, constants.MIN_WEIGHT_SET_INTERVAL_S))
+    r = v.step()
+    assert r["weights_set"].startswith("set"), r["weights_set"]
+    assert v.state.ema[uid] == 0.0  # the old miner's moving average is not inherited
+    assert f.local.weights_of(VAL).get(uid, 0.0) == 0.0 and f.local.weights_of(VAL).get(f.uid("m2"), 0) > 0
+    row = rows(r)[f"uid {uid}"]
+    assert row["hotkey"] == "newcomer" and row["status"] == "failed" and row["weight"] in (None, 0.0), row

@@ -3,6 +3,7 @@ never all-zero or NaN, version key sent, rate limited (wall clock), a failed set
 step without blocking scoring, nothing set from a stale metagraph or from nothing."""
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from tests.reliability import tally
 from tests.reliability.world import VAL, FakeField, assert_weights_sane, rows
 
+EXAMPLES = itertools.count()
 step_faults = st.fixed_dictionaries({
     "sync": st.booleans(), "set": st.booleans(), "block_hash": st.booleans(),
     "advance": st.sampled_from([0, 1, 60, 150]),  # blocks
@@ -27,6 +29,7 @@ step_faults = st.fixed_dictionaries({
 def test_weights_under_random_faults(plan):
     with tempfile.TemporaryDirectory() as tmp:
         f = FakeField(Path(tmp), {"m1": 1.0, "m2": 0.9, "m3": 0.95, "m4": 1.1})
+        example = next(EXAMPLES)
         v = f.validator()
         interval = v.settings.weights_interval_s
         score = f.score
@@ -34,15 +37,17 @@ def test_weights_under_random_faults(plan):
         def faulty_score(path, samples, comp, step_samples=None):
             name = path.name
             if name in step["broken"]:
+                tally.fault_fired("scoring crashed in a weights step")  # this call failed
                 return {"losses": {}, "n_tokens": {}, "failure": "crashed: killed by SIGSEGV"}
             out = score(path, samples, comp, step_samples=step_samples)
-            if name in step["nan"]:
+            if name in step["nan"]:  # reaches ranking: the stage that must survive it
+                tally.bad_input_reached("NaN/inf losses", (example, step_no, name))
                 out["losses"] = {sid: (math.nan if i % 2 else math.inf) for i, sid in enumerate(out["losses"])}
             return out
 
         v.score = faulty_score
         last_set_at = None
-        for step in plan:
+        for step_no, step in enumerate(plan):
             f.local.advance(step["advance"])
             f.clock.advance(step["wait"])
             # the pool (7 places) holds all four once visited: the faults of this step apply to all
@@ -51,9 +56,6 @@ def test_weights_under_random_faults(plan):
             n_sets = len(f.chain.sets)
             now, had_weights = f.clock(), any(v.state.ema)
             r = v.step()
-            tally.fault("chain/scoring fault in a weights step",
-                        int(step["sync"]) + int(step["set"]) + int(step["block_hash"]) + len(step["broken"]))
-            tally.bad_input("NaN/inf losses", len(step["nan"] - step["broken"]))
             called = len(f.chain.sets) > n_sets
             if r["block"] is None or step["sync"]:
                 assert not called, "weights set from a stale or missing metagraph"
@@ -93,7 +95,6 @@ def test_every_model_failing_sets_nothing_from_nothing_and_keeps_the_last_weight
     v = f.validator()
     f.score_faults = {"m1": "crashed: killed by SIGSEGV", "m2": "timeout"}
     r = v.step()  # the first step: nothing was ever scored, nothing to set
-    tally.fault("every model's scoring failed", 2)
     assert r["weights_set"].startswith("not set: no model has weight this step") and f.chain.sets == []
     assert v.state.ema == []
     f.score_faults = {}
@@ -105,7 +106,6 @@ def test_every_model_failing_sets_nothing_from_nothing_and_keeps_the_last_weight
     f.local.advance(150)
     f.clock.advance(v.settings.weights_interval_s)
     r = v.step()
-    tally.fault("every model's scoring failed", 2)
     # live: nothing is computed, the competition keeps its last weights and sets them again; the
     # average moves toward those weights (itself), never toward zero
     assert r["weights_set"].startswith("set") and len(f.chain.sets) == 2

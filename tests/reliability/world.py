@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tests.reliability import tally
 from validator.chain import ChainError, Commitment
 from validator.chain.local import LocalChain
 from validator.competitions import parse_competitions
@@ -67,6 +68,7 @@ class FaultyChain:
     def _maybe_fail(self, attr: str, what: str) -> None:
         if getattr(self, attr) > 0:
             setattr(self, attr, getattr(self, attr) - 1)
+            tally.fault_fired(f"chain {what}")  # each armed call is one fault, counted when it is made
             raise ChainError(f"{what}: connection refused (injected)")
 
     def sync(self):
@@ -97,10 +99,14 @@ class Source:
 
     def sample(self, seed: int, n: int):
         if self.fail is not None:
+            tally.fault_fired("text source raises", self.fail)
             raise self.fail
         rows: list[Any] = [(f"s{i}", "word " * (5 + i % 7)) for i in range(min(n, self.n))]
         if self.garbage:
-            rows += [(None, "x"), ("g1", None), ("g2", ""), ("g3", 7), "not a pair", ("a", "b", "c"), (5, "t")]
+            bad = [(None, "x"), ("g1", None), ("g2", ""), ("g3", 7), "not a pair", ("a", "b", "c"), (5, "t")]
+            for row in bad:  # handed to the sample db, which must drop them
+                tally.fault_fired("text source garbage row", repr(row))
+            rows += bad
         return rows
 
 
@@ -147,12 +153,14 @@ class FakeField:
 
     def fetch(self, mid, hotkey, comp, deadline=None):
         if hotkey in self.fetch_faults:
+            tally.fault_fired("fetch raises", self.fetch_faults[hotkey])  # one armed exception, once
             raise self.fetch_faults[hotkey]
         return self.root / "models" / hotkey, b64sha("content-" + hotkey)
 
     def score(self, path: Path, samples, comp, step_samples=None) -> dict:
         self.calls.append((path.name, len(samples)))
         if path.name in self.score_faults:
+            tally.fault_fired(f"scoring {self.score_faults[path.name].split(':')[0]}")  # this call failed
             return {"losses": {}, "n_tokens": {}, "failure": self.score_faults[path.name]}
         q = self.qualities[path.name]
         return {"losses": {sid: q * len(t) + (hash((path.name, sid)) % 7) * 1e-3 for sid, t in samples},

@@ -57,22 +57,22 @@ def register_commands(subparsers: Any) -> argparse.ArgumentParser:
     sub = chain.add_subparsers(dest="chain_command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("register", parents=[common], help="register a hotkey (idempotent)")
-    p.add_argument("hotkey")
-    p.add_argument("--coldkey", default="")
-    p.add_argument("--stake", type=_stake, default=0.0)
+    p.add_argument("hotkey", help="the hotkey to register (any text on a local chain)")
+    p.add_argument("--coldkey", default="", help="its owner's coldkey (default: none)")
+    p.add_argument("--stake", type=_stake, default=0.0, help="its stake, in the subnet's units")
     p.add_argument("--validator", action="store_true", help="give the hotkey a validator permit")
 
     p = sub.add_parser("commit", parents=[common], help="commit a model (namespace:name:commit:hash:competition)")
-    p.add_argument("hotkey")
-    p.add_argument("text")
+    p.add_argument("hotkey", help="a registered hotkey")
+    p.add_argument("text", help="the commitment: namespace:name:commit:hash:competition")
 
     p = sub.add_parser("advance", parents=[common], help="move the chain N blocks ahead")
-    p.add_argument("blocks", nargs="?", type=_non_negative_int, default=1)
+    p.add_argument("blocks", nargs="?", type=_non_negative_int, default=1, help="blocks to advance (default: 1)")
 
     sub.add_parser("show", parents=[common], help="the metagraph and commitments")
 
     p = sub.add_parser("weights", parents=[common], help="the weights a validator last set")
-    p.add_argument("validator_hotkey")
+    p.add_argument("validator_hotkey", help="the validator whose weights to show")
     chain.set_defaults(func=run_chain_command)
     return chain
 

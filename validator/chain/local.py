@@ -321,6 +321,18 @@ class LocalChain:
             )
             return free
 
+    def deregister(self, hotkey: str) -> int:
+        """Admin: take `hotkey` off the subnet, as a pruned miner; returns the uid it frees, which
+        the next register() reuses. As on chain, the weights other validators gave that uid go
+        with it, and the hotkey's commitment stays (stale: sync ignores it)."""
+        with self._tx(write=True) as conn:
+            uid = self._uid_of(conn, hotkey)
+            if uid is None:
+                raise ChainError(f"deregister: hotkey {hotkey!r} is not registered")
+            conn.execute("DELETE FROM neurons WHERE uid=?", (uid,))
+            conn.execute("DELETE FROM weights WHERE uid=?", (uid,))
+            return uid
+
     def advance(self, blocks: int = 1) -> int:
         """Move the chain `blocks` blocks ahead; returns the new current block."""
         if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
