@@ -567,7 +567,7 @@ def _run_judged(args: argparse.Namespace, console: Console, fail, competitions: 
     """run_benchmark once the entries are checked and the hub endpoint is open."""
     from validator import data, loop
     from validator.chain import ChainError
-    from validator.cli import default_device
+    from validator.cli import default_device, device_memory_bytes
     from validator.evalcache import EvalCache, cache_file
     from validator.leaderboard import StepProgress
     from validator.scorer import make_score_fn
@@ -601,7 +601,8 @@ def _run_judged(args: argparse.Namespace, console: Console, fail, competitions: 
             if args.block is not None:
                 problems.append(f"--block {args.block} ignored: the chain says block {block_now}")
         score = make_score_fn(device=args.device or default_device(), cache_dir=state_dir / "tokenizers",
-                              endpoint=endpoint, isolate=not args.no_isolation)
+                              endpoint=endpoint, isolate=not args.no_isolation,
+                              max_device_bytes=device_memory_bytes(args.max_device_memory))
         inputs: dict[str, CompetitionField] = {}
         forwards = 0
         for cid in sorted(wanted):
@@ -679,6 +680,8 @@ def _run_judged(args: argparse.Namespace, console: Console, fail, competitions: 
 
 def register_benchmark_command(subparsers: Any) -> argparse.ArgumentParser:
     """Add `benchmark` to a `coldint-validator` subparsers object; returns its parser."""
+    from validator.preflight import non_negative_float
+
     p = subparsers.add_parser(
         "benchmark", help="would my candidate win? candidates of benchmark.json vs the field",
         description="Score the candidates of benchmark.json (entries without a block) against the field: "
@@ -714,6 +717,9 @@ def register_benchmark_command(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--bootstrap", type=int, default=bstats.BOOTSTRAP_RESAMPLES,
                    help=f"bootstrap resamples (>= {bstats.BOOTSTRAP_MIN_RESAMPLES})")
     g.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda when available)")
+    g.add_argument("--max-device-memory", type=non_negative_float, default=None, metavar="GB",
+                   help="a model whose weights exceed this is scored layer by layer (same losses; default: "
+                        "streamed only when it exceeds the free CUDA memory)")
     g.add_argument("--competitions", default=None,
                    help=f"competitions.json: a file or an https URL (default: {constants.COMPETITIONS_URL})")
     g.add_argument("--hf-endpoint", default=None,

@@ -8,6 +8,10 @@ median --median tokens, capped at --max-len.
 
     python benchmarks/bench_scoring.py --hidden 256 --layers 4 --vocab 128256 --samples 200 --device cpu
 
+Paths: reference (one sample at a time), engine (right-padded batches, no mask: the default),
+masked (the same batches with the padding mask, as before the mask was dropped) and packed
+(samples back to back in one row, per-sample attention: validator.packing).
+
 Appends one JSON line per run to benchmarks/results/scoring.jsonl (unless --no-record).
 --flops adds forward FLOP/s ~ 2 x (parameters outside the input embedding) x tokens, and
 with --peak-tflops the fraction of that peak (attention score FLOPs are not counted);
@@ -33,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from peakmem import peak_rss_bytes  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "scoring.jsonl"
+PATHS = ("reference", "engine", "masked", "packed")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="auto: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--token-budget", type=int, default=None, help="engine token budget (default per device)")
-    p.add_argument("--paths", default="reference,engine", help="which paths to run, comma-separated")
+    p.add_argument("--paths", default="reference,engine",
+                   help=f"which paths to run, comma-separated, of {', '.join(PATHS)}")
     p.add_argument("--flops", action="store_true", help="report forward FLOP/s (and fraction of --peak-tflops)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s at --dtype")
     p.add_argument("--measure-peak", action="store_true",
@@ -61,8 +67,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "can reach) and report each path's fraction of it")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--no-record", action="store_true", help="do not append to the results file")
-    p.add_argument("--child", choices=["reference", "engine"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.path_list = [x.strip() for x in args.paths.split(",") if x.strip()]
+    unknown = [x for x in args.path_list if x not in PATHS]
+    if unknown or not args.path_list:
+        p.error(f"--paths {args.paths!r}: unknown or no path {unknown} (known: {', '.join(PATHS)})")
     if args.heads is None:
         args.heads = max(1, args.hidden // 64)
     if args.kv_heads is None:
@@ -125,14 +135,15 @@ def run_child(args) -> dict:
     import psutil
     import torch
 
-    from validator.scoring import engine_losses, reference_losses
+    from validator.scoring import _engine_run, reference_losses
 
     cuda = args.device.startswith("cuda")
     lists = token_lists(args)
     model = build_model(args)
     warm = sorted(lists, key=len)[:2]
+    options = {"engine": {}, "masked": {"pad_mask": True}, "packed": {"packed": True}}.get(args.child)
     fn = reference_losses if args.child == "reference" else (
-        lambda m, t, d: engine_losses(m, t, d, token_budget=args.token_budget))
+        lambda m, t, d: _engine_run(m, t, d, args.token_budget, **options)[0])
     fn(model, warm, args.device)  # kernels, allocator and thread pools warmed for both paths alike
     if cuda:
         torch.cuda.synchronize()
@@ -236,7 +247,7 @@ def main(argv=None) -> dict | None:
             torch.cuda.empty_cache()
 
     results = {}
-    for path in [p.strip() for p in args.paths.split(",") if p.strip()]:
+    for path in args.path_list:
         print(f"running {path} ...", flush=True)
         proc = subprocess.run(child_command(args, path), capture_output=True, text=True, check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -278,7 +289,7 @@ def main(argv=None) -> dict | None:
         "device": device_name(args.device),
         "torch": __import__("torch").__version__,
         "transformers": __import__("transformers").__version__,
-        "flags": {k: v for k, v in vars(args).items() if k not in ("child", "out", "no_record")},
+        "flags": {k: v for k, v in vars(args).items() if k not in ("child", "out", "no_record", "path_list")},
         "figures": figures,
     }
     if measured_peak:
@@ -295,6 +306,18 @@ def main(argv=None) -> dict | None:
               f"peak memory x{record['peak_mem_ratio_engine_over_reference']:.3f} "
               f"(above start x{record['peak_mem_above_start_ratio']:.3f}); "
               f"max relative loss difference {record['max_rel_loss_diff']:.2e}")
+    if "reference" in results:
+        ref = results["reference"]["losses"]
+        for path in results:
+            if path not in ("reference", "engine"):  # engine keeps its own top-level keys above
+                got = results[path]["losses"]
+                record[f"max_rel_loss_diff_{path}"] = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(ref, got))
+    if "engine" in results:
+        for path in ("masked", "packed"):
+            if path in figures:
+                ratio = round(figures[path]["tokens_per_s"] / figures["engine"]["tokens_per_s"], 4)
+                record[f"tokens_per_s_ratio_{path}_over_engine"] = ratio
+                print(f"{path}/engine: tokens/s x{ratio:.3f}")
     if not args.no_record:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "a") as fh:

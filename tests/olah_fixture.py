@@ -54,3 +54,24 @@ def olah_hub(olah_mirror):
 def hf_endpoint(olah_hub, monkeypatch) -> str:
     monkeypatch.setenv("HF_ENDPOINT", olah_hub.endpoint)
     return olah_hub.endpoint
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    """huggingface_hub backs off for seconds (~25 s on a dead server) on a reset connection;
+    the same code path, without the sleeps."""
+    import time
+
+    import huggingface_hub.file_download as fd
+    import huggingface_hub.utils._http as http
+
+    class NoSleep:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(_s):
+            return None
+
+    monkeypatch.setattr(fd, "time", NoSleep())
+    monkeypatch.setattr(http, "time", NoSleep())

@@ -114,24 +114,6 @@ def count_downloads(monkeypatch):
     return calls
 
 
-@pytest.fixture
-def fast_retries(monkeypatch):
-    """huggingface_hub backs off for ~25 s on a dead server; the same path, without the sleeps."""
-    import huggingface_hub.file_download as fd
-    import huggingface_hub.utils._http as http
-
-    class NoSleep:
-        def __getattr__(self, name):
-            return getattr(time, name)
-
-        @staticmethod
-        def sleep(_s):
-            return None
-
-    monkeypatch.setattr(fd, "time", NoSleep())
-    monkeypatch.setattr(http, "time", NoSleep())
-
-
 def test_good_model_downloads_and_verifies(src, comp, olah_mirror, olah_hub, tmp_path, count_downloads):
     mid = commit_of(olah_mirror, "good", src)
     path = ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)

@@ -46,24 +46,6 @@ def downloads(monkeypatch) -> list:
     return calls
 
 
-@pytest.fixture
-def fast_retries(monkeypatch):
-    """huggingface_hub backs off for seconds on a reset connection; the same path, no sleeps."""
-    import huggingface_hub.file_download as fd
-    import huggingface_hub.utils._http as http
-
-    class NoSleep:
-        def __getattr__(self, name):
-            return getattr(time, name)
-
-        @staticmethod
-        def sleep(_s):
-            return None
-
-    monkeypatch.setattr(fd, "time", NoSleep())
-    monkeypatch.setattr(http, "time", NoSleep())
-
-
 def tensor_names(model_dir: Path) -> list[str]:
     from safetensors import safe_open
 

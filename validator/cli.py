@@ -31,6 +31,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--wallet.path", dest="wallet_path", default="~/.bittensor/wallets", help="where wallets are")
     g = p.add_argument_group("evaluation")
     g.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda when available)")
+    g.add_argument("--devices", default=None, metavar="DEV,DEV",
+                   help="score on several devices at once, one worker per device (e.g. cuda:0,cuda:1; "
+                        "cpu,cpu runs two CPU workers); default: --device alone")
     g.add_argument("--max-device-memory", type=non_negative_float, default=None, metavar="GB",
                    help="device memory a model may use: a model whose weights exceed it is scored layer by layer "
                         "(same losses; default: streamed only when it exceeds the free CUDA memory)")
@@ -174,7 +177,9 @@ def build_validator(args: argparse.Namespace, console=None, *, chain=None, uid: 
 
     score = make_score_fn(device=args.device or default_device(), cache_dir=args.state_dir / "tokenizers",
                           endpoint=endpoint, isolate=not args.no_isolation,
-                          max_device_bytes=device_memory_bytes(args.max_device_memory))
+                          max_device_bytes=device_memory_bytes(args.max_device_memory),
+                          devices=[check_device(d.strip()) for d in args.devices.split(",")]
+                          if args.devices else None)
     store = hub.ModelStore(model_dir, model_store_budget(args))
     settings = Settings(state_dir=args.state_dir, offline=args.offline, dont_set_weights=args.dont_set_weights,
                         benchmark_path=args.benchmark, eval_samples=args.eval_samples, save_step_json=args.save_step_json,

@@ -38,7 +38,8 @@ from typing import Any, Callable, Mapping, Optional
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 import constants
-from validator.config_source import ConfigSource, SourceError, decode_json, describe, read_location
+from validator.config_source import (ConfigSource, SourceBacked, SourceError, decode_json, describe,
+                                     read_location)
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +366,7 @@ def per_validator_url(url: str, uid: int) -> str:
 _SHIPPED = object()
 
 
-class CompetitionsConfig:
+class CompetitionsConfig(SourceBacked):
     """The competitions in force, refreshed; a failed reload keeps the last good config (a
     validator must not stop because GitHub hiccupped or someone pushed a typo).
 
@@ -391,14 +392,6 @@ class CompetitionsConfig:
             timeout=timeout, max_bytes=constants.COMPETITIONS_MAX_BYTES, clock=clock)
         self.reload()
 
-    def reload(self) -> bool:
-        """Read again now; True when the new config is in force, False when the old one is kept."""
-        return self.source.refresh()
-
-    def maybe_reload(self, now: Optional[float] = None) -> bool:
-        """Reload when `refresh_s` has passed on the monotonic clock since the last attempt."""
-        return self.source.maybe_refresh(now)
-
     @property
     def refresh_s(self) -> float:
         return self.source.refresh_s
@@ -408,20 +401,8 @@ class CompetitionsConfig:
         return self.source.attempted_at
 
     @property
-    def last_error(self) -> Optional[str]:
-        return self.source.last_error
-
-    @property
-    def location(self) -> str:
-        return self.source.location
-
-    @property
     def parsed(self) -> Optional[CompetitionsFile]:
         return self.source.value
-
-    @property
-    def loaded(self) -> bool:
-        return self.source.value is not None
 
     @property
     def competitions(self) -> Optional[dict[str, Competition]]:

@@ -389,3 +389,30 @@ class ConfigSource(Generic[T]):
                 else "nothing loaded"
             out.append(f"{self.last_error}; {keep}")
         return out
+
+
+class SourceBacked:
+    """What a config held by a ConfigSource offers its callers (competitions, hall of fame):
+    reload now or on its interval, and say where it comes from and what went wrong."""
+
+    source: ConfigSource
+
+    def reload(self) -> bool:
+        """Read again now; True when the new copy is in force, False when the old one is kept."""
+        return self.source.refresh()
+
+    def maybe_reload(self, now: Optional[float] = None) -> bool:
+        """Reload when `refresh_s` has passed on the monotonic clock since the last attempt."""
+        return self.source.maybe_refresh(now)
+
+    @property
+    def loaded(self) -> bool:
+        return self.source.value is not None
+
+    @property
+    def last_error(self) -> Optional[str]:
+        return self.source.last_error
+
+    @property
+    def location(self) -> str:
+        return self.source.location

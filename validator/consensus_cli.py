@@ -19,16 +19,7 @@ from rich.console import Console
 
 import constants
 from validator.chain import ChainError
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
+from validator.preflight import int_at_least
 
 
 def register_consensus_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -45,7 +36,7 @@ def register_consensus_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--wallet.name", dest="wallet_name", default="default")
     p.add_argument("--wallet.hotkey", dest="wallet_hotkey", default="default")
     p.add_argument("--wallet.path", dest="wallet_path", default="~/.bittensor/wallets")
-    p.add_argument("--top", type=_non_negative_int, default=constants.CONSENSUS_TOP_DIFFERENCES,
+    p.add_argument("--top", type=int_at_least(0), default=constants.CONSENSUS_TOP_DIFFERENCES,
                    help="uids listed where we differ most (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     p.add_argument("--log-level", default="WARNING")

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import constants
 from validator import ranking
-from validator.config_source import ConfigSource
+from validator.config_source import ConfigSource, SourceBacked
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def parse_document(data: Any) -> HallOfFameDoc:
     return HallOfFameDoc(entries, tuple(problems))
 
 
-class HallOfFameSource:
+class HallOfFameSource(SourceBacked):
     """The hall of fame in force, refreshed; empty until a copy was ever read."""
 
     def __init__(self, location: str | Path | None = None, *, url: str = constants.HALL_OF_FAME_URL,
@@ -46,31 +46,11 @@ class HallOfFameSource:
             timeout=timeout, max_bytes=constants.HALL_OF_FAME_MAX_BYTES, clock=clock)
         self.reload()
 
-    def reload(self) -> bool:
-        """Read again now; True when the new copy is in force, False when the old one is kept."""
-        return self.source.refresh()
-
-    def maybe_reload(self, now: Optional[float] = None) -> bool:
-        """Reload when `refresh_s` has passed on the monotonic clock since the last attempt."""
-        return self.source.maybe_refresh(now)
-
-    @property
-    def loaded(self) -> bool:
-        return self.source.value is not None
-
     @property
     def hall_of_fame(self) -> Any:
         """What `ranking.parse_hall_of_fame` made of the copy in force; of `{}` before any."""
         value = self.source.value
         return ranking.parse_hall_of_fame({}) if value is None else value.entries
-
-    @property
-    def last_error(self) -> Optional[str]:
-        return self.source.last_error
-
-    @property
-    def location(self) -> str:
-        return self.source.location
 
     def problems(self) -> list[str]:
         """Fetch failures (and what stays in force), then the entries the copy in force skips."""

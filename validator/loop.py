@@ -321,16 +321,18 @@ def score_entries(
 ) -> int:
     """Compute the missing losses (and a few re-checks) of each entry; returns forward-pass count.
 
-    `on_scored(entry, n)` runs after each model, so the caller can save the cache: a kill
-    between two models loses at most the model being scored."""
+    The competition's models are scored as one batch when `score` has `score_many` (a model per
+    device at once, validator.scorer.Scorer); `on_scored(entry, n)` runs after each model, so the
+    caller can save the cache: a kill loses at most the models in flight."""
     forwards = 0
     step_samples = list(zip(sample_ids, cache.db.texts(sample_ids)))
-    for e in entries:
-        if e.path is None or should_stop():
-            continue
+    plans = []  # (entry, missing, rechecks, todo)
+    later = []  # a second entry of a model (same cache key): planned after the first is scored, so cached
+
+    def plan(e: Entry) -> None:
         if not sample_ids:  # the text source failed with an empty database: nothing evaluated
             e.status, e.reason = "skipped", "no evaluation samples this step (see problems)"
-            continue
+            return
         missing = cache.losses.missing(e.cache_key, sample_ids)
         missing_set = set(missing)
         rechecks = pick_rechecks(cache.losses, e.cache_key, [s for s in sample_ids if s not in missing_set], seed)
@@ -338,33 +340,64 @@ def score_entries(
         if not todo:
             e.status = "cached"
             on_scored(e, 0)
+            return
+        plans.append((e, missing, rechecks, todo))
+
+    keys = set()
+    for e in entries:
+        if e.path is None or should_stop():
             continue
+        if e.cache_key in keys:
+            later.append(e)
+            continue
+        keys.add(e.cache_key)
+        plan(e)
 
-        def run(ids: list[str]) -> dict | None:
-            nonlocal forwards
-            forwards += len(ids)
-            res = score(e.path, list(zip(ids, cache.db.texts(ids))), comp, step_samples=step_samples)
-            # both quote the model's files (tokenizer errors, exception text): escaped before shown
-            why = res.get("tokenizer_reason")
-            e.tokenizer, e.tokenizer_reason = res.get("tokenizer"), None if why is None else printable(why)
-            e.engine = None if res.get("engine") is None else printable(res["engine"])
-            e.notes = [printable(n) for n in res.get("notes") or []]
-            if res.get("failure"):
-                e.status, e.reason = "failed", printable(res["failure"])
-                return None
-            return res
+    def take(e: Entry, res: dict) -> dict | None:
+        # both quote the model's files (tokenizer errors, exception text): escaped before shown
+        why = res.get("tokenizer_reason")
+        e.tokenizer, e.tokenizer_reason = res.get("tokenizer"), None if why is None else printable(why)
+        e.engine = None if res.get("engine") is None else printable(res["engine"])
+        e.notes = [printable(n) for n in res.get("notes") or []]
+        if res.get("failure"):
+            e.status, e.reason = "failed", printable(res["failure"])
+            return None
+        return res
 
-        result, keep = run(todo), list(missing)  # a passing re-check keeps the cached value
+    def finish(k: int, res: dict) -> None:
+        nonlocal forwards
+        e, missing, rechecks, todo = plans[k]
+        forwards += len(todo)
+        result, keep = take(e, res), list(missing)  # a passing re-check keeps the cached value
         if result is not None and rechecks and not verify_rechecks(
                 cache.losses, e.cache_key, {s: result["losses"][s] for s in rechecks}):
             # the cached row was wrong (nondeterminism or tampering) and has been reset
             e.reason = "re-check mismatch: cached losses reset"
-            result, keep = run(sample_ids), list(sample_ids)
+            forwards += len(sample_ids)
+            result, keep = take(e, score(e.path, step_samples, comp, step_samples=step_samples)), list(sample_ids)
         if result is not None:
             cache.losses.put(e.cache_key, {s: result["losses"][s] for s in keep},
                              {s: result["n_tokens"][s] for s in keep})
             e.status = "scored" if missing else "cached"
         on_scored(e, len(todo))
+
+    jobs = [(e.path, list(zip(todo, cache.db.texts(todo))), comp, step_samples) for e, _, _, todo in plans]
+    score_many = getattr(score, "score_many", None)
+    if score_many is not None and len(jobs) > 1:
+        score_many(jobs, on_result=finish, should_stop=should_stop)
+    else:
+        for k, (path, samples, _, _) in enumerate(jobs):
+            if k and should_stop():
+                break
+            finish(k, score(path, samples, comp, step_samples=step_samples))
+    for e in later:
+        if should_stop():
+            break
+        n = len(plans)
+        plan(e)
+        if len(plans) > n:
+            todo = plans[n][3]
+            finish(n, score(e.path, list(zip(todo, cache.db.texts(todo))), comp, step_samples=step_samples))
     return forwards
 
 

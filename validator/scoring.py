@@ -28,6 +28,7 @@ ScoreResult.notes.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -602,24 +603,56 @@ def chunked_ce_sums(hidden, targets, owner, n_owners: int, weight, bias=None, tr
     return sums
 
 
-def _batch_losses(parts: _EngineParts, seqs: list[Sequence[int]], dev, chunk: int, buffer=None) -> list[float]:
+# Right padding never reaches a real token under causal attention, and positions count from 0
+# either way: without the padding mask SDPA takes its faster is_causal kernel and the losses are
+# bit-identical (fp32, measured per architecture in tests/test_packing.py). Architectures whose
+# positions or attention read the mask would keep it; none of _ENGINE_HEADS does.
+_PAD_MASK_NEEDED: frozenset[str] = frozenset()
+
+
+def _padded_inputs(seqs: list[Sequence[int]], with_mask: bool):
+    """Right-padded ids [n, width], the padding mask (or None), and the flat index of each
+    predicting row (row t of a sample predicts token t+1, t < len-1), all on the host."""
     import torch
 
     lens = torch.tensor([len(s) for s in seqs], dtype=torch.long)
     n, width = len(seqs), int(lens.max())
-    ids = torch.zeros((n, width), dtype=torch.long)  # right padding; pad id 0 is masked out
+    ids = torch.zeros((n, width), dtype=torch.long)  # pad id 0: never a target, never attended by a real token
     for row, s in enumerate(seqs):
         ids[row, :len(s)] = torch.as_tensor(s, dtype=torch.long)
     padded = bool((lens < width).any())
-    mask = (torch.arange(width)[None, :] < lens[:, None]).long() if padded else None
-    # Row t of a sample predicts token t+1, for t < len-1; flat indices built on the host so
-    # the device never syncs to count a boolean mask.
+    mask = (torch.arange(width)[None, :] < lens[:, None]).long() if padded and with_mask else None
     flat = torch.cat([row * width + torch.arange(len(s) - 1) for row, s in enumerate(seqs)])
+    return ids, mask, flat
+
+
+def _batch_losses(parts: _EngineParts, seqs: list[Sequence[int]], dev, chunk: int, buffer=None,
+                  layout: str = "padded") -> list[float]:
+    """Per-sample summed losses of one batch: layout "padded" (right padding, no mask),
+    "masked" (right padding with the padding mask) or "packed" (one row, validator.packing)."""
+    import torch
+
+    from validator import packing
+
+    n = len(seqs)
+    lens = torch.tensor([len(s) for s in seqs], dtype=torch.long)
     owner = torch.repeat_interleave(torch.arange(n), lens - 1)
-    ids, flat, owner = ids.to(dev), flat.to(dev), owner.to(dev)
-    mask = mask.to(dev) if mask is not None else None
-    hidden = parts.base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    h = hidden.reshape(n * width, -1).index_select(0, flat)
+    if layout == "packed":
+        ids, pos = packing.packed_inputs(seqs)
+        starts = torch.cumsum(lens, 0) - lens
+        # flat indices built on the host: the device never syncs to count a boolean mask
+        flat = torch.cat([int(b) + torch.arange(len(s) - 1) for b, s in zip(starts, seqs)])
+        ids, pos, flat, owner = ids.to(dev), pos.to(dev), flat.to(dev), owner.to(dev)
+        with packing.segments([len(s) for s in seqs], dev):
+            hidden = parts.base(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
+    elif layout in ("padded", "masked"):
+        ids, mask, flat = _padded_inputs(seqs, with_mask=layout == "masked")
+        ids, flat, owner = ids.to(dev), flat.to(dev), owner.to(dev)
+        mask = mask.to(dev) if mask is not None else None
+        hidden = parts.base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    else:
+        raise ValueError(f"unknown batch layout {layout!r}")
+    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat)
     del hidden
     targets = ids.reshape(-1).index_select(0, flat + 1)
     sums = chunked_ce_sums(h, targets, owner, n, parts.weight, parts.bias, parts.transform, chunk, buffer)
@@ -637,7 +670,7 @@ def _verify_probe(lengths: dict[int, int]) -> int | None:
 
 
 def engine_losses(model, token_lists: Sequence[Sequence[int] | None], device: Any,
-                  token_budget: int | None = None, *, verify: bool = True) -> list[float]:
+                  token_budget: int | None = None, *, verify: bool = True, packed: bool = False) -> list[float]:
     """Same numbers as reference_losses, fast: see the module docstring.
 
     Batches hold at most `token_budget` padded tokens (longest sample x rows; a sample
@@ -645,11 +678,31 @@ def engine_losses(model, token_lists: Sequence[Sequence[int] | None], device: An
     is retried; a single sample that does not fit raises ScoringError("oom").
     With verify, one sample is re-scored by the reference path afterwards and a
     disagreement sends the whole model to the reference path.
+    With packed, samples share rows without padding (validator.packing; a batch holds at most
+    `token_budget` real tokens) where the architecture allows it, else padded batches as usual.
     """
-    return _engine_run(model, token_lists, device, token_budget, verify)[0]
+    return _engine_run(model, token_lists, device, token_budget, verify, packed=packed)[0]
 
 
-def _engine_run(model, token_lists, device, token_budget=None, verify=True) -> tuple[list[float], str]:
+def _choose_layout(model, longest: int, packed: bool, pad_mask: bool | None) -> tuple[str, str]:
+    """The batch layout for this model and why: "packed", "padded" (no mask) or "masked"."""
+    from validator import packing
+
+    note = ""
+    if packed:
+        ok, why = packing.packing_support(model, longest)
+        if ok:
+            return "packed", why
+        log.info("packing not used: %s", why)
+        note = f"packing not used: {why}; "
+    if pad_mask is None:
+        pad_mask = type(model).__name__ in _PAD_MASK_NEEDED
+    return ("masked", note + "right padding with its mask") if pad_mask else \
+        ("padded", note + "right padding, no mask")
+
+
+def _engine_run(model, token_lists, device, token_budget=None, verify=True, *, packed: bool = False,
+                pad_mask: bool | None = None) -> tuple[list[float], str]:
     import torch
 
     parts, reason = _engine_parts(model)
@@ -668,17 +721,29 @@ def _engine_run(model, token_lists, device, token_budget=None, verify=True) -> t
     lengths = {i: len(ids) for i, ids in enumerate(token_lists) if ids is not None and len(ids) >= 2}
     # Longest first: the largest activations come first, so an out-of-memory shows early.
     todo = sorted(lengths, key=lambda i: (-lengths[i], i))
+    layout, layout_reason = _choose_layout(model, lengths[todo[0]] if todo else 0, packed, pad_mask)
+    reason = f"{reason}; {layout_reason}"
     pos, budget = 0, int(token_budget)
-    with torch.inference_mode():
+    with contextlib.ExitStack() as stack, torch.inference_mode():
+        if layout == "packed":
+            from validator import packing
+
+            stack.enter_context(packing.packed_model(model))
         if dev.type == "cpu" and todo:
             rows_needed = min(chunk, sum(lengths[i] - 1 for i in todo))
             buffer = torch.empty((rows_needed, parts.weight.shape[0]), dtype=parts.weight.dtype)
         while pos < len(todo):
-            rows = max(1, budget // lengths[todo[pos]])
-            batch = todo[pos:pos + rows]
+            if layout == "packed":  # real tokens under the budget, at least one sample
+                end, used = pos + 1, lengths[todo[pos]]
+                while end < len(todo) and used + lengths[todo[end]] <= budget:
+                    used += lengths[todo[end]]
+                    end += 1
+                batch = todo[pos:end]
+            else:  # padded tokens (longest x rows) under the budget
+                batch = todo[pos:pos + max(1, budget // lengths[todo[pos]])]
             oom = False
             try:
-                sums = _batch_losses(parts, [token_lists[i] for i in batch], dev, chunk, buffer)
+                sums = _batch_losses(parts, [token_lists[i] for i in batch], dev, chunk, buffer, layout)
             except Exception as e:
                 if not _is_oom(e):
                     raise
@@ -838,10 +903,13 @@ def _try_streamed(model_path: Path, token_lists: list, device: str, max_device_b
     except ScoringError:
         raise
     except Exception as e:
-        if _is_oom(e):
-            raise ScoringError("oom", f"streamed: {type(e).__name__}: {e}") from e
-        raise ScoringError("forward", f"streamed: {type(e).__name__}: {e}") from e
+        raise _forward_error(e, "streamed: ") from e
     return losses, info.describe()
+
+
+def _forward_error(e: BaseException, prefix: str = "") -> ScoringError:
+    """An exception of a forward pass as the model's failure: `oom` or `forward`."""
+    return ScoringError("oom" if _is_oom(e) else "forward", f"{prefix}{type(e).__name__}: {e}")
 
 
 def _resident_losses(model: Any, token_lists: list, device: str, engine: bool, max_token_id: int | None,
@@ -856,10 +924,9 @@ def _resident_losses(model: Any, token_lists: list, device: str, engine: bool, m
     except ScoringError:
         raise
     except Exception as e:
-        if _is_oom(e):
-            raise ScoringError("oom", f"{type(e).__name__}: {e}") from e
-        raise ScoringError("forward", f"{type(e).__name__}: {e}") from e
+        raise _forward_error(e) from e
     return losses, used if note is None else f"{used}; {note}"
+
 
 def _encode_float(x: float) -> float | str:
     return x if math.isfinite(x) else ("inf" if x > 0 else "-inf" if x < 0 else "nan")

@@ -248,7 +248,8 @@ def plan_batches(lengths: dict[int, int], token_budget: int) -> list[list[int]]:
     return out
 
 
-def plan_groups(batches: list[list[int]], lengths: dict[int, int], bytes_per_token: int, budget: int) -> list[list[list[int]]]:
+def plan_groups(batches: list[list[int]], lengths: dict[int, int], bytes_per_token: int,
+                budget: int) -> list[list[list[int]]]:
     """Consecutive batches whose kept hidden states (padded tokens x bytes_per_token) fit in
     `budget` bytes; a batch that alone exceeds it is a group of its own (the caller checks)."""
     groups: list[list[list[int]]] = []
@@ -424,16 +425,16 @@ def streamed_losses(model_dir: str | os.PathLike, token_lists: Sequence[Sequence
 
 
 def _ids_batch(token_lists, batch: list[int], dev):
+    """The engine's batch layout (scoring._padded_inputs: right padding, no mask: padding never
+    reaches a real token under causal attention) on the device, with the flat predicting rows."""
     import torch
 
+    from validator.scoring import _padded_inputs
+
     seqs = [token_lists[i] for i in batch]
+    ids, mask, flat = _padded_inputs(seqs, with_mask=False)
     lens = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    n, width = len(seqs), int(lens.max())
-    ids = torch.zeros((n, width), dtype=torch.long)  # right padding; pad id 0 is masked out (the engine's rule)
-    for row, s in enumerate(seqs):
-        ids[row, :len(s)] = torch.as_tensor(s, dtype=torch.long)
-    mask = (torch.arange(width)[None, :] < lens[:, None]).long() if bool((lens < width).any()) else None
-    return ids.to(dev), None if mask is None else mask.to(dev), seqs, lens
+    return ids.to(dev), None if mask is None else mask.to(dev), flat.to(dev), lens
 
 
 def _capture(base, layers: _Layers, token_lists, batch: list[int], dev) -> dict:
@@ -470,7 +471,7 @@ def _finish(parts, layers: _Layers, state: dict, token_lists, batch: list[int], 
     """The decoder's tail (its own final norm) over the streamed hidden states, then the engine's loss."""
     import torch
 
-    ids, mask, seqs, lens = _ids_batch(token_lists, batch, dev)
+    ids, mask, flat, lens = _ids_batch(token_lists, batch, dev)
     streamed = state["hidden"]
     as_tuple = state.get("tuple", False)
     replay = _stand_in(layers.modules[0], lambda h, a, k: (streamed,) if as_tuple else streamed)
@@ -480,7 +481,6 @@ def _finish(parts, layers: _Layers, state: dict, token_lists, batch: list[int], 
     finally:
         setattr(layers.parent, layers.attr, layers.modules)
     n, width = ids.shape
-    flat = torch.cat([row * width + torch.arange(len(s) - 1) for row, s in enumerate(seqs)]).to(dev)
     owner = torch.repeat_interleave(torch.arange(n), lens - 1).to(dev)
     h = hidden.reshape(n * width, -1).index_select(0, flat)
     targets = ids.reshape(-1).index_select(0, flat + 1)

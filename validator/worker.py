@@ -5,8 +5,11 @@ poison the CUDA context; none of that may take the validator down. A job is minu
 work, so the ~0.1 s (plus imports) of starting a fresh interpreter is negligible.
 
 Protocol: the parent starts `python -m validator.worker` in a new session (its own process
-group, so a timeout kills grandchildren too), writes the job as JSON on its stdin, and
-reads the result as JSON from a file in a private temp dir. Nothing is ever unpickled.
+group, so a timeout kills grandchildren too) and writes two JSON texts on its stdin: a setup
+line (parent pid, sys.path, log level, modules to preload) and then the job, after which it
+closes stdin; it reads the result as JSON from a file in a private temp dir. Nothing is ever
+unpickled. run_isolated sends both at once; validator.workerpool sends the setup at once and
+the job later, so a "spare" has imported torch and transformers before its job arrives.
 The child's stdout and stderr (its logging included) go to a log file whose tail is kept
 in `WorkerResult.detail`.
 
@@ -45,6 +48,10 @@ DETAIL_TAIL_CHARS = 4000  # the last characters of the child's output kept in `d
 TRACEBACK_TAIL_LINES = 12
 _RESULT_FILE = "result.json"
 _LOG_FILE = "output.log"
+_READY_FILE = "ready"  # written by a worker with preloads once they are imported
+READY_POLL_S = 0.05
+# The most a job waits for its worker's preloads (our libraries, not the model: not its time)
+READY_LIMIT_S = 300.0
 _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 RSS_POLL_S = 0.5  # how often the parent reads the job's resident memory (rss_limit_bytes)
 
@@ -202,18 +209,76 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def run_isolated(fn_path: str, kwargs: dict, timeout_s: float,
-                 memory_limit_bytes: int | None = None, rss_limit_bytes: int | None = None) -> WorkerResult:
-    """Run fn_path(**kwargs) in a fresh child process and return what happened.
+class Spawned:
+    """A started worker process waiting on its stdin for one job (see `spawn_worker`).
 
-    kwargs must be JSON-able (ValueError otherwise: that is a bug of the caller, not a job
-    failure). memory_limit_bytes caps the child's address space (RLIMIT_AS) once the job's
-    module is imported; it counts virtual memory, so leave room for the interpreter and
-    libraries (torch reserves several GiB of address space; do not use it with CUDA).
-    rss_limit_bytes: the parent reads the job's resident memory (its whole process group) every
-    RSS_POLL_S and kills it past the limit ("oom"); works with CUDA, where address-space limits
-    break the driver. Never raises because of anything the child does.
-    """
+    It owns a private temp dir (its output log and the result file); `discard` kills it and
+    removes the dir. Used once: `run_spawned` hands it a job and discards it afterwards."""
+
+    def __init__(self, proc: subprocess.Popen, tmp: tempfile.TemporaryDirectory, preloads: bool = False) -> None:
+        self.proc = proc
+        self.preloads = preloads  # the job's clock starts once the worker has imported them
+        self._tmp = tmp
+        self.dir = Path(tmp.name)
+        self.log_path = self.dir / _LOG_FILE
+        self.result_path = self.dir / _RESULT_FILE
+        self.ready_path = self.dir / _READY_FILE
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def discard(self) -> None:
+        """Kill the process group (grandchildren included), reap it, remove the temp dir."""
+        _kill_group(self.proc.pid)
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                logger.debug("worker %d: stdin already broken", self.proc.pid)
+        self.proc.wait()
+        self._tmp.cleanup()
+
+
+def spawn_worker(preload: tuple[str, ...] = ()) -> Spawned:
+    """Start `python -m validator.worker` (own session, scrubbed environment) and send it its
+    setup: the parent's pid (it dies with us), sys.path, the log level, and `preload`, modules it
+    imports before it waits for its job (a warm spare: torch, transformers, ...). Importing
+    touches no device; the job alone does. Raises OSError when the process cannot start."""
+    tmp = tempfile.TemporaryDirectory(prefix="coldint-worker-")
+    log_path = Path(tmp.name) / _LOG_FILE
+    env = child_environment(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([_PROJECT_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "validator.worker"],
+                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True, close_fds=True,
+            )
+    except OSError:
+        tmp.cleanup()
+        raise
+    spawned = Spawned(proc, tmp, preloads=bool(preload))
+    setup = {
+        # the child imports like the parent does (as multiprocessing's spawn would)
+        "sys_path": [p for p in sys.path if isinstance(p, str)],
+        "parent_pid": os.getpid(),
+        "log_level": logging.getLogger().getEffectiveLevel(),
+        "preload": list(preload),
+        "ready_path": str(spawned.ready_path) if preload else None,
+    }
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write((json.dumps(setup) + "\n").encode())
+        proc.stdin.flush()
+    except BrokenPipeError:
+        logger.debug("worker %d exited before reading its setup", proc.pid)  # dead: run_spawned says why
+    return spawned
+
+
+def check_job(fn_path: str, kwargs: dict, timeout_s: float, memory_limit_bytes: int | None = None,
+              rss_limit_bytes: int | None = None) -> str:
+    """Validate a job's arguments (ValueError naming the bad one); returns kwargs as JSON."""
     _check_fn_path(fn_path)
     if isinstance(timeout_s, bool) or not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
         raise ValueError(f"timeout_s {timeout_s!r}: must be a positive number of seconds")
@@ -226,52 +291,76 @@ def run_isolated(fn_path: str, kwargs: dict, timeout_s: float,
     if not isinstance(kwargs, dict):
         raise ValueError(f"kwargs for {fn_path}: must be a dict, got {type(kwargs).__name__}")
     try:
-        kwargs_json = json.dumps(kwargs)
+        return json.dumps(kwargs)
     except (TypeError, ValueError) as e:
         raise ValueError(f"kwargs for {fn_path}: not JSON-able ({e})") from e
 
-    start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="coldint-worker-") as tmp:
-        tmpdir = Path(tmp)
-        result_path = tmpdir / _RESULT_FILE
-        log_path = tmpdir / _LOG_FILE
-        job = {
-            "fn": fn_path,
-            "kwargs_json": kwargs_json,
-            "result_path": str(result_path),
-            "memory_limit_bytes": memory_limit_bytes,
-            # the child imports like the parent does (as multiprocessing's spawn would)
-            "sys_path": [p for p in sys.path if isinstance(p, str)],
-            "parent_pid": os.getpid(),
-            "log_level": logging.getLogger().getEffectiveLevel(),
-        }
-        env = child_environment(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([_PROJECT_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        try:
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "validator.worker"],
-                    stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                    env=env, start_new_session=True, close_fds=True,
-                )
-        except OSError as e:  # e.g. out of processes or file descriptors: this job fails, we don't
-            logger.warning("worker %s could not start: %s", fn_path, e)
-            return WorkerResult(False, None, "error", time.monotonic() - start,
-                                f"could not start the worker process: {type(e).__name__}: {e}")
-        timed_out = False
-        over_rss = 0  # the resident bytes seen when the watchdog killed the job
-        try:
-            _send_job(proc, job)
-            timed_out, over_rss = _wait(proc, start + timeout_s, rss_limit_bytes)
-        finally:
-            # Always leave nothing behind: the child on timeout (or if we are interrupted),
-            # and any grandchildren it left running after it exited.
-            _kill_group(proc.pid)
-            proc.wait()
-        seconds = time.monotonic() - start
-        output = _tail(log_path)
-        result = _read_result(result_path) if not (timed_out or over_rss) else None
 
+def _start_failure(fn_path: str, e: OSError, start: float) -> WorkerResult:
+    # e.g. out of processes or file descriptors: this job fails, we don't
+    logger.warning("worker %s could not start: %s", fn_path, e)
+    return WorkerResult(False, None, "error", time.monotonic() - start,
+                        f"could not start the worker process: {type(e).__name__}: {e}")
+
+
+def run_isolated(fn_path: str, kwargs: dict, timeout_s: float,
+                 memory_limit_bytes: int | None = None, rss_limit_bytes: int | None = None) -> WorkerResult:
+    """Run fn_path(**kwargs) in a fresh child process and return what happened.
+
+    kwargs must be JSON-able (ValueError otherwise: that is a bug of the caller, not a job
+    failure). memory_limit_bytes caps the child's address space (RLIMIT_AS) once the job's
+    module is imported; it counts virtual memory, so leave room for the interpreter and
+    libraries (torch reserves several GiB of address space; do not use it with CUDA).
+    rss_limit_bytes: the parent reads the job's resident memory (its whole process group) every
+    RSS_POLL_S and kills it past the limit ("oom"); works with CUDA, where address-space limits
+    break the driver. Never raises because of anything the child does.
+    """
+    kwargs_json = check_job(fn_path, kwargs, timeout_s, memory_limit_bytes, rss_limit_bytes)
+    start = time.monotonic()
+    try:
+        spawned = spawn_worker()
+    except OSError as e:
+        return _start_failure(fn_path, e, start)
+    return run_spawned(spawned, fn_path, kwargs_json, timeout_s, memory_limit_bytes, rss_limit_bytes, start)
+
+
+def run_spawned(spawned: Spawned, fn_path: str, kwargs_json: str, timeout_s: float,
+                memory_limit_bytes: int | None = None, rss_limit_bytes: int | None = None,
+                start: float | None = None) -> WorkerResult:
+    """Hand a job (checked by `check_job`) to a spawned worker, wait at most timeout_s from
+    `start` (default: now, the hand-over), and discard the worker. A worker with preloads still
+    importing them (a spare handed its job early) starts the job's clock when it is done: the
+    job's time is its own; a worker not ready within READY_LIMIT_S (or timeout_s if longer) is a
+    "timeout" too. Never raises
+    because of anything the child does."""
+    start = time.monotonic() if start is None else start
+    proc = spawned.proc
+    job = {"fn": fn_path, "kwargs_json": kwargs_json, "result_path": str(spawned.result_path),
+           "memory_limit_bytes": memory_limit_bytes}
+    timed_out = False
+    over_rss = 0  # the resident bytes seen when the watchdog killed the job
+    try:
+        _send_job(proc, job)
+        deadline = start + timeout_s
+        if spawned.preloads:
+            ready_by = start + max(timeout_s, READY_LIMIT_S)
+            while not spawned.ready_path.exists() and proc.poll() is None and time.monotonic() < ready_by:
+                time.sleep(READY_POLL_S)
+            if spawned.ready_path.exists():
+                deadline = max(start, time.monotonic()) + timeout_s
+        timed_out, over_rss = _wait(proc, deadline, rss_limit_bytes)
+        seconds = time.monotonic() - start
+        output = _tail(spawned.log_path)
+        result = _read_result(spawned.result_path) if not (timed_out or over_rss) else None
+    finally:
+        # Always leave nothing behind: the child on timeout (or if we are interrupted),
+        # and any grandchildren it left running after it exited.
+        spawned.discard()
+    return _outcome(fn_path, proc, timeout_s, rss_limit_bytes, timed_out, over_rss, seconds, output, result)
+
+
+def _outcome(fn_path: str, proc: subprocess.Popen, timeout_s: float, rss_limit_bytes: int | None,
+             timed_out: bool, over_rss: int, seconds: float, output: str, result: dict | None) -> WorkerResult:
     if over_rss:
         res = WorkerResult(False, None, "oom", seconds,
                            f"resident memory {over_rss / 2**30:.2f} GiB over the worker's limit "
@@ -300,8 +389,13 @@ def run_isolated(fn_path: str, kwargs: dict, timeout_s: float,
 
 def _wait(proc: subprocess.Popen, deadline: float, rss_limit_bytes: int | None) -> tuple[bool, int]:
     """Wait for the child until `deadline` (monotonic); (timed out, resident bytes when it went
-    over rss_limit_bytes, else 0)."""
+    over rss_limit_bytes, else 0). Memory is read first: a warm worker holds its libraries
+    already when its job starts, and a short job could end before the first poll."""
     while True:
+        if rss_limit_bytes:
+            rss = group_rss_bytes(proc.pid)
+            if rss > rss_limit_bytes:
+                return False, rss
         left = deadline - time.monotonic()
         if left <= 0:
             return True, 0
@@ -310,10 +404,6 @@ def _wait(proc: subprocess.Popen, deadline: float, rss_limit_bytes: int | None) 
             return False, 0
         except subprocess.TimeoutExpired:
             pass
-        if rss_limit_bytes:
-            rss = group_rss_bytes(proc.pid)
-            if rss > rss_limit_bytes:
-                return False, rss
 
 
 def _send_job(proc: subprocess.Popen, job: dict) -> None:
@@ -365,14 +455,33 @@ def _write_result(path: str, payload: dict) -> None:
     _write_text(path, json.dumps(payload))
 
 
+def _preload(modules: list[str]) -> None:
+    """A spare imports what its job will need while it waits for it. A module that fails to
+    import is only logged: the job imports it again and reports the failure as its own."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - the job itself reports it, with its traceback
+            logging.getLogger(__name__).warning("preload of %s failed: %s: %s", name, type(e).__name__, e)
+
+
 def _child_main() -> None:
-    job = json.loads(sys.stdin.read())
-    _die_with_parent(job["parent_pid"])
-    for p in reversed(job["sys_path"]):
+    setup = json.loads(sys.stdin.readline())
+    _die_with_parent(setup["parent_pid"])
+    for p in reversed(setup["sys_path"]):
         if p not in sys.path:
             sys.path.insert(0, p)
-    logging.basicConfig(level=job.get("log_level", logging.INFO), stream=sys.stderr,
+    logging.basicConfig(level=setup.get("log_level", logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _preload(setup.get("preload") or [])
+    if setup.get("ready_path"):
+        _write_text(setup["ready_path"], "ready")
+    text = sys.stdin.read()  # blocks until the parent hands over the job (a spare waits here)
+    if not text:
+        return  # the parent closed our stdin without a job: a spare no longer needed
+    job = json.loads(text)
     result_path = job["result_path"]
     fn_path = job["fn"]
     try:

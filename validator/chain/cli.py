@@ -10,7 +10,6 @@ Every subcommand takes --chain-db PATH (default constants.CHAIN_DB_DEFAULT).
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,26 +21,7 @@ from validator.chain import ChainError
 from validator.chain.local import LocalChain
 from validator.identity import InvalidCommitment, ModelId
 from validator.leaderboard import make_console
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
-def _stake(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
-    return value
+from validator.preflight import int_at_least, non_negative_float
 
 
 def register_commands(subparsers: Any) -> argparse.ArgumentParser:
@@ -59,7 +39,7 @@ def register_commands(subparsers: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("register", parents=[common], help="register a hotkey (idempotent)")
     p.add_argument("hotkey", help="the hotkey to register (any text on a local chain)")
     p.add_argument("--coldkey", default="", help="its owner's coldkey (default: none)")
-    p.add_argument("--stake", type=_stake, default=0.0, help="its stake, in the subnet's units")
+    p.add_argument("--stake", type=non_negative_float, default=0.0, help="its stake, in the subnet's units")
     p.add_argument("--validator", action="store_true", help="give the hotkey a validator permit")
 
     p = sub.add_parser("commit", parents=[common], help="commit a model (namespace:name:commit:hash:competition)")
@@ -67,7 +47,7 @@ def register_commands(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("text", help="the commitment: namespace:name:commit:hash:competition")
 
     p = sub.add_parser("advance", parents=[common], help="move the chain N blocks ahead")
-    p.add_argument("blocks", nargs="?", type=_non_negative_int, default=1, help="blocks to advance (default: 1)")
+    p.add_argument("blocks", nargs="?", type=int_at_least(0), default=1, help="blocks to advance (default: 1)")
 
     sub.add_parser("show", parents=[common], help="the metagraph and commitments")
 
