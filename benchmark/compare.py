@@ -567,7 +567,7 @@ def _run_judged(args: argparse.Namespace, console: Console, fail, competitions: 
     """run_benchmark once the entries are checked and the hub endpoint is open."""
     from validator import data, loop
     from validator.chain import ChainError
-    from validator.cli import default_device, device_memory_bytes
+    from validator.preflight import default_device, device_memory_bytes
     from validator.evalcache import EvalCache, cache_file
     from validator.leaderboard import StepProgress
     from validator.scorer import make_score_fn

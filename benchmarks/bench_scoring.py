@@ -135,7 +135,7 @@ def run_child(args) -> dict:
     import psutil
     import torch
 
-    from validator.scoring import _engine_run, reference_losses
+    from validator.engine import _engine_run, reference_losses
 
     cuda = args.device.startswith("cuda")
     lists = token_lists(args)

@@ -143,7 +143,7 @@ def copy_bandwidth(model_dir: Path, device: str) -> float:
 def run_child(args) -> dict:
     import torch
 
-    from validator import scoring, streaming
+    from validator import engine, streaming
 
     tokens = token_lists(args)
     cuda = args.device.startswith("cuda")
@@ -152,7 +152,7 @@ def run_child(args) -> dict:
     t0 = time.perf_counter()
     extra = {}
     if args.child == "resident":
-        losses = scoring.engine_losses(scoring.load_model(args.model_dir, args.device), tokens, args.device,
+        losses = engine.engine_losses(engine.load_model(args.model_dir, args.device), tokens, args.device,
                                        verify=False)
     else:
         losses, info = streaming.streamed_losses(args.model_dir, tokens, args.device, max_device_bytes=args.cap_bytes)

@@ -76,3 +76,12 @@ def make_model(out_dir: str | Path, arch: str = "llama", vocab_size: int = 300, 
             if f.is_file():
                 shutil.copy(f, out_dir / f.name)
     return out_dir
+
+
+def gone_or_zombie(pid: int) -> bool:
+    """The process has exited (no /proc entry, or only its zombie is left for the parent to reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"

@@ -9,7 +9,8 @@ import pytest
 import constants
 from validator import config_source
 from validator.competitions import SHIPPED_COMPETITIONS, CompetitionsConfig
-from validator.config_source import SourceError, decode_json, read_location
+from validator.config_source import read_location
+from validator.jsonread import SourceError, decode_json
 from validator.halloffame import HallOfFameSource
 
 LIVE = json.loads(SHIPPED_COMPETITIONS.read_text())

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.factories import make_model
-from validator.scoring import (
+from validator.engine import (
     ScoringError,
     _engine_run,
     chunked_ce_sums,
@@ -231,7 +231,7 @@ def test_bf16_engine_agrees_with_the_bf16_reference(model_dirs, models, arch, de
 
 
 def test_a_nan_model_keeps_the_engine_path_instead_of_rescoring_every_sample(tmp_path, monkeypatch):
-    import validator.scoring as scoring
+    import validator.engine as scoring
 
     model = load_model(make_model(tmp_path / "nan", "llama", vocab_size=VOCAB), "cpu")
     with torch.no_grad():

@@ -10,15 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from tests.factories import make_model, make_texts, make_tokenizer
+from validator.engine import load_model, reference_losses
 from validator.scoring import (
     ScoringError,
     TokenCache,
     TokenizedSample,
     check_tokenize_fails,
     check_vocab,
-    load_model,
     load_tokenizer,
-    reference_losses,
     result_from_json,
     score_model,
     score_model_job,

@@ -142,7 +142,8 @@ def test_child_environment_is_an_allow_list():
 # --- config keys that choose code paths ------------------------------------------------------
 
 def test_config_keys_that_pick_kernels_or_quantizers_are_ignored(assets, tmp_path):
-    from validator.scoring import load_model, score_model
+    from validator.engine import load_model
+    from validator.scoring import score_model
 
     hostile = tmp_path / "hostile"
     shutil.copytree(assets["llama"], hostile)

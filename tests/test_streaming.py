@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.factories import make_model
-from validator import scoring, streaming
-from validator.scoring import ScoringError
+from validator import engine, streaming
+from validator.engine import ScoringError
 
 VOCAB = 300
 TOKEN_BUDGET = 64
@@ -66,7 +66,7 @@ ARCHS = [("llama", {}), ("phi3", {}), ("llama", {"tie_word_embeddings": True}), 
 def test_streamed_losses_equal_the_resident_engine(tmp_path, arch, extra):
     model_dir = make_model(tmp_path / arch, arch, vocab_size=VOCAB, layers=3, **extra)
     tokens = _tokens()
-    resident = scoring.engine_losses(scoring.load_model(model_dir, "cpu"), tokens, "cpu")
+    resident = engine.engine_losses(engine.load_model(model_dir, "cpu"), tokens, "cpu")
     cap = _cap_for_groups(model_dir, tokens, at_least=3)
     streamed, info = streaming.streamed_losses(model_dir, tokens, "cpu", max_device_bytes=cap,
                                                token_budget=TOKEN_BUDGET)

@@ -6,10 +6,10 @@ import os
 import resource
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.factories import gone_or_zombie
 from validator.worker import WorkerResult, classify_exception, run_isolated
 
 JOBS = "tests.worker_jobs"
@@ -21,14 +21,6 @@ def _ok_after(result: WorkerResult) -> None:
     nxt = run_isolated(f"{JOBS}:add", {"a": 2, "b": 3}, timeout_s=60)
     assert nxt.ok, nxt.detail
     assert nxt.value["sum"] == 5
-
-
-def _gone_or_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def test_value_crosses_as_json_from_a_separate_process_group():
@@ -59,9 +51,9 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     assert res.seconds >= 3
     grandchild = int(pid_file.read_text())
     deadline = time.monotonic() + 10  # SIGKILL is asynchronous: give the kernel a moment
-    while not _gone_or_zombie(grandchild) and time.monotonic() < deadline:
+    while not gone_or_zombie(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _gone_or_zombie(grandchild), "the job's grandchild outlived the timeout"
+    assert gone_or_zombie(grandchild), "the job's grandchild outlived the timeout"
     _ok_after(res)
 
 

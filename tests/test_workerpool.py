@@ -17,24 +17,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.factories import gone_or_zombie
 from validator.workerpool import Job, WorkerPool
 
 JOBS = "tests.worker_jobs"
 
 
-def _gone_or_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
 def _wait_gone(pid: int, within_s: float = 10) -> bool:
     deadline = time.monotonic() + within_s  # SIGKILL is asynchronous: give the kernel a moment
-    while not _gone_or_zombie(pid) and time.monotonic() < deadline:
+    while not gone_or_zombie(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return _gone_or_zombie(pid)
+    return gone_or_zombie(pid)
 
 
 def job(fn: str, timeout_s: float = 60, **kwargs) -> "callable":
@@ -100,7 +93,7 @@ def test_a_timeout_kills_its_job_and_grandchild_only(pool, tmp_path):
     assert res.reason == "timeout" and res.seconds >= 3
     assert _wait_gone(int(pid_file.read_text())), "the job's grandchild outlived the timeout"
     (spare,) = pool.spare_pids()
-    assert not _gone_or_zombie(spare)  # the next job's spare is untouched
+    assert not gone_or_zombie(spare)  # the next job's spare is untouched
     nxt = pool.run(job("add", a=1, b=1))
     assert nxt.ok and nxt.value["pid"] == spare
 

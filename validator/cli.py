@@ -11,8 +11,8 @@ from typing import Callable
 import constants
 from validator.logsetup import LEVELS, log_level, setup_logging
 from validator.preflight import (SetupError, check_device, check_offline_endpoint, check_registration, check_wallet,
-                                 check_writable_dir, existing_file, file_or_url, finite_float, int_at_least,
-                                 non_negative_float)
+                                 check_writable_dir, default_device, device_memory_bytes, existing_file, file_or_url,
+                                 finite_float, int_at_least, non_negative_float)
 
 DEFAULT_STATE_DIR = Path(constants.STATE_DIR_DEFAULT)
 
@@ -116,17 +116,6 @@ def _own_uid(chain) -> int | None:
         logging.getLogger("validator").warning("cannot read our uid from the chain (%s): "
                                                "competitions-<uid>.json is not tried", e)
         return None
-
-
-def device_memory_bytes(gb: float | None) -> int | None:
-    """--max-device-memory GB -> bytes (GiB), None when not given."""
-    return None if gb is None else int(gb * 2**30)
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def model_store_budget(args: argparse.Namespace) -> float:

@@ -38,8 +38,8 @@ from typing import Any, Callable, Mapping, Optional
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 import constants
-from validator.config_source import (ConfigSource, SourceBacked, SourceError, decode_json, describe,
-                                     read_location)
+from validator.config_source import ConfigSource, SourceBacked, describe, read_location
+from validator.jsonread import SourceError, decode_json
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import ipaddress
-import json
 import logging
-import re
-import stat
 import time
 import urllib.error
 import urllib.parse
@@ -31,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
 
 import constants
+from validator.jsonread import SourceError, decode_json, read_file
 from validator.state import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -38,15 +36,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _LOOPBACK_NAMES = {"localhost"}
 _META_MAX_BYTES = 64 * 1024  # the cache's `<name>.source.json` (location, time, sha256)
-
-
-class SourceError(ValueError):
-    """A config document cannot be read or decoded; the message names the location and why.
-    `not_found`: the location answered that there is no such document (HTTP 404, no file)."""
-
-    def __init__(self, message: str, not_found: bool = False) -> None:
-        super().__init__(message)
-        self.not_found = not_found
 
 
 # --- reading a location ----------------------------------------------------------------------
@@ -121,26 +110,6 @@ def _fetch_url(url: str, what: str, max_bytes: int, timeout: float) -> bytes:
     return body
 
 
-def _read_file(path: Path, what: str, max_bytes: int) -> bytes:
-    try:
-        st = path.stat()
-        if stat.S_ISDIR(st.st_mode):
-            raise SourceError(f"{what}: is a directory")
-        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
-            raise SourceError(f"{what}: not a regular file")
-        if st.st_size > max_bytes:
-            raise SourceError(f"{what}: {st.st_size} bytes, more than the {max_bytes} allowed")
-        with open(path, "rb") as f:
-            body = f.read(max_bytes + 1)  # it may have grown since the stat
-    except FileNotFoundError:
-        raise SourceError(f"{what}: not found", not_found=True) from None
-    except OSError as exc:
-        raise SourceError(f"{what}: cannot read ({exc.strerror or exc})") from None
-    if len(body) > max_bytes:
-        raise SourceError(f"{what}: more than {max_bytes} bytes")
-    return body
-
-
 def read_location(location: str | Path, name: str, *, max_bytes: int, timeout: float) -> bytes:
     """The bytes at a path, a file:// URL, an https:// URL or (loopback only) an http:// URL."""
     text = str(location)
@@ -149,61 +118,11 @@ def read_location(location: str | Path, name: str, *, max_bytes: int, timeout: f
         return _fetch_url(text, f"{name} URL {text}", max_bytes, timeout)
     if scheme == "file":
         path = Path(urllib.request.url2pathname(urllib.parse.urlparse(text).path))
-        return _read_file(path, f"{name} file {path}", max_bytes)
+        return read_file(path, f"{name} file {path}", max_bytes)
     if scheme:
         raise SourceError(f"{name} location {text}: unsupported scheme {scheme!r} (use a path or https://)")
     path = Path(text).expanduser()
-    return _read_file(path, f"{name} file {path}", max_bytes)
-
-
-# --- bounded JSON ------------------------------------------------------------------------------
-
-# One token per match, scanned left to right: a run of non-structural characters, a string
-# (unrolled loop: linear), a run of openers, a run of closers. An unterminated string stops
-# the scan; the JSON parser then fails on that string before reaching anything after it.
-_TOKEN = re.compile(r'[^"\[\]{},]+|"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]+|[\]}]+|,+', re.DOTALL)
-
-
-def check_json_shape(text: str, what: str, *, max_depth: int, max_elements: int) -> None:
-    """Refuse JSON text nested deeper than `max_depth` or holding more than `max_elements`
-    values, without parsing it (so a hostile document cannot exhaust the parser's stack)."""
-    openers = text.count("[") + text.count("{")
-    if openers <= max_depth and openers + text.count(",") <= max_elements:
-        return  # upper bounds (brackets inside strings included) already within the limits
-    depth = elements = pos = 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None:
-            return
-        tok = m.group()
-        if tok[0] in "[{":
-            depth += len(tok)
-            elements += len(tok)
-            if depth > max_depth:
-                raise SourceError(f"{what}: JSON nested deeper than {max_depth} levels (refused before parsing)")
-        elif tok[0] in "]}":
-            depth = max(0, depth - len(tok))
-        elif tok[0] == ",":
-            elements += len(tok)
-        if elements > max_elements:
-            raise SourceError(f"{what}: more than {max_elements} JSON values (refused before parsing)")
-        pos = m.end()
-
-
-def decode_json(raw: bytes, what: str, *, max_depth: int = constants.CONFIG_MAX_DEPTH,
-                max_elements: int = constants.CONFIG_MAX_ELEMENTS) -> Any:
-    """UTF-8 JSON (an editor's BOM tolerated) within the shape limits, or SourceError naming `what`."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SourceError(f"{what}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    check_json_shape(text, what, max_depth=max_depth, max_elements=max_elements)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SourceError(f"{what}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise SourceError(f"{what}: invalid JSON: {exc}") from None
+    return read_file(path, f"{name} file {path}", max_bytes)
 
 
 # --- the refreshed source ----------------------------------------------------------------------

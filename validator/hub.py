@@ -56,7 +56,7 @@ import filelock
 
 import constants
 from validator import live_repo, worker
-from validator.config_source import SourceError, check_json_shape, decode_json
+from validator.jsonread import SourceError, check_json_shape, decode_json
 from validator.identity import ModelId, NothingToHash, dir_hash, files_hash, secure_hash
 from validator.state import atomic_write_json
 
@@ -398,7 +398,7 @@ def check_repo_json(name: str, raw: bytes, what: str) -> None:
 
 
 def decode_repo_json(raw: bytes, what: str) -> Any:
-    """A repo JSON file (`what` names it) decoded by config_source.decode_json within
+    """A repo JSON file (`what` names it) decoded by jsonread.decode_json within
     HUB_SMALL_FILE_MAX_BYTES, HUB_JSON_MAX_DEPTH and HUB_JSON_MAX_ELEMENTS; HubError(constraint)
     naming the file and the bound or the parse error otherwise."""
     if len(raw) > constants.HUB_SMALL_FILE_MAX_BYTES:

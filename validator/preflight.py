@@ -164,3 +164,14 @@ def check_registration(chain: Any, hotkey: str, netuid: int, network: str) -> in
         raise SetupError(f"hotkey {hotkey} is not registered on netuid {netuid} of {network} "
                          f"(register it with `btcli subnet register --netuid {netuid}`)")
     return uid
+
+
+def device_memory_bytes(gb: float | None) -> int | None:
+    """--max-device-memory GB -> bytes (GiB), None when not given."""
+    return None if gb is None else int(gb * 2**30)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import constants
+from validator.jsonread import SourceError, decode_json, read_file
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +129,11 @@ def read_json(path: str | Path, default: Any = _MISSING, *, max_bytes: int | Non
     stack). A missing file gives `default` (or FileNotFoundError if none given); a file that
     is not a regular file, too large, too deep, unreadable or corrupt raises StateError
     naming the file and the reason. The bounds default to constants.STATE_MAX_*."""
-    # imported here: config_source writes its caches through this module
-    from validator.config_source import SourceError, decode_json, read_location
-
     path = Path(path)
     what = "state"
     try:
-        raw = read_location(path, what, max_bytes=constants.STATE_MAX_BYTES if max_bytes is None else max_bytes,
-                            timeout=0.0)
+        raw = read_file(path, f"{what} file {path}",
+                        constants.STATE_MAX_BYTES if max_bytes is None else max_bytes)
         return decode_json(raw, f"{what} file {path}",
                            max_depth=constants.STATE_MAX_DEPTH if max_depth is None else max_depth,
                            max_elements=constants.STATE_MAX_ELEMENTS if max_elements is None else max_elements)

@@ -148,7 +148,7 @@ def build_meta_model(model_dir: Path, dtype: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from validator.scoring import ScoringError, model_config
+    from validator.engine import ScoringError, model_config
 
     try:
         config = model_config(model_dir)  # bounded read, kernel and quantizer keys stripped
@@ -163,8 +163,6 @@ def build_meta_model(model_dir: Path, dtype: Any) -> Any:
 def load_resident(model: Any, ckpt: Checkpoint, layers: _Layers, dev: Any, dtype: Any) -> int:
     """Everything but the decoder layers onto the device, from the checkpoint; tied weights
     tied, rotary tables rebuilt. Returns their bytes. Unsupported when something stays meta."""
-    import torch
-
     skip = layers.prefix + "."
     state = {}
     for name, p in model.named_parameters():
@@ -335,7 +333,7 @@ def streamed_losses(model_dir: str | os.PathLike, token_lists: Sequence[Sequence
                     max_device_bytes: int, token_budget: int | None = None,
                     on_layer: Callable[[int, int], None] | None = None) -> tuple[list[float], StreamInfo]:
     """Per-sample summed cross-entropy of the model in `model_dir`, streamed layer by layer
-    under `max_device_bytes` of device memory. Same numbers as scoring.engine_losses (fp32:
+    under `max_device_bytes` of device memory. Same numbers as engine.engine_losses (fp32:
     within 1e-5 relative). `on_layer(group, layer)` is called before each layer runs (progress;
     tests use it to crash mid-stream). Raises Unsupported (score it resident instead) or
     ScoringError("oom") when one layer and the resident parts exceed the cap."""
@@ -343,7 +341,7 @@ def streamed_losses(model_dir: str | os.PathLike, token_lists: Sequence[Sequence
 
     import torch
 
-    from validator.scoring import ScoringError, _device, _engine_parts, chunked_ce_sums, loss_chunk_tokens
+    from validator.engine import ScoringError, _device, _engine_parts, chunked_ce_sums, loss_chunk_tokens
 
     root = Path(model_dir)
     dev = _device(device)
@@ -425,11 +423,11 @@ def streamed_losses(model_dir: str | os.PathLike, token_lists: Sequence[Sequence
 
 
 def _ids_batch(token_lists, batch: list[int], dev):
-    """The engine's batch layout (scoring._padded_inputs: right padding, no mask: padding never
+    """The engine's batch layout (engine._padded_inputs: right padding, no mask: padding never
     reaches a real token under causal attention) on the device, with the flat predicting rows."""
     import torch
 
-    from validator.scoring import _padded_inputs
+    from validator.engine import _padded_inputs
 
     seqs = [token_lists[i] for i in batch]
     ids, mask, flat = _padded_inputs(seqs, with_mask=False)
