@@ -29,5 +29,5 @@ setup(
         "report": ["matplotlib>=3.7"],
         "wandb": ["wandb>=0.17"],
     },
-    entry_points={"console_scripts": ["coldint-validator=validator.cli:main"]},
+    entry_points={"console_scripts": ["coldint-validator=validator.cli.main:main"]},
 )

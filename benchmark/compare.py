@@ -4,7 +4,7 @@ The field is what a candidate would have to beat:
 
 - online (default): the top ``--top`` uids per competition by incentive on the chain
   (``--network``), downloaded at their committed revision and verified through the hub
-  code, exactly as the validator does (validator.loop.fetch_models + hub.ensure_model);
+  code, exactly as the validator does (validator.step.loop.fetch_models + hub.ensure_model);
 - ``--offline``: no chain and no hub at all. The field is the benchmark.json entries that
   have a ``block`` (treated as incumbents committed at that block, with its advantage).
 
@@ -16,12 +16,12 @@ under the validator's win rule, the weight it would receive, the paired per-samp
 delta against the field's leader, and the loss ratio it needs per sample to take one from
 the leader. 95 % intervals are percentile bootstraps over samples, and win rates also get a
 Wilson score interval (benchmark.stats). Win rates and weights are the live step's
-(validator.ranking.competition_step), after live's grouping (a remainder that does not
+(validator.core.ranking.competition_step), after live's grouping (a remainder that does not
 fill a group is dropped).
 
 Before any scoring, every benchmark.json entry passes the checks a validator applies to a
-downloaded model (validator.hub.check_model_constraints: repo size, download set,
-safetensors only, model type, parameters; and the tokenizer rule of validator.tokens): an
+downloaded model (validator.adapters.hub.check_model_constraints: repo size, download set,
+safetensors only, model type, parameters; and the tokenizer rule of validator.scoring.tokens): an
 entry that fails is reported as "would be refused: <reason>" instead of a verdict.
 
 Exit status (EXIT_*): 0 a candidate beats its leader, 1 candidates were judged and none
@@ -57,11 +57,11 @@ from rich.text import Text
 import constants
 from benchmark import report as breport
 from benchmark import stats as bstats
-from validator import ranking
-from validator.leaderboard import make_console
+from validator.core import ranking
+from validator.adapters.leaderboard import make_console
 
 if TYPE_CHECKING:  # imported lazily at run time, like the rest of the scoring side
-    from validator.evalcache import EvalCache
+    from validator.adapters.evalcache import EvalCache
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def exit_status(report: dict) -> int:
 
 
 def live_grouping(matrices: list[np.ndarray], group: int, seed: int) -> list[np.ndarray]:
-    """Each [rows, S] matrix grouped as the live step groups it (validator.ranking.group_losses
+    """Each [rows, S] matrix grouped as the live step groups it (validator.core.ranking.group_losses
     over one seeded permutation, the remainder dropped); group 1 leaves them as they are."""
     if group == 1:
         return [np.asarray(m, dtype=np.float64) for m in matrices]
@@ -375,10 +375,10 @@ def print_report(report: dict, console: Console | None = None) -> None:
 
 
 def tokenizer_refusal(path: Path, competition: Any) -> str | None:
-    """Why a validator could not tokenize for this model dir, or None (validator.tokens C1-C4):
+    """Why a validator could not tokenize for this model dir, or None (validator.scoring.tokens C1-C4):
     with a competition tokenizer there is always one to use; without, the dir's own
     tokenizer.json must load under the 4.44 rules."""
-    from validator import tokens
+    from validator.scoring import tokens
 
     if getattr(competition, "tokenizer", None):
         return None
@@ -395,8 +395,8 @@ def tokenizer_refusal(path: Path, competition: Any) -> str | None:
 def validator_refusal(path: Path, competition: Any) -> str | None:
     """Why a validator would refuse this model dir for the competition before scoring it, or
     None: repo size, download set, safetensors only, model type, parameters (the checks of
-    validator.hub on a download) and the tokenizer rule."""
-    from validator import hub
+    validator.adapters.hub on a download) and the tokenizer rule."""
+    from validator.adapters import hub
 
     try:
         hub.check_model_constraints(path, competition)
@@ -408,13 +408,13 @@ def validator_refusal(path: Path, competition: Any) -> str | None:
 
 def _open_chain(args: argparse.Namespace):
     if args.network == "local":
-        from validator.chain.local import LocalChain
+        from validator.adapters.chain.local import LocalChain
 
         db = args.chain_db or DEFAULT_LOCAL_CHAIN
         if not Path(db).is_file():  # LocalChain would create an empty chain: an empty field
             raise FileNotFoundError(f"--network local: no chain at {db} (pass --chain-db)")
         return LocalChain(db, netuid=args.netuid)
-    from validator.chain.subtensor import SubtensorChain
+    from validator.adapters.chain.subtensor import SubtensorChain
 
     return SubtensorChain(args.network, netuid=args.netuid, wallet=None)  # read only: no wallet
 
@@ -430,7 +430,8 @@ def top_by_incentive(meta: Any, entries: list, competition: str, n: int) -> list
 def _chain_field(args, competitions: dict, wanted: set[str], caches: dict, model_dir: Path, endpoint: str | None,
                  progress, problems: list[str]) -> tuple[int, list]:
     """(block_now, fetched chain entries) of the competitions in `wanted`."""
-    from validator import hub, loop
+    from validator.adapters import hub
+    from validator.step import loop
 
     chain = _open_chain(args)
     meta, commitments = chain.sync()
@@ -505,9 +506,9 @@ def refused_entries(path: Path, competitions: dict, bench: list, problems: list[
 def run_benchmark(args: argparse.Namespace, console: Console | None = None) -> int:
     """The `benchmark` command; returns its exit status (EXIT_BEATS, EXIT_DOES_NOT, EXIT_NOT_JUDGED)."""
     from benchmark.config import BenchmarkError
-    from validator import loop
-    from validator.competitions import CompetitionsError, load_competitions
-    from validator.hub_cli import EndpointError, open_endpoint
+    from validator.step import loop
+    from validator.core.competitions import CompetitionsError, load_competitions
+    from validator.cli.hub import EndpointError, open_endpoint
 
     console = console or make_console()
 
@@ -565,13 +566,14 @@ def _run_judged(args: argparse.Namespace, console: Console, fail, competitions: 
                 incumbents: list, refused: list[dict], wanted: set[str], endpoint: str | None,
                 problems: list[str]) -> int:
     """run_benchmark once the entries are checked and the hub endpoint is open."""
-    from validator import data, loop
-    from validator.chain import ChainError
-    from validator.preflight import default_device, device_memory_bytes
-    from validator.evalcache import EvalCache, cache_file
-    from validator.leaderboard import StepProgress
-    from validator.scorer import make_score_fn
-    from validator.state import StateError
+    from validator.adapters import data
+    from validator.step import loop
+    from validator.core.chain import ChainError
+    from validator.cli.preflight import default_device, device_memory_bytes
+    from validator.adapters.evalcache import EvalCache, cache_file
+    from validator.adapters.leaderboard import StepProgress
+    from validator.scoring.dispatch import make_score_fn
+    from validator.adapters.files import StateError
 
     warnings: list[str] = []
     state_dir = Path(args.state_dir)
@@ -680,7 +682,7 @@ def _run_judged(args: argparse.Namespace, console: Console, fail, competitions: 
 
 def register_benchmark_command(subparsers: Any) -> argparse.ArgumentParser:
     """Add `benchmark` to a `coldint-validator` subparsers object; returns its parser."""
-    from validator.preflight import non_negative_float
+    from validator.cli.preflight import non_negative_float
 
     p = subparsers.add_parser(
         "benchmark", help="would my candidate win? candidates of benchmark.json vs the field",

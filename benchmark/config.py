@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import constants
-from validator.jsonread import SourceError, decode_json
+from validator.core.jsonread import SourceError, decode_json
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _UID = re.compile(r"^[0-9]{1,5}$")  # live: int(key)

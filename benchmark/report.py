@@ -19,11 +19,11 @@ The report dict (JSON-able; non-finite numbers are written as null):
       }
     }
 
-An optional top-level "consensus" (validator.consensus.consensus_report's dict, from a
+An optional top-level "consensus" (validator.core.consensus.consensus_report's dict, from a
 validator step) adds a plot of our weights against the validators' consensus per uid and its
 tables.
 
-A validator step (validator.leaderboard.step_to_report) also carries text the HTML shows as
+A validator step (validator.adapters.leaderboard.step_to_report) also carries text the HTML shows as
 given, escaped: "version" (str), "summary" ([[name, value], ...]: step, weights set or why
 not, ...), "problems" ([str]), "legend" ([[column, meaning], ...], under the competition
 tables), "tables" ([table, ...], e.g. the weights set) and per competition "table": the
@@ -57,7 +57,7 @@ from matplotlib.figure import Figure
 
 import constants
 from benchmark import stats as bstats
-from validator import ranking
+from validator.core import ranking
 
 LABEL_MAX_CHARS = constants.REPORT_LABEL_MAX_CHARS
 ANNOTATE_MAX_MODELS = constants.REPORT_ANNOTATE_MAX_MODELS

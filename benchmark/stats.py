@@ -2,9 +2,9 @@
 
 Each candidate is judged alone against the field, as if it were committed at the current
 block: it walks last, while the field models keep their real advantage. Win rates and
-weights are the live step's (validator.ranking.competition_step, on samples the caller has
+weights are the live step's (validator.core.ranking.competition_step, on samples the caller has
 already grouped as live groups them); the per-sample winners behind the intervals follow the
-same walk (validator.ranking.sample_winners).
+same walk (validator.core.ranking.sample_winners).
 
 Confidence intervals are percentile bootstraps over samples: the per-sample outcome
 (who wins, the paired loss delta) is computed once; a resample only re-averages those
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 import constants
-from validator import ranking
+from validator.core import ranking
 
 BOOTSTRAP_RESAMPLES = constants.BENCH_BOOTSTRAP_RESAMPLES
 BOOTSTRAP_MIN_RESAMPLES = constants.BENCH_BOOTSTRAP_MIN_RESAMPLES
@@ -44,7 +44,7 @@ class WinParams:
 
     @classmethod
     def from_competition(cls, competition: Any) -> "WinParams":
-        """From a validator.competitions.Competition (or anything with those attributes)."""
+        """From a validator.core.competitions.Competition (or anything with those attributes)."""
         return cls(
             advantage_initial=float(getattr(competition, "advantage_initial", constants.ADVANTAGE_INITIAL)),
             advantage_decay=float(getattr(competition, "advantage_decay", constants.ADVANTAGE_DECAY)),

@@ -10,7 +10,7 @@ median --median tokens, capped at --max-len.
 
 Paths: reference (one sample at a time), engine (right-padded batches, no mask: the default),
 masked (the same batches with the padding mask, as before the mask was dropped) and packed
-(samples back to back in one row, per-sample attention: validator.packing).
+(samples back to back in one row, per-sample attention: validator.scoring.packing).
 
 Appends one JSON line per run to benchmarks/results/scoring.jsonl (unless --no-record).
 --flops adds forward FLOP/s ~ 2 x (parameters outside the input embedding) x tokens, and
@@ -135,7 +135,7 @@ def run_child(args) -> dict:
     import psutil
     import torch
 
-    from validator.engine import _engine_run, reference_losses
+    from validator.scoring.engine import _engine_run, reference_losses
 
     cuda = args.device.startswith("cuda")
     lists = token_lists(args)

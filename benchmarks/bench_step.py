@@ -38,10 +38,10 @@ PATHS = ("today", "warm", "warm_spares2", "warm2")
 
 
 def import_job() -> float:
-    """Run in a worker: import what a scoring job imports (validator.scorer.PRELOAD); seconds taken."""
+    """Run in a worker: import what a scoring job imports (validator.scoring.dispatch.PRELOAD); seconds taken."""
     import importlib
 
-    from validator.scorer import PRELOAD
+    from validator.scoring.dispatch import PRELOAD
 
     t = time.perf_counter()
     for name in PRELOAD:
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_field(root: Path, args: argparse.Namespace):
     from tests.factories import make_model, make_texts, make_tokenizer
-    from validator.competitions import Competition
+    from validator.core.competitions import Competition
 
     tok = root / "tok"
     make_tokenizer(tok)
@@ -95,7 +95,7 @@ def steps(models, comp, samples, args) -> dict[str, list]:
 
 
 def run_path(path: str, jobs: dict[str, list], cache: Path, gap_s: float) -> dict:
-    from validator.scorer import make_score_fn
+    from validator.scoring.dispatch import make_score_fn
 
     if path == "in_process":
         scorer = make_score_fn("cpu", cache, isolate=False)
@@ -125,7 +125,7 @@ def run_path(path: str, jobs: dict[str, list], cache: Path, gap_s: float) -> dic
 
 def startup_seconds(n: int = 2) -> dict:
     """A fresh worker's start: interpreter + the scoring job's imports, seen by the parent."""
-    from validator.worker import run_isolated
+    from validator.scoring.worker import run_isolated
 
     total, imports = [], []
     for _ in range(n):

@@ -101,7 +101,7 @@ def split_bytes(model_dir: Path, dtype_bytes: int) -> tuple[int, int]:
     """(bytes outside the decoder layers, bytes of the layers) in the scoring dtype."""
     from safetensors import safe_open
 
-    from validator.streaming import weight_files
+    from validator.scoring.streaming import weight_files
 
     resident = layers = 0
     by_file: dict[Path, list[str]] = {}
@@ -125,7 +125,7 @@ def copy_bandwidth(model_dir: Path, device: str) -> float:
     import torch
     from safetensors import safe_open
 
-    from validator.streaming import weight_files
+    from validator.scoring.streaming import weight_files
 
     files = weight_files(model_dir)
     names = [n for n in files if ".layers.0." in n]
@@ -143,7 +143,9 @@ def copy_bandwidth(model_dir: Path, device: str) -> float:
 def run_child(args) -> dict:
     import torch
 
-    from validator import engine, streaming
+    from validator.scoring import engine
+
+    from validator.scoring import streaming
 
     tokens = token_lists(args)
     cuda = args.device.startswith("cuda")
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(run_child(args)))
         return 0
-    from validator import streaming
+    from validator.scoring import streaming
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(args, Path(tmp) / "model")

@@ -1,4 +1,4 @@
-"""Token cache (validator.scoring.TokenCache): load / save time and peak RSS, this tree vs a git revision.
+"""Token cache (validator.scoring.job.TokenCache): load / save time and peak RSS, this tree vs a git revision.
 
 A synthetic cache of --entries entries x --tokens ids (vocabulary --vocab; ids uniform, or
 Zipf-like with --dist zipf, which is closer to text and compresses better) is written in the
@@ -110,7 +110,7 @@ def main(argv=None) -> None:
     p.add_argument("--tokens", type=int, default=1_000)
     p.add_argument("--vocab", type=int, default=128_256)
     p.add_argument("--dist", choices=("uniform", "zipf"), default="uniform")
-    p.add_argument("--old", default="HEAD", help="git revision of validator/scoring.py to compare ('' to skip)")
+    p.add_argument("--old", default="HEAD", help="git revision of validator/scoring/job.py to compare ('' to skip)")
     p.add_argument("--compare-compression", action="store_true")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--source", help=argparse.SUPPRESS)
@@ -131,7 +131,7 @@ def main(argv=None) -> None:
         sources = [("new", ROOT / "validator" / "scoring.py")]
         if args.old:
             old = Path(d) / "scoring_old.py"
-            old.write_bytes(subprocess.run(["git", "show", f"{args.old}:validator/scoring.py"], cwd=ROOT,
+            old.write_bytes(subprocess.run(["git", "show", f"{args.old}:validator/scoring/job.py"], cwd=ROOT,
                                            check=True, capture_output=True).stdout)
             sources.append((f"old ({args.old})", old))
         for label, source in sources:

@@ -1,7 +1,7 @@
 """Every number the validator uses, in one place.
 
 Values follow the live coldint subnet (netuid 29); competitions.json may override the
-per-competition ones (see validator/competitions.py).
+per-competition ones (see validator/core/competitions.py).
 """
 
 # --- chain -----------------------------------------------------------------------------
@@ -66,20 +66,20 @@ FINEWEB_REPO = "HuggingFaceFW/fineweb-edu-score-2"
 STATE_DIR_DEFAULT = ".coldint"  # state, caches, models, the local chain
 LOCAL_CHAIN_DB = "chain.sqlite"  # the local chain file, inside the state dir
 
-# --- data (validator/data.py) -------------------------------------------------------------
+# --- data (validator/adapters/data.py) -------------------------------------------------------------
 FINEWEB_TIMEOUT_S = 120  # one shard read (ranged) or download (whole shard)
 FINEWEB_RETRIES = 3  # attempts per shard read before giving up
 FINEWEB_RETRY_BACKOFF_S = 2.0  # doubled after each failed attempt
 ROWS_PER_PAGE = 25  # live default rows_per_page (competitions.json's default block sets 50)
 FINEWEB_FOOTER_WORKERS = 8  # parquet footers of one dump read at once (row counts)
 
-# --- validator/competitions.py, validator/chain/local.py, validator/chain/cli.py --------
+# --- validator/core/competitions.py, validator/adapters/chain/local.py, validator/cli/chain.py --------
 COMPETITIONS_TIMEOUT_S = 30  # fetching competitions.json from a URL
 COMPETITIONS_MAX_BYTES = 1_000_000  # a larger competitions.json is refused
 CHAIN_DB_DEFAULT = f"{STATE_DIR_DEFAULT}/{LOCAL_CHAIN_DB}"  # `coldint-validator chain --chain-db` default
 LOCAL_CHAIN_BUSY_TIMEOUT_S = 30  # SQLite waits this long for another process's write lock
 
-# --- scoring (validator/scoring.py) ------------------------------------------------------
+# --- scoring (validator/scoring/job.py) ------------------------------------------------------
 # Logits elements one loss chunk may hold: chunk rows = min(LOSS_CHUNK_TOKENS, this // vocab).
 # On CPU 2**25 fp32 elements (128 MiB) keep peak memory low at a 128k vocab (256 rows).
 LOSS_CHUNK_ELEMENTS_CPU = 1 << 25
@@ -98,7 +98,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "normalizer.json", "entity_vocab.json", "vocab-src.json", "vocab-tgt.json", "prophetnet.tokenizer",
                    "word_shape.json", "word_pronunciation.json", "artists.json", "lyrics.json", "genres.json")
 
-# --- hub (validator/hub.py, validator/localhub.py, scripts/upload_model.py) --------------
+# --- hub (validator/adapters/hub.py, validator/adapters/localhub.py, scripts/upload_model.py) --------------
 MODEL_LOCK_TIMEOUT_S = 1_800  # wait this long for another process downloading the same model
 LOCAL_HUB_STARTUP_S = 30  # olah must answer on loopback within this
 HUB_METADATA_RETRIES = 2  # extra tries of a metadata call that failed on the connection
@@ -113,7 +113,7 @@ CONFIG_MAX_LAYERS = 1_024  # any int field counting layers/blocks (num_hidden_la
 CONFIG_MAX_EXPERTS = 1_024  # any int field counting experts (num_local_experts, n_routed_experts, ...)
 CONFIG_MAX_MODULE_BLOCKS = 65_536  # largest layer count x max(1, largest expert count)
 
-# --- demo field (validator/demofield.py): the embedded default's corpus, tokenizer, models ---
+# --- demo field (validator/demo/field.py): the embedded default's corpus, tokenizer, models ---
 DEMO_MAX_DOCS = 4_000  # stdlib docstrings kept (train + eval)
 DEMO_MIN_DOC_CHARS = 100  # shorter docstrings ("Return self==value.") are dropped
 DEMO_MAX_DOC_CHARS = 2_000  # longer ones are cut at a space, keeping samples short on CPU
@@ -141,11 +141,11 @@ REPORT_DPI = 110
 BENCH_TOP_MODELS = 10  # field of `coldint-validator benchmark`: top uids per competition by incentive
 BENCH_SEED = 0  # default seed of the benchmark's samples and bootstrap (same seed, same numbers)
 
-# --- token cache (validator/scoring.py)
+# --- token cache (validator/scoring/job.py)
 TOKEN_CACHE_MAX_ENTRIES = 60_000  # (tokenizer, sample) entries kept; ~3x the sample database
 HUB_MAX_NETWORK_FAILURES_IN_A_ROW = 3  # then the hub is taken as down for the rest of the step
 
-# --- consensus with the other validators (validator/consensus.py, validator/consensus_cli.py) ---
+# --- consensus with the other validators (validator/core/consensus.py, validator/cli/consensus.py) ---
 # Yuma's kappa: subtensor's default Kappa, the u16 32_767, read as kappa / u16::MAX (~0.5).
 CONSENSUS_KAPPA = 32_767 / 65_535
 # A validator whose last set_weights is older than this is inactive for the epoch (subtensor's
@@ -158,7 +158,7 @@ CONSENSUS_WARN_STEPS = 2  # ... this many steps in a row -> a WARNING
 CONSENSUS_HISTORY_STEPS = 100  # estimates a ConsensusWatch keeps
 CONSENSUS_TABLE_VALIDATORS = 8  # validators shown in the console table (largest stake first)
 
-# --- selection: which uids a step visits and evaluates (validator/selection.py; live v1.0.16) ---
+# --- selection: which uids a step visits and evaluates (validator/core/selection.py; live v1.0.16) ---
 PRIO_POOL = 100  # visit / evaluation priorities; a visited uid's priority adds a random r in [0, 1)
 PRIO_TOP_MODEL = 80
 PRIO_INJECT = 60
@@ -173,7 +173,7 @@ REVISIT_SLICE_PERIOD_S = 48 * 3600  # the wall clock sweeps the revisit slice ov
 REVISIT_SLICE_MAX_UIDS = 10  # uids one chain update revisits at most
 REVISIT_RETRY_INTERVAL_S = 24 * 3600  # a uid in the slice is visited when its last visit is older
 
-# --- config sources (validator/config_source.py, competitions.py, halloffame.py; benchmark/config.py)
+# --- config sources (validator/adapters/config_source.py, competitions.py, halloffame.py; benchmark/config.py)
 HALL_OF_FAME_URL = "https://github.com/coldint/sn29/raw/main/hall_of_fame.json"  # as live (HOF_URL)
 HALL_OF_FAME_REFRESH_S = 15 * 60  # live re-reads both files every CFG_FETCH_INTERVAL
 HALL_OF_FAME_TIMEOUT_S = 30
@@ -187,28 +187,28 @@ USE_EVAL_CACHE = True
 BENCHMARK_MAX_BYTES = 1_000_000  # a larger benchmark.json is refused
 BENCHMARK_NO_BLOCK = 2**31  # live's block of a benchmark entry without one (no advantage, sorted last)
 
-# --- ranking and weights (validator/ranking.py): the live rules -------------------------------
+# --- ranking and weights (validator/core/ranking.py): the live rules -------------------------------
 MIN_WEIGHT_SET_INTERVAL_S = 35 * 60  # live HEAD: never set weights more often than this (wall clock)
 HALL_OF_FAME_IV_FACTOR = 1 / (1 - HALL_OF_FAME_DECAY)  # ~200: an award's share at its block is reward / this
 
-# --- hub: which files count, commitments (validator/hub.py, validator/live_repo.py, identity, chain) ---
+# --- hub: which files count, commitments (validator/adapters/hub.py, validator/core/live_repo.py, identity, chain) ---
 COMMITMENT_MAX_BYTES = 128  # one Raw field of the Commitments pallet; a longer commitment is refused
 HUB_SMALL_FILE_MAX_BYTES = 16 * 1024**2  # config / tokenizer_config / safetensors index read before the weights
 HUB_DOWNLOAD_WORKERS = 8  # files of one model fetched in parallel (huggingface_hub's snapshot default)
 
-# --- tokenization as the live validator under transformers 4.44 (validator/tokens.py) ---------
+# --- tokenization as the live validator under transformers 4.44 (validator/scoring/tokens.py) ---------
 TOKENIZER_JSON_MAX_BYTES = 64 * 1024**2  # a larger tokenizer.json is refused (common ones are 2-35 MB)
 
-# --- hub: hostile repos (validator/hub.py) ---------------------------------------------------
+# --- hub: hostile repos (validator/adapters/hub.py) ---------------------------------------------------
 HUB_MAX_REPO_FILES = 1000  # a repo listing more files is refused (bad_repo) before any download
 HUB_MAX_NAME_BYTES = 255  # a path component of a file to download longer than this is refused (NAME_MAX)
 
-# --- persisted state: bounded reads (validator/state.py read_json) ----------------------------
+# --- persisted state: bounded reads (validator/adapters/files.py read_json) ----------------------------
 STATE_MAX_BYTES = 512 * 1024**2  # validator_state.json, an eval cache file: larger is refused as damaged
 STATE_MAX_DEPTH = 64  # JSON nesting of a state file (the eval cache nests 4 deep)
 STATE_MAX_ELEMENTS = 40_000_000  # JSON values; 256 models x 20k samples x 3 fit
 
-# --- scoring workers: limits and what a miner may not choose (validator/worker.py, scorer.py, scoring.py) ---
+# --- scoring workers: limits and what a miner may not choose (validator/scoring/worker.py, scorer.py, scoring.py) ---
 SCORE_MEMORY_FRACTION = 0.8  # a scoring worker's resident memory limit: this share of the host's (or cgroup's) RAM
 SCORE_ADDRESS_SPACE_HEADROOM_BYTES = 16 * 1024**3  # on CPU, RLIMIT_AS = that limit + this (torch, arenas, stacks)
 TOKENIZE_TIME_SHARE = 0.25  # of the model's time limit (TTL_MODEL_EVAL_S): its own tokenizer's time box
@@ -220,19 +220,19 @@ CONFIG_KEYS_STRIPPED = ("attn_implementation", "_attn_implementation", "_attn_im
                         "tp_plan", "base_model_tp_plan", "base_model_pp_plan", "base_model_ep_plan",
                         "base_model_fsdp_plan", "distributed_config", "device_map")
 
-# --- step report: shown text (validator/loop.py) ----------------------------------------------
+# --- step report: shown text (validator/step/loop.py) ----------------------------------------------
 PROBLEM_MAX_CHARS = 2_000  # a step problem is cut to this many characters (after escaping) before it is shown
 
-# --- layer-streamed scoring (validator/streaming.py) -----------------------------------------
+# --- layer-streamed scoring (validator/scoring/streaming.py) -----------------------------------------
 # Stream a model layer by layer when its weights exceed this share of the free device memory
 # (or of --max-device-memory): the rest holds activations, the loss chunk and allocator slack.
 STREAM_FREE_MEMORY_SHARE = 0.8
 
-# --- hub: bounded repo JSON and the isolated config check (validator/hub.py, config_check.py) ---
+# --- hub: bounded repo JSON and the isolated config check (validator/adapters/hub.py, config_check.py) ---
 HUB_JSON_MAX_DEPTH = 32  # nesting of a repo's JSON files (config.json nests 3 deep; tokenizer_config 3)
 HUB_JSON_MAX_ELEMENTS = 500_000  # JSON values of one repo file (an index of 100k tensors, 60k added tokens fit)
 CONFIG_CHECK_TIMEOUT_S = 180  # the config build + meta-device model build, in its worker (about 5 s: imports)
 CONFIG_CHECK_MEMORY_BYTES = 8 * 1024**3  # that worker's address space (RLIMIT_AS; torch's own mappings included)
 
-# --- operator defaults (validator/cli.py `run`) ----------------------------------------------
+# --- operator defaults (validator/cli/main.py `run`) ----------------------------------------------
 MODEL_STORE_DEFAULT_FREE_GB = 50.0  # no --model-store-gb: the model store keeps this much of its disk free

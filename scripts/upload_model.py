@@ -16,7 +16,7 @@ Steps (any failure exits non-zero with a message saying which step and why):
    .env file, or `hf auth login`), or a git commit in a local mirror
    (`--hub local:<dir>`, the repos olah serves);
 3. the snapshot is downloaded back at the new commit through the same hub client and the
-   same rule a validator uses (validator/live_repo.py: only the files transformers 4.44
+   same rule a validator uses (validator/core/live_repo.py: only the files transformers 4.44
    loads, the repo's total size checked), and its directory hash is taken from that
    download, so the commitment verifies on live validators and ours. For a local mirror
    the download goes through olah: the one at `--endpoint`, else a temporary olah started
@@ -42,8 +42,8 @@ if not __package__:  # run as a file (python scripts/upload_model.py): make the 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import constants  # noqa: E402
-from validator import hub  # noqa: E402
-from validator.identity import InvalidCommitment, ModelId, check_repo_part, dir_hash, secure_hash  # noqa: E402
+from validator.adapters import hub  # noqa: E402
+from validator.core.identity import InvalidCommitment, ModelId, check_repo_part, dir_hash, secure_hash  # noqa: E402
 
 LOCAL_PREFIX = "local:"
 
@@ -106,7 +106,7 @@ def _hash_as_validator(repo_id: str, commit: str, mirror: Path | None, endpoint:
                                      progress=False)
 
     if mirror is not None and endpoint is None:
-        from validator.localhub import LocalHub
+        from validator.adapters.localhub import LocalHub
 
         with LocalHub(mirror) as server:  # the same path a validator's download takes: olah
             log(f"downloading {repo_id}@{commit[:12]} back through a temporary olah at {server.endpoint}")
@@ -292,7 +292,7 @@ def make_chain(args: argparse.Namespace) -> tuple[Any, Any, str, Callable[[], No
     local chain, else None) is called by publish_and_commit once its checks have passed.
     bittensor is imported only when needed."""
     if args.network == "local":
-        from validator.chain.local import LocalChain
+        from validator.adapters.chain.local import LocalChain
 
         if not args.hotkey:
             raise UploadError("--hotkey is required with --network local")
@@ -310,7 +310,7 @@ def make_chain(args: argparse.Namespace) -> tuple[Any, Any, str, Callable[[], No
         return chain, args.hotkey, args.hotkey, register
     import bittensor as bt
 
-    from validator.chain.subtensor import SubtensorChain
+    from validator.adapters.chain.subtensor import SubtensorChain
 
     wallet = bt.Wallet(name=args.wallet_name, hotkey=args.wallet_hotkey, path=args.wallet_path)
     hotkey = wallet.hotkey.ss58_address
@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from validator.competitions import CompetitionsError, load_competitions
+        from validator.core.competitions import CompetitionsError, load_competitions
 
         try:
             comps = load_competitions(args.competitions)

@@ -10,7 +10,7 @@ Registered for every test by tests/conftest.py (`pytest_plugins`): name the fixt
 
 Fixtures:
 - `olah_mirror` (module): an empty mirror dir; repos go to <mirror>/models/<org>/<name>
-  (publish() / validator.hub.publish_local write them; datasets/<org>/<name> likewise).
+  (publish() / validator.adapters.hub.publish_local write them; datasets/<org>/<name> likewise).
 - `olah_hub` (module): a running `LocalHub` over `olah_mirror`; `.endpoint` is
   "http://127.0.0.1:<port>". One server per test module keeps the suite fast; repos
   published after it started are served too.
@@ -18,7 +18,7 @@ Fixtures:
   endpoint. huggingface_hub reads HF_ENDPOINT once at import, so code should still pass
   `endpoint=` explicitly (our functions read the variable at call time).
 
-olah quirks (see validator/localhub.py): always pass a revision; model_info sizes are None
+olah quirks (see validator/adapters/localhub.py): always pass a revision; model_info sizes are None
 (use list_repo_tree or HEAD); no HTTP Range on mirrored files.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from validator.hub import publish_local
-from validator.localhub import LocalHub
+from validator.adapters.hub import publish_local
+from validator.adapters.localhub import LocalHub
 
 
 def publish(mirror_dir: str | Path, namespace: str, name: str, model_dir: str | Path) -> str:

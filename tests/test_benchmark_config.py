@@ -126,7 +126,7 @@ def test_unstattable_file_is_a_benchmark_error(tmp_path, monkeypatch):
 
 
 def test_validator_step_reports_a_bad_file_instead_of_crashing(tmp_path):
-    from validator.loop import benchmark_entries
+    from validator.step.loop import benchmark_entries
 
     f = tmp_path / "bench.json"
     f.write_bytes("{}".encode("utf-16"))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from benchmark import stats as S
-from validator import ranking
+from validator.core import ranking
 
 BLOCK_NOW = 10_000
 PARAMS = S.WinParams(advantage_initial=0.004, advantage_decay=0.995, weight_skew_factor=1.2)

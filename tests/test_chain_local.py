@@ -8,9 +8,9 @@ import pytest
 from rich.console import Console
 
 import constants
-from validator.chain import Chain, ChainError, Commitment
-from validator.chain.cli import register_commands, run_chain_command
-from validator.chain.local import LocalChain, incentive_from_weights, local_block_hash
+from validator.core.chain import Chain, ChainError, Commitment
+from validator.cli.chain import register_commands, run_chain_command
+from validator.adapters.chain.local import LocalChain, incentive_from_weights, local_block_hash
 
 
 class Clock:
@@ -280,7 +280,7 @@ def test_set_weights_from_another_process_is_visible(tmp_path):
     assert chain.weights_record("val").version_key == 77
 
 
-# --- `coldint-validator chain ...` (validator/chain/cli.py) -----------------------------------
+# --- `coldint-validator chain ...` (validator/cli/chain.py) -----------------------------------
 
 COMMIT = "alice:model-a:" + "a" * 40 + ":" + "A" * 43 + "=:c00"
 
@@ -290,7 +290,7 @@ FROZEN = Clock()  # CLI tests: blocks move only by `advance`
 
 @pytest.fixture(autouse=True)
 def _frozen_cli_chain(monkeypatch):
-    import validator.chain.cli as cli_module
+    import validator.cli.chain as cli_module
 
     monkeypatch.setattr(cli_module, "LocalChain", functools.partial(LocalChain, clock=FROZEN))
 

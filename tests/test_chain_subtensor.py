@@ -11,8 +11,8 @@ from bittensor.balance import Balance  # noqa: E402
 from bittensor.metagraph import Metagraph as SdkMetagraph  # noqa: E402
 from bittensor.metagraph import MetagraphNeuron, NeuronCommitment  # noqa: E402
 
-from validator.chain import Chain, ChainError, Commitment  # noqa: E402
-from validator.chain.subtensor import (  # noqa: E402
+from validator.core.chain import Chain, ChainError, Commitment  # noqa: E402
+from validator.adapters.chain.subtensor import (  # noqa: E402
     RAW_FIELD_MAX_BYTES,
     SubtensorChain,
     commitment_info,
@@ -326,7 +326,7 @@ def test_commit_submits_set_commitment_signed_by_hotkey():
 
 def test_importing_the_adapter_does_not_import_bittensor():
     root = Path(__file__).resolve().parent.parent
-    code = "import sys, validator.chain.subtensor; assert 'bittensor' not in sys.modules"
+    code = "import sys, validator.adapters.chain.subtensor; assert 'bittensor' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
 
 

@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from validator import cli
+from validator.cli import main as cli
 
 
 def test_run_flags_parse_with_defaults():
@@ -74,7 +74,7 @@ def test_a_failed_competitions_reload_is_in_the_step_report_and_the_last_good_co
     import json
 
     import constants
-    from validator.chain.local import LocalChain
+    from validator.adapters.chain.local import LocalChain
 
     monkeypatch.setattr(constants, "COMPETITIONS_REFRESH_S", 0)  # reload before every step
     comps = tmp_path / "competitions.json"

@@ -16,10 +16,10 @@ import psutil
 import pytest
 
 import constants
-from validator import cli
-from validator.chain.local import LocalChain
-from validator.logsetup import RetryOnce, setup_logging
-from validator.preflight import SetupError, check_device, check_registration
+from validator.cli import main as cli
+from validator.adapters.chain.local import LocalChain
+from validator.cli.logsetup import RetryOnce, setup_logging
+from validator.cli.preflight import SetupError, check_device, check_registration
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "team:m:" + "a" * 40 + ":" + "b" * 43 + "=:c00"
@@ -104,7 +104,7 @@ def test_device_check_counts_what_torch_sees():
 ])
 def test_flags_out_of_range_fail_at_parse_time(tmp_path, capsys, flags, message):
     before = tree(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "validator.cli", "run", "--state-dir", str(tmp_path / "s"), *flags],
+    proc = subprocess.run([sys.executable, "-m", "validator.cli.main", "run", "--state-dir", str(tmp_path / "s"), *flags],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2, proc.stderr
@@ -138,7 +138,7 @@ def test_leaderboard_out_dir_not_writable_fails_before_rendering(tmp_path, capsy
 
 
 def test_a_missing_wallet_is_an_error_before_any_connection(tmp_path, capsys, monkeypatch):
-    from validator.chain import subtensor
+    from validator.adapters.chain import subtensor
 
     monkeypatch.setattr(subtensor.SubtensorChain, "client",
                         property(lambda self: pytest.fail("connected to subtensor")))
@@ -158,7 +158,7 @@ def test_registration_check_takes_the_chain(tmp_path):
 
 # -- 3. one validator per state dir ----------------------------------------------------------------
 
-HOLDER = "import sys, time; from validator.runlock import RunLock; RunLock(sys.argv[1]).acquire(); " \
+HOLDER = "import sys, time; from validator.cli.runlock import RunLock; RunLock(sys.argv[1]).acquire(); " \
          "print('held', flush=True); time.sleep(120)"
 
 
@@ -181,7 +181,7 @@ def test_a_second_validator_on_a_state_dir_is_refused_and_a_dead_ones_lock_taken
 # -- 4. offline: no network at all -----------------------------------------------------------------
 
 def test_offline_on_finney_needs_a_local_chain_file_and_opens_no_connection(tmp_path, capsys, monkeypatch):
-    from validator.chain import subtensor
+    from validator.adapters.chain import subtensor
 
     monkeypatch.setattr(subtensor.SubtensorChain, "__init__", lambda *a, **k: pytest.fail("SubtensorChain built"))
     assert cli.main(["run", "--offline", "--network", "finney", "--state-dir", str(tmp_path / "state"),
@@ -249,7 +249,7 @@ def test_ctrl_c_once_says_it_stops_after_the_model_twice_stops_now_and_saves(tmp
     server = SilentServer()
     args = local_args(tmp_path, "--steps", "1", "--dont-set-weights", "--log-level", "WARNING")
     args[args.index("--hf-endpoint") + 1] = server.endpoint
-    proc = subprocess.Popen([sys.executable, "-m", "validator.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "validator.cli.main", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         assert server.connected.wait(90), "the validator never started a download"
@@ -276,7 +276,7 @@ def _children(pid: int) -> list[psutil.Process]:
 
 
 def test_sigterm_of_the_demo_leaves_no_olah_behind(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "validator.cli", "demo", "--dir", str(tmp_path / "demo"),
+    proc = subprocess.Popen([sys.executable, "-m", "validator.cli.main", "demo", "--dir", str(tmp_path / "demo"),
                              "--steps", "1", "--eval-samples", "20"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     seen: dict[int, psutil.Process] = {}
@@ -323,7 +323,7 @@ def test_each_retry_warning_is_shown_once():
     f = RetryOnce(window_s=600, clock=lambda: now[0])
 
     def rec(msg, *args):
-        return logging.LogRecord("validator.data", logging.WARNING, __file__, 1, msg, args, None)
+        return logging.LogRecord("validator.adapters.data", logging.WARNING, __file__, 1, msg, args, None)
 
     assert f.filter(rec("%s: attempt %d failed (%s); retrying in %.1f s", "fineweb", 1, "reset", 2.0))
     assert not f.filter(rec("%s: attempt %d failed (%s); retrying in %.1f s", "fineweb", 2, "reset", 4.0))
@@ -367,7 +367,7 @@ def argparse_help_types():
     return (argparse._SubParsersAction,)
 
 
-# `benchmark` and `consensus` belong to benchmark/compare.py and validator/consensus_cli.py: what
+# `benchmark` and `consensus` belong to benchmark/compare.py and validator/cli/consensus.py: what
 # they lack is listed (pytest -s), not failed here
 OTHERS_PENDING = ("benchmark", "consensus")
 

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from benchmark import compare as C
 from tests.factories import make_texts, make_tokenizer, tiny_config
-from validator import ranking
+from validator.core import ranking
 
 N_SAMPLES = 120
 SEED = 7
@@ -137,14 +137,14 @@ def _cands(report: dict) -> dict[str, dict]:
 
 def _cached_losses(world, labels: list[str]) -> np.ndarray:
     """Summed losses per sample as the loss cache holds them, for an independent recount."""
-    from validator.evalcache import EvalCache, cache_file
-    from validator.identity import dir_hash
+    from validator.adapters.evalcache import EvalCache, cache_file
+    from validator.core.identity import dir_hash
 
     data = json.loads(world["competitions"].read_text())["c00"]["dataset"]
     cache = EvalCache.load(cache_file(world["state"], data))
     report = json.loads((world["out"] / "report.json").read_text())
     ids = report["competitions"]["c00"]["sample_ids"]
-    from validator.competitions import load_competitions
+    from validator.core.competitions import load_competitions
 
     rule = load_competitions(str(world["competitions"]))["c00"].scoring_key
     keys = [f"c00:{rule}:{dir_hash(world['models'][lab])}" for lab in labels]
@@ -216,7 +216,7 @@ def test_field_weights_and_candidate_weight(offline, world):
 
 def _assert_same(a, b, where="report"):
     """Equal, floats to 1e-6 relative: a re-check recomputes a few cached losses in another
-    batch, which moves them in the 8th digit (validator.loop.score_entries keeps the new value)."""
+    batch, which moves them in the 8th digit (validator.step.loop.score_entries keeps the new value)."""
     if isinstance(a, dict):
         assert set(a) == set(b), where
         for k in a:
@@ -239,7 +239,7 @@ def test_rerun_same_seed_same_numbers_from_the_cache(offline, world):
     skip = ("generated", "forward_samples")
     _assert_same({k: v for k, v in report.items() if k not in skip}, {k: v for k, v in again.items() if k not in skip})
     assert text2.split("report: ")[0] == text.split("report: ")[0]  # the screen shows the same numbers
-    from validator.evalcache import n_rechecks
+    from validator.adapters.evalcache import n_rechecks
 
     first = json.loads((world["out"] / "report.json").read_text())["forward_samples"]
     second = json.loads((world["root"] / "out2" / "report.json").read_text())["forward_samples"]
@@ -420,9 +420,9 @@ def test_a_candidate_that_cannot_be_scored_is_shown_failed(world, tmp_path):
 def test_field_from_local_chain_and_hub(world, tmp_path):
     """Top --top uids by incentive from a LocalChain, fetched and verified through olah."""
     from scripts.upload_model import publish_and_commit
-    from validator.localhub import LocalHub
-    from validator.chain.local import LocalChain
-    from validator.competitions import load_competitions
+    from validator.adapters.localhub import LocalHub
+    from validator.adapters.chain.local import LocalChain
+    from validator.core.competitions import load_competitions
 
     comp = load_competitions(str(world["competitions"]))["c00"]
     mirror = tmp_path / "mirror"
@@ -444,7 +444,7 @@ def test_field_from_local_chain_and_hub(world, tmp_path):
         chain.advance(10)
     bench = tmp_path / "candidates.json"
     bench.write_text(json.dumps({"better": {"competition": "c00", "path": str(world["models"]["better"])}}))
-    # the hub is gone: `--hf-endpoint local:DIR` serves the mirror for the run (validator.hub_cli.open_endpoint)
+    # the hub is gone: `--hf-endpoint local:DIR` serves the mirror for the run (validator.cli.hub.open_endpoint)
     rc, text, _ = _run([str(bench), "--network", "local", "--chain-db", str(tmp_path / "chain.sqlite"),
                         "--hf-endpoint", f"local:{mirror}", "--top", "2", "--competitions", str(world["competitions"]),
                         "--state-dir", str(world["state"]), "--model-dir", str(tmp_path / "models"),
@@ -472,7 +472,7 @@ def test_field_from_local_chain_and_hub(world, tmp_path):
 def test_runs_with_other_seeds_on_a_full_sample_db(world, tmp_path, monkeypatch):
     """Runs with different seeds fill the sample db to its cap; a run whose samples are partly
     old (the oldest of the db) must keep them all, not trim them and fail on their texts."""
-    from validator.evalcache import EvalCache, cache_file
+    from validator.adapters.evalcache import EvalCache, cache_file
 
     cap, n = 50, 40
     load = EvalCache.load.__func__

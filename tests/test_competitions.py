@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import constants
-from validator.competitions import (
+from validator.core.competitions import (
     SHIPPED_COMPETITIONS,
     Competition,
     CompetitionsConfig,
@@ -222,12 +222,12 @@ def test_empty_model_types_admits_nothing_but_is_allowed():
 
 
 def test_unknown_keys_are_kept_and_named_once_in_the_log(caplog):
-    from validator import competitions as module
+    from validator.core import competitions as module
 
     data = live()
     data["c01"]["zz_new_knob"] = 3
     module._named_unknown.discard("zz_new_knob")
-    with caplog.at_level(logging.INFO, logger="validator.competitions"):
+    with caplog.at_level(logging.INFO, logger="validator.core.competitions"):
         first = parse_config(data)
         parse_config(data)
     assert first.competitions["c01"].zz_new_knob == 3 and first.competitions["c01"].configured["zz_new_knob"] == 3

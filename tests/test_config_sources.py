@@ -7,11 +7,11 @@ import time
 import pytest
 
 import constants
-from validator import config_source
-from validator.competitions import SHIPPED_COMPETITIONS, CompetitionsConfig
-from validator.config_source import read_location
-from validator.jsonread import SourceError, decode_json
-from validator.halloffame import HallOfFameSource
+from validator.adapters import config_source
+from validator.core.competitions import SHIPPED_COMPETITIONS, CompetitionsConfig
+from validator.adapters.config_source import read_location
+from validator.core.jsonread import SourceError, decode_json
+from validator.adapters.halloffame import HallOfFameSource
 
 LIVE = json.loads(SHIPPED_COMPETITIONS.read_text())
 HOF = {"5FFM6Nvvm78GqyMratgXXvjbqZPi7SHgSQ81nyS96jBuUWgt": [

@@ -10,9 +10,9 @@ import pytest
 from rich.console import Console
 
 import constants
-from validator import consensus as C
-from validator import consensus_cli
-from validator.chain.local import LocalChain
+from validator.core import consensus as C
+from validator.cli import consensus as consensus_cli
+from validator.adapters.chain.local import LocalChain
 
 KAPPA = constants.CONSENSUS_KAPPA
 
@@ -219,7 +219,7 @@ def test_no_other_validator_and_no_weights_give_no_estimate(tmp_path):
 
 
 def test_bad_weights_are_named():
-    from validator.chain import Metagraph
+    from validator.core.chain import Metagraph
 
     meta = Metagraph(block=1, block_hash="0x", uids=[0], hotkeys=["h"], coldkeys=[""], stake=[0.0],
                      incentive=[0.0], validator_permit=[False], last_update=[0])
@@ -326,12 +326,12 @@ def test_command_does_not_create_a_missing_chain(tmp_path):
 
 
 def test_command_through_the_cli_entry(chain_file, capsys):
-    from validator import cli
+    from validator.cli import main as cli
 
     try:
         args = cli.build_parser().parse_args(["consensus", "--chain-db", str(chain_file), "--hotkey", "us", "--json"])
     except SystemExit:
-        pytest.skip("`consensus` is not registered in validator/cli.py yet")
+        pytest.skip("`consensus` is not registered in validator/cli/main.py yet")
     assert cli.main(["consensus", "--chain-db", str(chain_file), "--hotkey", "us", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["vtrust"] == pytest.approx(0.4) and args.func is not None
 

@@ -1,4 +1,4 @@
-"""validator/data.py: local and FineWeb-style sources, seeded and stable."""
+"""validator/adapters/data.py: local and FineWeb-style sources, seeded and stable."""
 import json
 import math
 import subprocess
@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import constants
-import validator.data as data
-from validator.data import (DataError, FineWebSource, LocalSource, Page, SampleSource, locate, page_start,
+import validator.adapters.data as data
+from validator.adapters.data import (DataError, FineWebSource, LocalSource, Page, SampleSource, locate, page_start,
                             rows_per_page_setting, seed_from_block_hash, source_for)
-from validator.evalcache import EvalCache, SampleDB
+from validator.adapters.evalcache import EvalCache, SampleDB
 from tests.factories import make_texts
 
 # --- local files ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import constants
-from validator import demofield
+from validator.demo import field as demofield
 
 SMALL = dict(hidden=64, layers=2, heads=4, seq_len=64, batch=8, lr=3e-3)
 STEPS = (0, 30, 120)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.factories import make_model
-from validator.engine import (
+from validator.scoring.engine import (
     ScoringError,
     _engine_run,
     chunked_ce_sums,
@@ -187,7 +187,7 @@ def test_a_disagreeing_engine_falls_back_to_reference(tmp_path, caplog):
     model.get_output_embeddings().register_forward_hook(lambda mod, inp, out: out * 3.0)
     lists = token_lists(5)
     ref = reference_losses(model, lists, "cpu")
-    with caplog.at_level(logging.WARNING, logger="validator.scoring"):
+    with caplog.at_level(logging.WARNING, logger="validator.scoring.job"):
         out = engine_losses(model, lists, "cpu")
     assert out == ref
     assert "differs from the reference" in caplog.text
@@ -221,7 +221,7 @@ def test_bf16_engine_agrees_with_the_bf16_reference(model_dirs, models, arch, de
     lists = token_lists(6)
     fp32 = reference_losses(models(arch, device), lists, device)
     ref = reference_losses(model, lists, device)
-    with caplog.at_level(logging.WARNING, logger="validator.scoring"):
+    with caplog.at_level(logging.WARNING, logger="validator.scoring.job"):
         out, used = _engine_run(model, lists, device, token_budget=128)
     assert used.startswith("engine"), used  # the engine's numbers were kept, not the reference's
     assert "differs from the reference" not in caplog.text
@@ -231,7 +231,7 @@ def test_bf16_engine_agrees_with_the_bf16_reference(model_dirs, models, arch, de
 
 
 def test_a_nan_model_keeps_the_engine_path_instead_of_rescoring_every_sample(tmp_path, monkeypatch):
-    import validator.engine as scoring
+    import validator.scoring.engine as scoring
 
     model = load_model(make_model(tmp_path / "nan", "llama", vocab_size=VOCAB), "cpu")
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""validator/evalcache.py: sample db, loss matrix, rechecks, first-seen, persistence."""
+"""validator/adapters/evalcache.py: sample db, loss matrix, rechecks, first-seen, persistence."""
 import json
 import math
 
@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import constants
-from validator.evalcache import (EvalCache, LossCache, SampleDB, pick_eval_samples, pick_rechecks,
+from validator.adapters.evalcache import (EvalCache, LossCache, SampleDB, pick_eval_samples, pick_rechecks,
                                  sample_db_settings, verify_rechecks)
-from validator.state import StateError
+from validator.adapters.files import StateError
 
 
 class CountingSource:
@@ -291,7 +291,7 @@ def test_save_load_round_trip_property(tmp_path, data, n_models, n_samples):
 
 
 def test_save_writes_the_texts_only_when_the_database_changed(tmp_path):
-    from validator.evalcache import EvalCache, SampleDB
+    from validator.adapters.evalcache import EvalCache, SampleDB
 
     cache = EvalCache(SampleDB(min_samples=3, max_samples=4, extend_samples=1, extend_interval=10))
     cache.db.add([("a", "alpha"), ("b", "beta"), ("c", "gamma")], now=0.0)
@@ -312,7 +312,7 @@ def test_save_writes_the_texts_only_when_the_database_changed(tmp_path):
 
 
 def test_crash_between_texts_and_losses_keeps_the_losses_of_kept_samples(tmp_path):
-    from validator.evalcache import EvalCache, SampleDB
+    from validator.adapters.evalcache import EvalCache, SampleDB
 
     cache = EvalCache(SampleDB(min_samples=2, max_samples=2, extend_samples=1, extend_interval=10))
     cache.db.add([("a", "alpha"), ("b", "beta")], now=0.0)

@@ -1,4 +1,4 @@
-"""validator.hub against a real olah server on loopback serving git mirrors made here."""
+"""validator.adapters.hub against a real olah server on loopback serving git mirrors made here."""
 from __future__ import annotations
 
 import json
@@ -16,11 +16,11 @@ import pytest
 import constants
 from tests.factories import make_model, make_tokenizer
 from tests.olah_fixture import publish
-from validator import hub
-from validator.competitions import Competition
-from validator.hub import FailureReason, HubError, ModelStore, ensure_model, snapshot_path
-from validator.identity import ModelId, dir_hash, files_hash, secure_hash
-from validator.localhub import LocalHub
+from validator.adapters import hub
+from validator.core.competitions import Competition
+from validator.adapters.hub import FailureReason, HubError, ModelStore, ensure_model, snapshot_path
+from validator.core.identity import ModelId, dir_hash, files_hash, secure_hash
+from validator.adapters.localhub import LocalHub
 
 HOTKEY = "5GoodHotkeyAAAA"
 # What a live validator downloads from `src` (written out here, not derived from the rule):

@@ -12,10 +12,10 @@ import pytest
 import constants
 from tests.factories import make_model
 from tests.olah_fixture import publish
-from validator import hub
-from validator.competitions import Competition
-from validator.hub import FailureReason, HubError, ensure_model, retry_after
-from validator.identity import ModelId, secure_hash
+from validator.adapters import hub
+from validator.core.competitions import Competition
+from validator.adapters.hub import FailureReason, HubError, ensure_model, retry_after
+from validator.core.identity import ModelId, secure_hash
 
 HOTKEY = "5HostileHotkeyAAA"
 UNUSED_HASH = "A" * 43 + "="  # the repo is refused before any hash is checked

@@ -16,10 +16,10 @@ import pytest
 import constants
 from tests.factories import make_model
 from tests.olah_fixture import publish
-from validator import hub
-from validator.competitions import Competition
-from validator.hub import FailureReason, HubError, ensure_model, snapshot_path
-from validator.identity import ModelId, files_hash, secure_hash
+from validator.adapters import hub
+from validator.core.competitions import Competition
+from validator.adapters.hub import FailureReason, HubError, ensure_model, snapshot_path
+from validator.core.identity import ModelId, files_hash, secure_hash
 
 HOTKEY = "5LimitsHotkeyAAA"
 # What a validator downloads from a model saved without a tokenizer (written out, not derived):
@@ -228,9 +228,9 @@ def test_validator_killed_during_the_checks_is_not_killed_again(base, olah_mirro
     store = tmp_path / "store"
     script = textwrap.dedent(f"""
         import os, signal
-        from validator import hub
-        from validator.competitions import Competition
-        from validator.identity import ModelId
+        from validator.adapters import hub
+        from validator.core.competitions import Competition
+        from validator.core.identity import ModelId
         def die(*a, **k):
             os.kill(os.getpid(), signal.SIGKILL)
         hub.count_parameters_isolated = die

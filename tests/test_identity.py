@@ -4,7 +4,7 @@ import hashlib
 import pytest
 from hypothesis import given, strategies as st
 
-from validator.identity import MAX_COMMITMENT_BYTES, InvalidCommitment, ModelId, NothingToHash, dir_hash, \
+from validator.core.identity import MAX_COMMITMENT_BYTES, InvalidCommitment, ModelId, NothingToHash, dir_hash, \
     files_hash, secure_hash
 
 GOOD = ModelId("coldint", "llama-1b_v2", "a" * 40, "A" * 43 + "=", "c00")

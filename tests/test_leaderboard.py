@@ -3,7 +3,7 @@ import io
 
 from rich.console import Console
 
-from validator import leaderboard as L
+from validator.adapters import leaderboard as L
 
 CONSENSUS = {
     "block": 4321, "vtrust": 0.412, "vtrust_if_set": 0.43, "l1_to_consensus": 1.176, "agreement": 0.35,

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 import constants
-from validator.chain.local import LocalChain
-from validator.competitions import CompetitionsConfig
-from validator.halloffame import HallOfFameSource
-from validator.identity import ModelId
-from validator.loop import Settings, Validator
+from validator.adapters.chain.local import LocalChain
+from validator.core.competitions import CompetitionsConfig
+from validator.adapters.halloffame import HallOfFameSource
+from validator.core.identity import ModelId
+from validator.step.loop import Settings, Validator
 
 VAL = "5Validator"
 # hotkey -> (competition, loss per character); the lowest loss in each competition wins every sample
@@ -108,7 +108,7 @@ def _validator(tmp_path: Path, chain: LocalChain, base: str, clock) -> Validator
 
 def expected_vector(meta, block_now: int, hof_entries: list[dict]) -> np.ndarray:
     """The live weight vector of one step, computed here from the formulas (README section 4),
-    independently of validator.ranking: per competition the best model takes every sample
+    independently of validator.core.ranking: per competition the best model takes every sample
     (win rate 1, weight 1); hall-of-fame share reward/200 * 0.995 ** ((now - block) / 361);
     (1 - share) * reward per winner, shares added, normalised (float32, as live's torch vector)."""
     uid = {hk: meta.uid_of(hk) for hk in MINERS}
@@ -189,7 +189,7 @@ def test_weights_are_not_set_again_within_35_minutes(tmp_path, config_server):
 def test_run_without_competitions_flag_reads_the_default_url(tmp_path, config_server, monkeypatch):
     """`coldint-validator run --network local` with no --competitions: the default URL (a
     constant, pointed here at a loopback stand-in) gives the competitions."""
-    from validator.cli import main
+    from validator.cli.main import main
 
     root, base = config_server
     texts = tmp_path / "texts"

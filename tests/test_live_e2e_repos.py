@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.olah_fixture import publish
-from validator.chain.local import LocalChain
-from validator.cli import build_parser, build_validator
-from validator.hub import model_dir_hash
-from validator.identity import ModelId, secure_hash
+from validator.adapters.chain.local import LocalChain
+from validator.cli.main import build_parser, build_validator
+from validator.adapters.hub import model_dir_hash
+from validator.core.identity import ModelId, secure_hash
 
 GOLDEN = Path(__file__).parent / "data" / "live-compat"
 REPOS = json.loads((GOLDEN / "repos.json").read_text())

@@ -15,12 +15,13 @@ import pytest
 import constants
 from scripts import upload_model
 from tests.olah_fixture import publish
-from validator import hub, live_repo
-from validator import transformers444 as tf444
-from validator.chain.local import LocalChain
-from validator.competitions import Competition
-from validator.hub import FailureReason, HubError, ensure_model
-from validator.identity import ModelId, dir_hash, secure_hash
+from validator.adapters import hub
+from validator.core import live_repo
+from validator.core import transformers444 as tf444
+from validator.adapters.chain.local import LocalChain
+from validator.core.competitions import Competition
+from validator.adapters.hub import FailureReason, HubError, ensure_model
+from validator.core.identity import ModelId, dir_hash, secure_hash
 
 DATA = Path(__file__).parent / "data" / "live-compat"
 GOLDEN = json.loads((DATA / "repos.json").read_text())

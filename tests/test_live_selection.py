@@ -1,5 +1,5 @@
 """selection.json (tests/data/live-compat/README.md section 5): which uids a step visits and
-evaluates, replayed through validator.selection and ranking.competition_step.
+evaluates, replayed through validator.core.selection and ranking.competition_step.
 
 Each case is a chain update, the benchmark injection and one step per competition. The visit
 callback stands in for the hub: every visit succeeds, and a uid's model is on disk when the
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import constants
-from validator import ranking
-from validator import selection as S
+from validator.core import ranking
+from validator.core import selection as S
 
 DATA = Path(__file__).parent / "data" / "live-compat" / "selection.json"
 CASES = json.loads(DATA.read_text())["cases"]

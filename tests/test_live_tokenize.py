@@ -1,4 +1,4 @@
-"""validator.tokens against the live validator's tokenization (tests/data/live-compat, section 1).
+"""validator.scoring.tokens against the live validator's tokenization (tests/data/live-compat, section 1).
 
 Every entry of tokenize.json (transformers 4.44.0 / tokenizers 0.19.1 on the golden tokenizer
 dirs) and every free_tokenizer case must come out exactly as golden, with the installed
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.factories import make_model
-from validator import tokens
-from validator.scoring import ScoringError, _competition_view, choose_step_tokens, score_model
+from validator.scoring import tokens
+from validator.scoring.job import ScoringError, _competition_view, choose_step_tokens, score_model
 
 DATA = Path(__file__).parent / "data" / "live-compat"
 GOLDEN = json.loads((DATA / "tokenize.json").read_text())
@@ -230,8 +230,8 @@ def test_llama3_style_model_falls_back_to_the_competition_tokenizer_and_is_score
 
 
 def test_the_scorer_port_reports_the_tokenizer_used(llama3_model, tmp_path):
-    from validator.competitions import Competition
-    from validator.scorer import make_score_fn
+    from validator.core.competitions import Competition
+    from validator.scoring.dispatch import make_score_fn
 
     comp = Competition(id="c00", reward=0.5, model_types=["LlamaForCausalLM"], parameters=10**9,
                        model_size=10**10, dataset="x", tokenizer=str(STAND_IN), free_tokenizer=True,

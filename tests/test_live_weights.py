@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import constants
-from validator import ranking
+from validator.core import ranking
 
 DATA = Path(__file__).parent / "data" / "live-compat" / "weights.json"
 CASES = json.loads(DATA.read_text())["cases"]

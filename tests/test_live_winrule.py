@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from validator import ranking
+from validator.core import ranking
 
 DATA = Path(__file__).parent / "data" / "live-compat" / "winrule.json"
 CASES = json.loads(DATA.read_text())["cases"]

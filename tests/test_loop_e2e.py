@@ -19,12 +19,12 @@ import pytest
 
 from scripts.upload_model import publish_and_commit
 from tests.factories import make_texts, make_tokenizer
-from validator.chain.local import LocalChain
-from validator.cli import build_parser, build_validator
-from validator.competitions import load_competitions
-from validator.demofield import train_model
-from validator.evalcache import EvalCache
-from validator.localhub import LocalHub
+from validator.adapters.chain.local import LocalChain
+from validator.cli.main import build_parser, build_validator
+from validator.core.competitions import load_competitions
+from validator.demo.field import train_model
+from validator.adapters.evalcache import EvalCache
+from validator.adapters.localhub import LocalHub
 
 VALIDATOR = "5ValidatorHotkey"
 MINERS = {f"5Miner{i}": steps for i, steps in enumerate((0, 8, 25, 60))}
@@ -138,7 +138,7 @@ def test_killed_mid_step_resumes_without_losing_cached_losses(field, tmp_path):
                 "--hf-endpoint", hub.endpoint, "--device", "cpu", "--eval-samples", str(N_TEXTS),
                 "--step-interval", "0", "--steps", "1", "--dont-set-weights", "--log-level", "WARNING"]
         cache_file = tmp_path / "state" / "evalcache"
-        proc = subprocess.Popen([sys.executable, "-m", "validator.cli", *args], stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-m", "validator.cli.main", *args], stdout=subprocess.DEVNULL,
                                 stderr=open(tmp_path / "stderr.txt", "w"), start_new_session=True)
         deadline = time.monotonic() + 240
         saved = None

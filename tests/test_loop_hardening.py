@@ -13,11 +13,11 @@ import pytest
 
 import constants
 from test_loop_stages import COMPS, VAL, Clock, Source, _commit, _field, _hash, _pool
-from validator.evalcache import EvalCache, cache_file
-from validator.hub import FailureReason, HubError
-from validator.loop import Saver, Settings, Validator, ValidatorState, benchmark_entries, clamp_retry_at
-from validator.sanitize import printable
-from validator.state import StateError, read_json
+from validator.adapters.evalcache import EvalCache, cache_file
+from validator.adapters.hub import FailureReason, HubError
+from validator.step.loop import Saver, Settings, Validator, ValidatorState, benchmark_entries, clamp_retry_at
+from validator.core.sanitize import printable
+from validator.adapters.files import StateError, read_json
 
 UPDATE = constants.CHAIN_UPDATE_INTERVAL_S
 NASTY = "boom\x1b[2J\r\nforged line \u202egnp.exe"

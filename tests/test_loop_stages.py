@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 import constants
-from validator.chain import ChainError, Commitment, Metagraph
-from validator.chain.local import LocalChain
-from validator.competitions import parse_competitions
-from validator.identity import ModelId
-from validator.leaderboard import load_report, render
-from validator.loop import Settings, Validator, parse_commitments
-from validator.selection import SelectionState
+from validator.core.chain import ChainError, Commitment, Metagraph
+from validator.adapters.chain.local import LocalChain
+from validator.core.competitions import parse_competitions
+from validator.core.identity import ModelId
+from validator.adapters.leaderboard import load_report, render
+from validator.step.loop import Settings, Validator, parse_commitments
+from validator.core.selection import SelectionState
 
 VAL = "5Val"
 COMPS = parse_competitions({"c00": {"reward": 1.0, "model_types": ["LlamaForCausalLM"], "parameters": 10**6,
@@ -327,7 +327,7 @@ def test_leaderboard_rerenders_saved_step(tmp_path):
     for m in saved["competitions"]["c00"]["models"]:
         assert m["label"] in text and f"{m['win_rate']:.3f}" in text
     assert "weights above" in text and f"{saved['weights'][str(uid2)]:.4f}" in text
-    from validator.cli import main
+    from validator.cli.main import main
 
     assert main(["leaderboard", "--state-dir", str(tmp_path / "state")]) == 0
     assert main(["leaderboard", "--state-dir", str(tmp_path / "nothing")]) == 1
@@ -369,7 +369,7 @@ def test_a_model_whose_scoring_fails_leaves_a_full_pool_and_is_not_rescored_ever
 
 
 def _failing_fetch(failing: set[str], calls: list[str], reason: str = "network"):
-    from validator.hub import HubError
+    from validator.adapters.hub import HubError
 
     def fetch(mid, hotkey, comp, deadline=None):
         calls.append(hotkey)
@@ -473,8 +473,8 @@ def test_table_orders_ties_in_win_rate_by_loss_per_token(tmp_path):
 
 
 def test_benchmark_candidates_are_hashed_again_only_when_their_files_change(tmp_path, monkeypatch):
-    import validator.loop as loop
-    from validator.identity import dir_hash
+    import validator.step.loop as loop
+    from validator.core.identity import dir_hash
 
     cand = tmp_path / "cand"
     cand.mkdir()

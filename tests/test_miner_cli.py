@@ -1,4 +1,4 @@
-"""What a miner runs, through the real command line: `python -m validator.cli benchmark ...`
+"""What a miner runs, through the real command line: `python -m validator.cli.main benchmark ...`
 (exit statuses, refusals, bad entries, loud warnings) and `hub serve DIR` (served on
 loopback until a signal, nothing left behind).
 
@@ -31,9 +31,9 @@ SKEW = 1.2
 
 
 def cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m validator.cli ...` as a miner runs it; one torch thread (a shared small box)."""
+    """`python -m validator.cli.main ...` as a miner runs it; one torch thread (a shared small box)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "250"}
-    return subprocess.run([sys.executable, "-m", "validator.cli", *argv], cwd=ROOT, env=env, text=True,
+    return subprocess.run([sys.executable, "-m", "validator.cli.main", *argv], cwd=ROOT, env=env, text=True,
                           capture_output=True, timeout=timeout)
 
 
@@ -82,7 +82,7 @@ def world(tmp_path_factory):
 
     data = root / "eval.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in eval_texts))
-    from validator.hub import count_parameters
+    from validator.adapters.hub import count_parameters
 
     _arch, n_params = count_parameters(json.loads((models["leader"] / "config.json").read_text()))
     base = {"reward": 1.0, "model_types": ["LlamaForCausalLM"], "parameters": n_params, "model_size": 100_000_000,
@@ -170,7 +170,7 @@ def test_what_a_validator_would_refuse_is_reported_and_not_scored(world, tmp_pat
     assert "big (candidate, c02): would be refused: constraint" in out and "1000" in out
     assert "notok (candidate, c01): would be refused: tokenizer" in out and "no tokenizer.json" in out
     assert "no candidate can be judged" in out
-    from validator.evalcache import cache_file
+    from validator.adapters.evalcache import cache_file
 
     assert not cache_file(state, str(world["root"] / "eval.jsonl")).exists()  # nothing was scored
 
@@ -233,7 +233,7 @@ def _alive(pid: int) -> bool:
 
 
 def _hub_cli_registered() -> bool:
-    from validator.cli import build_parser
+    from validator.cli.main import build_parser
 
     try:
         build_parser().parse_args(["hub", "serve", "x"])
@@ -243,17 +243,17 @@ def _hub_cli_registered() -> bool:
 
 
 ENTRY_POINTS = [
-    pytest.param(["-m", "validator.hub_cli", "serve"], id="hub_cli"),
-    pytest.param(["-m", "validator.cli", "hub", "serve"], id="cli",
+    pytest.param(["-m", "validator.cli.hub", "serve"], id="hub_cli"),
+    pytest.param(["-m", "validator.cli.main", "hub", "serve"], id="cli",
                  marks=pytest.mark.skipif(not _hub_cli_registered(),
-                                          reason="validator/cli.py does not register validator.hub_cli yet")),
+                                          reason="validator/cli/main.py does not register validator.cli.hub yet")),
 ]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_hub_serve_prints_the_port_serves_and_leaves_nothing_behind(entry, sig, world, tmp_path):
-    from validator.hub import publish_local
+    from validator.adapters.hub import publish_local
 
     mirror = tmp_path / "mirror"
     sha = publish_local(world["models"]["leader"], mirror, "demo", "leader")
@@ -285,14 +285,14 @@ def test_hub_serve_prints_the_port_serves_and_leaves_nothing_behind(entry, sig, 
 
 
 def test_hub_serve_refuses_a_missing_dir(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "validator.hub_cli", "serve", str(tmp_path / "nope")], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "validator.cli.hub", "serve", str(tmp_path / "nope")], cwd=ROOT,
                          text=True, capture_output=True, timeout=60)
     assert res.returncode == 2 and "nope is not a directory" in res.stderr
 
 
 def test_open_endpoint_starts_and_stops_a_local_hub(world, tmp_path):
-    from validator.hub import publish_local
-    from validator.hub_cli import EndpointError, open_endpoint
+    from validator.adapters.hub import publish_local
+    from validator.cli.hub import EndpointError, open_endpoint
 
     mirror = tmp_path / "mirror"
     sha = publish_local(world["models"]["leader"], mirror, "demo", "leader")
@@ -326,7 +326,7 @@ def test_run_serves_a_local_mirror_for_its_hf_endpoint(tmp_path):
     comps = tmp_path / "competitions.json"
     comps.write_text(_json.dumps({"c00": {"reward": 1.0, "model_types": ["LlamaForCausalLM"], "parameters": 10**6,
                                           "model_size": 10**8, "dataset": str(texts)}}))
-    proc = _sp.run([_sys.executable, "-m", "validator.cli", "run", "--network", "local", "--state-dir",
+    proc = _sp.run([_sys.executable, "-m", "validator.cli.main", "run", "--network", "local", "--state-dir",
                     str(tmp_path / "state"), "--competitions", str(comps), "--hf-endpoint", f"local:{mirror}",
                     "--steps", "1", "--step-interval", "0", "--device", "cpu", "--offline"],
                    capture_output=True, text=True, timeout=300)

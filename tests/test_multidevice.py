@@ -7,11 +7,11 @@ import hashlib
 from pathlib import Path
 
 from tests.factories import make_model, make_tokenizer
-from validator.chain.local import LocalChain
-from validator.competitions import parse_competitions
-from validator.identity import ModelId
-from validator.loop import Settings, Validator
-from validator.scorer import make_score_fn
+from validator.adapters.chain.local import LocalChain
+from validator.core.competitions import parse_competitions
+from validator.core.identity import ModelId
+from validator.step.loop import Settings, Validator
+from validator.scoring.dispatch import make_score_fn
 
 VOCAB = 300
 

@@ -16,8 +16,8 @@ from tests.test_engine import (  # noqa: F401  (model_dirs, models: fixtures)
     models,
     token_lists,
 )
-from validator import packing
-from validator.engine import _engine_run, engine_losses, load_model, reference_losses
+from validator.scoring import packing
+from validator.scoring.engine import _engine_run, engine_losses, load_model, reference_losses
 
 # Every architecture tests/test_engine.py covers; gemma2 attends with soft-capping: not packable.
 EXTRA = {"gemma2": {"final_logit_softcapping": 1.0, "initializer_range": 0.5}, "cohere": {"logit_scale": 4.0},

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import constants
-from validator import ranking as R
+from validator.core import ranking as R
 
 NAN, INF = math.nan, math.inf
 EPOCH = constants.BLOCKS_PER_EPOCH

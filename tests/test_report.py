@@ -127,7 +127,7 @@ def _model(label: str, uid) -> dict:
 
 @pytest.mark.parametrize("group_samples,columns", [(3, 2), (None, 7)])  # None: saved before it was recorded
 def test_step_win_matrix_is_a_fraction_of_groups(group_samples, columns):
-    from validator.leaderboard import step_to_report
+    from validator.adapters.leaderboard import step_to_report
 
     # 7 samples in groups of 3 -> 2 groups: live drops the sample that does not fill a third
     comp = {"n_samples": 7, "models": [_model("a", 1), _model("b", 2)],
@@ -139,7 +139,7 @@ def test_step_win_matrix_is_a_fraction_of_groups(group_samples, columns):
 
 
 def test_step_win_matrix_uses_the_recorded_number_of_groups():
-    from validator.leaderboard import step_to_report
+    from validator.adapters.leaderboard import step_to_report
 
     comp = {"n_samples": 9, "group_samples": 3, "n_groups": 4, "models": [_model("a", 1), _model("b", 2)],
             "win_matrix": {"labels": ["a", "b"], "adv_wins": [[0, 3], [1, 0]]}}
@@ -171,10 +171,10 @@ def _groups_won_by_hand(losses: np.ndarray, adv: np.ndarray, order: list[int], g
 
 
 def test_step_from_rank_competition_with_groups_matches_a_count_by_hand():
-    from validator import loop
-    from validator.competitions import parse_competitions
-    from validator.evalcache import EvalCache
-    from validator.leaderboard import step_to_report
+    from validator.step import loop
+    from validator.core.competitions import parse_competitions
+    from validator.adapters.evalcache import EvalCache
+    from validator.adapters.leaderboard import step_to_report
 
     group, seed, block_now = 5, 11, 2000
     comp = parse_competitions({"c00": {"reward": 1.0, "model_types": ["X"], "parameters": 1, "model_size": 1,
@@ -213,8 +213,8 @@ def test_step_from_rank_competition_with_groups_matches_a_count_by_hand():
 
 def _consensus_step(tmp_path):
     """A real consensus report on a LocalChain, inside a saved step."""
-    from validator.chain.local import LocalChain
-    from validator.consensus import consensus_report
+    from validator.adapters.chain.local import LocalChain
+    from validator.core.consensus import consensus_report
 
     chain = LocalChain(tmp_path / "chain.sqlite", clock=lambda: 0.0)
     for i in range(10):
@@ -231,7 +231,7 @@ def _consensus_step(tmp_path):
 
 
 def test_consensus_plot_and_tables_in_the_html(tmp_path):
-    from validator.leaderboard import step_to_report
+    from validator.adapters.leaderboard import step_to_report
 
     step = _consensus_step(tmp_path)
     files = rep.write_report(step_to_report(step), tmp_path / "out")
@@ -277,7 +277,7 @@ def real_steps(tmp_path) -> tuple[dict, dict]:
     fails. Miner-supplied text (the hub's error about the miner's repo) carries markup, and so
     does the candidate's label."""
     from tests.test_loop_stages import _field, _validator
-    from validator.hub import HubError
+    from validator.adapters.hub import HubError
 
     steps = []
     for name, failing in (("normal", {"m3"}), ("failed", {"m1", "m2", "m3"})):
@@ -348,7 +348,7 @@ def console_rows(step: dict) -> list[list[str]]:
 
     from rich.console import Console
 
-    from validator import leaderboard as L
+    from validator.adapters import leaderboard as L
 
     out = io.StringIO()
     Console(file=out, width=400, color_system=None).print(
@@ -365,7 +365,7 @@ def steps(tmp_path_factory):
 def test_step_html_holds_the_console_leaderboard_cell_for_cell(steps, tmp_path):
     import importlib.metadata
 
-    from validator import leaderboard as L
+    from validator.adapters import leaderboard as L
 
     normal, _ = steps
     files = rep.write_report(L.step_to_report(normal, generated="2026-01-02T03:04:05+00:00"), tmp_path)
@@ -398,7 +398,7 @@ def test_step_html_holds_the_console_leaderboard_cell_for_cell(steps, tmp_path):
 
 
 def test_step_in_which_every_model_failed_still_lists_every_model_with_its_reason(steps, tmp_path):
-    from validator import leaderboard as L
+    from validator.adapters import leaderboard as L
 
     _, failed = steps
     models = failed["competitions"]["c00"]["models"]

@@ -13,7 +13,7 @@ from matplotlib.image import imread
 
 from benchmark import report as rep
 from tests.test_report import HOSTILE, parse_html, real_steps
-from validator import leaderboard as L
+from validator.adapters import leaderboard as L
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 BROWSER = next((p for p in map(shutil.which, BROWSERS) if p), None)

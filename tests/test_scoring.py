@@ -1,4 +1,4 @@
-"""validator.scoring: tokenization rules and per-sample losses against independent computations."""
+"""validator.scoring.job: tokenization rules and per-sample losses against independent computations."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.factories import make_model, make_texts, make_tokenizer
-from validator.engine import load_model, reference_losses
-from validator.scoring import (
+from validator.scoring.engine import load_model, reference_losses
+from validator.scoring.job import (
     ScoringError,
     TokenCache,
     TokenizedSample,
@@ -281,7 +281,7 @@ def test_token_cache_reused_and_persisted(assets, tmp_path):
 
 
 def _view(comp):
-    from validator.scoring import _competition_view
+    from validator.scoring.job import _competition_view
 
     return _competition_view(comp)
 

@@ -2,7 +2,7 @@
 save failures, the model tokenizer's time box. Each limit costs the model it concerns, or
 nothing: never the validator, never another model.
 
-The job functions at the top run in a worker child (validator.worker.run_isolated).
+The job functions at the top run in a worker child (validator.scoring.worker.run_isolated).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def samples_of(texts):
 # --- memory ----------------------------------------------------------------------------------
 
 def test_rss_watchdog_kills_a_job_over_its_limit_and_the_next_runs():
-    from validator.worker import run_isolated
+    from validator.scoring.worker import run_isolated
 
     res = run_isolated(f"{JOBS}:allocate_job", {"n_bytes": 400 * MIB, "hold_s": 30}, timeout_s=60,
                        rss_limit_bytes=200 * MIB)
@@ -72,7 +72,7 @@ def test_rss_watchdog_kills_a_job_over_its_limit_and_the_next_runs():
 
 def test_worker_limits_per_device():
     import constants
-    from validator.scorer import default_memory_limit, worker_limits
+    from validator.scoring.dispatch import default_memory_limit, worker_limits
 
     cpu = worker_limits("cpu", 1000)
     assert cpu["rss_limit_bytes"] == 1000  # address space on CPU: the limit plus headroom for what is only mapped
@@ -86,8 +86,8 @@ def test_worker_limits_per_device():
 
 
 def test_a_model_over_the_memory_limit_fails_oom_alone(assets, tmp_path):
-    from validator.scorer import make_score_fn
-    from validator.competitions import Competition
+    from validator.scoring.dispatch import make_score_fn
+    from validator.core.competitions import Competition
 
     comp = Competition(id="c00", reward=0.5, model_types=["LlamaForCausalLM"], parameters=10**9,
                        model_size=10**10, dataset="x", tokenizer=str(assets["comp_tok"]),
@@ -113,7 +113,7 @@ SECRETS = {"HF_TOKEN": "hf_x", "HF_ACCESS_TOKEN": "hf_y", "HUGGING_FACE_HUB_TOKE
 
 
 def test_workers_do_not_inherit_secrets(monkeypatch):
-    from validator.worker import run_isolated
+    from validator.scoring.worker import run_isolated
 
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
@@ -129,7 +129,7 @@ def test_workers_do_not_inherit_secrets(monkeypatch):
 
 
 def test_child_environment_is_an_allow_list():
-    from validator.worker import child_environment
+    from validator.scoring.worker import child_environment
 
     env = child_environment({"PATH": "/bin", "LC_ALL": "C", "TOKENIZERS_PARALLELISM": "false",
                              "PYTHONHASHSEED": "0", "SOMETHING_ELSE": "x", "DATABASE_URL": "postgres://u:p@h",
@@ -142,8 +142,8 @@ def test_child_environment_is_an_allow_list():
 # --- config keys that choose code paths ------------------------------------------------------
 
 def test_config_keys_that_pick_kernels_or_quantizers_are_ignored(assets, tmp_path):
-    from validator.engine import load_model
-    from validator.scoring import score_model
+    from validator.scoring.engine import load_model
+    from validator.scoring.job import score_model
 
     hostile = tmp_path / "hostile"
     shutil.copytree(assets["llama"], hostile)
@@ -172,7 +172,7 @@ def test_config_keys_that_pick_kernels_or_quantizers_are_ignored(assets, tmp_pat
 # --- token cache save failures ---------------------------------------------------------------
 
 def test_token_cache_that_cannot_be_saved_leaves_the_model_scored_with_a_note(assets, tmp_path):
-    from validator.scoring import score_model_job
+    from validator.scoring.job import score_model_job
 
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
@@ -187,7 +187,7 @@ def test_token_cache_that_cannot_be_saved_leaves_the_model_scored_with_a_note(as
 
 
 def test_token_cache_disk_full_is_a_note(tmp_path):
-    from validator.scoring import TokenCache, TokenizedSample, _competition_view, save_token_cache
+    from validator.scoring.job import TokenCache, TokenizedSample, _competition_view, save_token_cache
 
     cache = TokenCache()
     cache.put("k", _competition_view(COMP), "s0", "text", TokenizedSample("s0", [1, 2, 3]))
@@ -219,7 +219,7 @@ def make_slow(own_tok: Path, out: Path) -> Path:
 
 def test_a_slow_model_tokenizer_falls_back_or_fails_and_is_not_cached(assets, tmp_path):
     from tests.factories import make_texts
-    from validator.scoring import TokenCache, score_model
+    from validator.scoring.job import TokenCache, score_model
 
     slow_model = tmp_path / "slow_model"
     shutil.copytree(assets["own"], slow_model)

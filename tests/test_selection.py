@@ -1,9 +1,9 @@
-"""validator.selection: the revisit slice, priorities, top miners, visits and the step pick."""
+"""validator.core.selection: the revisit slice, priorities, top miners, visits and the step pick."""
 import pytest
 
 import constants
-from validator import selection as S
-from validator.chain import Metagraph
+from validator.core import selection as S
+from validator.core.chain import Metagraph
 
 PERIOD = constants.REVISIT_SLICE_PERIOD_S
 SLOT_S = PERIOD / 256  # wall-clock seconds per slot

@@ -1,11 +1,11 @@
-"""validator/state.py: atomic writes, clear errors on corrupt files."""
+"""validator/adapters/files.py: atomic writes, clear errors on corrupt files."""
 import json
 import logging
 import os
 
 import pytest
 
-from validator.state import StateError, atomic_write_bytes, atomic_write_json, load_or_default, read_json
+from validator.adapters.files import StateError, atomic_write_bytes, atomic_write_json, load_or_default, read_json
 
 
 def test_json_round_trip_and_no_temp_files_left(tmp_path):

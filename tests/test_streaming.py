@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.factories import make_model
-from validator import engine, streaming
-from validator.engine import ScoringError
+from validator.scoring import engine
+from validator.scoring import streaming
+from validator.scoring.engine import ScoringError
 
 VOCAB = 300
 TOKEN_BUDGET = 64
@@ -128,8 +129,8 @@ def test_a_model_over_the_cap_is_scored_streamed_through_the_scoring_job(tmp_pat
     """score_model_job (what the isolated worker runs) streams a model too large for the cap and
     says so; its losses equal the resident job's."""
     from tests.factories import make_tokenizer
-    from validator.competitions import Competition
-    from validator.scoring import score_model_job
+    from validator.core.competitions import Competition
+    from validator.scoring.job import score_model_job
 
     tok = tmp_path / "tok"
     make_tokenizer(tok, vocab_size=VOCAB)
@@ -153,11 +154,11 @@ def test_a_validator_step_under_a_device_cap_reports_the_model_streamed(tmp_path
     import hashlib
 
     from tests.factories import make_tokenizer
-    from validator.chain.local import LocalChain
-    from validator.competitions import parse_competitions
-    from validator.identity import ModelId
-    from validator.loop import Settings, Validator
-    from validator.scorer import make_score_fn
+    from validator.adapters.chain.local import LocalChain
+    from validator.core.competitions import parse_competitions
+    from validator.core.identity import ModelId
+    from validator.step.loop import Settings, Validator
+    from validator.scoring.dispatch import make_score_fn
 
     tok = tmp_path / "tok"
     make_tokenizer(tok, vocab_size=VOCAB)

@@ -10,10 +10,10 @@ import pytest
 from scripts import upload_model
 from tests.factories import make_model, make_tokenizer
 from tests.test_hub import DOWNLOADED, as_a_hub_repo
-from validator.chain import Commitment
-from validator.chain.local import LocalChain
-from validator.hub import ensure_model
-from validator.identity import ModelId, dir_hash, files_hash, secure_hash
+from validator.core.chain import Commitment
+from validator.adapters.chain.local import LocalChain
+from validator.adapters.hub import ensure_model
+from validator.core.identity import ModelId, dir_hash, files_hash, secure_hash
 
 HOTKEY = "5MinerHotkeyUpload"
 
@@ -27,7 +27,7 @@ def model_src(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def competitions_file(tmp_path_factory, model_src) -> Path:
-    from validator.hub import count_parameters
+    from validator.adapters.hub import count_parameters
 
     _arch, n = count_parameters(json.loads((model_src / "config.json").read_text()))
     path = tmp_path_factory.mktemp("comps") / "competitions.json"
@@ -68,7 +68,7 @@ def test_publish_commit_and_validator_download_reproduce_the_hash(model_src, com
     assert mid.hash == secure_hash(files_hash(model_src, DOWNLOADED), HOTKEY)
     assert (repo / "README.md").is_file() and (repo / ".gitattributes").is_file()  # published, not hashed
     # a validator's fresh download at that commit verifies
-    from validator.competitions import load_competitions
+    from validator.core.competitions import load_competitions
 
     comp = load_competitions(str(competitions_file))["c00"]
     path = ensure_model(mid, HOTKEY, comp, tmp_path / "validator", endpoint=olah_hub.endpoint, progress=False)
@@ -78,7 +78,7 @@ def test_publish_commit_and_validator_download_reproduce_the_hash(model_src, com
 
 def test_commit_existing_upload_through_a_temporary_olah(model_src, competitions_file, olah_mirror, chain,
                                                          tmp_path, capsys):
-    from validator.hub import publish_local
+    from validator.adapters.hub import publish_local
 
     sha = publish_local(model_src, olah_mirror, "carol", "existing")
     chain.register("5SecondHotkey")
@@ -89,7 +89,7 @@ def test_commit_existing_upload_through_a_temporary_olah(model_src, competitions
     text = chain.sync()[1]["5SecondHotkey"].text
     assert text == f"carol:existing:{sha}:{secure_hash(files_hash(model_src, DOWNLOADED), '5SecondHotkey')}:c00"
     # no new commit was made
-    from validator.hub import _git
+    from validator.adapters.hub import _git
 
     assert _git(["rev-parse", "HEAD"], olah_mirror / "models" / "carol" / "existing") == sha
 
@@ -166,7 +166,7 @@ def test_commitment_not_read_back_is_a_failure(model_src, competitions_file, ola
         def sync(self):
             return None, {HOTKEY: Commitment("someone:else:" + "0" * 40 + ":x:c00", 1)}
 
-    from validator.competitions import load_competitions
+    from validator.core.competitions import load_competitions
 
     comp = load_competitions(str(competitions_file))["c00"]
     with pytest.raises(upload_model.UploadError) as err:
@@ -216,7 +216,7 @@ def test_register_creates_the_local_chain_and_commits(model_src, competitions_fi
 def test_recommitting_the_same_content_is_refused_unless_forced(model_src, competitions_file, olah_mirror,
                                                                olah_hub, chain, capsys):
     """Committing content again moves its block forward: the age advantage it holds is lost."""
-    from validator.hub import _git
+    from validator.adapters.hub import _git
 
     args = base_args(model_src, competitions_file, olah_mirror, chain, repo="carol/again") + [
         "--endpoint", olah_hub.endpoint]
@@ -322,8 +322,8 @@ class RecordingChain:
 def publish_to_fake_hf(fake: FakeHub, model_src, competitions_file, monkeypatch):
     import huggingface_hub
 
-    from validator import hub
-    from validator.competitions import load_competitions
+    from validator.adapters import hub
+    from validator.core.competitions import load_competitions
 
     monkeypatch.setattr(huggingface_hub, "HfApi", fake.api_class())
     def download_snapshot(repo_id, commit, *_args, **_kwargs) -> Path:

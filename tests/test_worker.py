@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.factories import gone_or_zombie
-from validator.worker import WorkerResult, classify_exception, run_isolated
+from validator.scoring.worker import WorkerResult, classify_exception, run_isolated
 
 JOBS = "tests.worker_jobs"
 GIB = 1024**3
@@ -154,7 +154,7 @@ def test_bad_kwargs_and_limits_are_rejected_by_name():
 
 
 def test_failures_are_logged_by_the_parent(caplog):
-    with caplog.at_level(logging.WARNING, logger="validator.worker"):
+    with caplog.at_level(logging.WARNING, logger="validator.scoring.worker"):
         run_isolated(f"{JOBS}:raise_value_error", {"message": "boom"}, timeout_s=60)
     assert any("raise_value_error" in r.getMessage() and "boom" in r.getMessage() for r in caplog.records)
 

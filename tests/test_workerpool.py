@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.factories import gone_or_zombie
-from validator.workerpool import Job, WorkerPool
+from validator.scoring.workerpool import Job, WorkerPool
 
 JOBS = "tests.worker_jobs"
 
@@ -99,7 +99,7 @@ def test_a_timeout_kills_its_job_and_grandchild_only(pool, tmp_path):
 
 
 def test_failure_reasons_are_those_of_a_fresh_worker(pool):
-    from validator.worker import run_isolated
+    from validator.scoring.worker import run_isolated
 
     for fn, kwargs in (("raise_value_error", {"message": "bad vocab"}), ("exit_silently", {"code": 3}),
                        ("raise_cuda_error", {}), ("return_non_json", {})):
@@ -142,7 +142,7 @@ def test_no_spare_outlives_its_parent(tmp_path, how):
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-        from validator.workerpool import Job, WorkerPool
+        from validator.scoring.workerpool import Job, WorkerPool
         p = WorkerPool(["cpu"], preload=("tests.worker_jobs",))
         assert p.run(lambda d: Job("tests.worker_jobs:add", {{"a": 1, "b": 1}}, 60)).ok
         print(p.spare_pids()[0], flush=True)
@@ -169,7 +169,7 @@ def test_two_cpu_devices_run_two_jobs_at_once(tmp_path):
 @pytest.fixture(scope="module")
 def field(tmp_path_factory):
     from tests.factories import make_model, make_texts, make_tokenizer
-    from validator.competitions import Competition
+    from validator.core.competitions import Competition
 
     root = tmp_path_factory.mktemp("pool")
     tok = root / "tok"
@@ -183,7 +183,7 @@ def field(tmp_path_factory):
 
 
 def test_scorer_on_two_cpu_devices_equals_scoring_in_process(field, tmp_path):
-    from validator.scorer import job_cost, make_score_fn
+    from validator.scoring.dispatch import job_cost, make_score_fn
 
     comp, samples, models = field["comp"], field["samples"], field["models"]
     jobs = [(m, samples[: 2 + i], comp, samples) for i, m in enumerate(models)]
@@ -208,7 +208,7 @@ def test_scorer_on_two_cpu_devices_equals_scoring_in_process(field, tmp_path):
 
 
 def test_scorer_cold_path_is_unchanged(field, tmp_path):
-    from validator.scorer import make_score_fn
+    from validator.scoring.dispatch import make_score_fn
 
     comp, samples, model = field["comp"], field["samples"][:2], field["models"][0]
     cold = make_score_fn("cpu", tmp_path / "tok1", warm=False, timeout_s=300)

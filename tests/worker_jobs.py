@@ -1,4 +1,4 @@
-"""Job functions for tests/test_worker.py, run in a child by validator.worker.run_isolated.
+"""Job functions for tests/test_worker.py, run in a child by validator.scoring.worker.run_isolated.
 
 Each one misbehaves in exactly one way, so a test can check the reason it is given.
 Only the standard library is imported at module level: the child starts in ~0.1 s.

@@ -1,5 +1,5 @@
-"""Scoring-worker jobs for the fault campaign, run by validator.worker.run_isolated in a
-child process instead of validator.scoring:score_model_job. The model dir's name says how
+"""Scoring-worker jobs for the fault campaign, run by validator.scoring.worker.run_isolated in a
+child process instead of validator.scoring.job:score_model_job. The model dir's name says how
 the worker misbehaves. Standard library only: a worker starts in ~0.1 s."""
 from __future__ import annotations
 

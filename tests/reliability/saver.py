@@ -21,10 +21,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from validator.evalcache import EvalCache
-from validator.loop import ValidatorState
-from validator.selection import Commit, CompetitionState, SelectionState
-from validator.state import KILL_AT_ENV, atomic_write_json, read_json, remove_stale_temps
+from validator.adapters.evalcache import EvalCache
+from validator.step.loop import ValidatorState
+from validator.core.selection import Commit, CompetitionState, SelectionState
+from validator.adapters.files import KILL_AT_ENV, atomic_write_json, read_json, remove_stale_temps
 
 SAMPLES = [(f"s{i}", f"text number {i} " * (1 + i % 5)) for i in range(24)]
 FILES = ("cache", "state", "report")

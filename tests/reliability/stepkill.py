@@ -27,11 +27,11 @@ import sys
 from pathlib import Path
 
 import constants
-import validator.state as state_mod
+import validator.adapters.files as state_mod
 from tests.reliability.world import COMPS, VAL, Clock, Source, fake_commitment
-from validator.chain.local import LocalChain, local_block_hash
-from validator.evalcache import EvalCache
-from validator.loop import Settings, Validator, ValidatorState
+from validator.adapters.chain.local import LocalChain, local_block_hash
+from validator.adapters.evalcache import EvalCache
+from validator.step.loop import Settings, Validator, ValidatorState
 
 STEPS = 3
 FIRST = {"m1": 1.0, "m2": 0.9, "m3": 0.95}

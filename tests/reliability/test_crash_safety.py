@@ -18,10 +18,10 @@ import pytest
 from tests.reliability import tally
 from tests.reliability.stepkill import POINTS
 from tests.reliability.world import VAL, publish_and_commit, run_args, tree_snapshot
-from validator.chain.local import LocalChain
-from validator.evalcache import EvalCache
-from validator.loop import ValidatorState
-from validator.state import KILL_AT_ENV
+from validator.adapters.chain.local import LocalChain
+from validator.adapters.evalcache import EvalCache
+from validator.step.loop import ValidatorState
+from validator.adapters.files import KILL_AT_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,7 +94,7 @@ def chain_with_three(real_field, tmp_path):
 
 def test_real_validator_killed_mid_step_resumes(real_field, real_hub, chain_with_three, tmp_path):
     state_dir = tmp_path / "state"
-    args = [sys.executable, "-m", "validator.cli"] + run_args(real_field, state_dir, tmp_path / "chain.sqlite",
+    args = [sys.executable, "-m", "validator.cli.main"] + run_args(real_field, state_dir, tmp_path / "chain.sqlite",
                                                              real_hub.endpoint, "--steps", "1", "--dont-set-weights")
     outside = tree_snapshot(tmp_path, exclude=(state_dir,))
     saved: dict = {}
@@ -118,7 +118,7 @@ def test_real_validator_killed_mid_step_resumes(real_field, real_hub, chain_with
     while worker is None and time.monotonic() < deadline and proc.poll() is None:
         for c in psutil.Process(proc.pid).children(recursive=True):
             try:
-                if "validator.worker" in " ".join(c.cmdline()):
+                if "validator.scoring.worker" in " ".join(c.cmdline()):
                     worker = c
             except psutil.NoSuchProcess:
                 continue

@@ -16,8 +16,8 @@ from tests.reliability.jobs import FIRED_SUFFIX
 import constants
 from tests.reliability.world import (VAL, Clock, FakeField, assert_weights_sane, publish_and_commit, rows,
                                      run_args)
-from validator.chain.local import LocalChain
-from validator.hub import FailureReason, HubError
+from validator.adapters.chain.local import LocalChain
+from validator.adapters.hub import FailureReason, HubError
 
 
 def test_chain_unreachable_at_sync_block_hash_and_set_weights(tmp_path):
@@ -85,7 +85,7 @@ def test_hub_failures_per_model_are_reported_and_retried(tmp_path):
 
 
 def test_scoring_worker_segfault_oom_timeout_error(tmp_path, monkeypatch):
-    import validator.scorer as scorer
+    import validator.scoring.dispatch as scorer
 
     monkeypatch.setattr(scorer, "JOB", "tests.reliability.jobs:score")
     q = {"good1": 1.0, "segv": 0.5, "oom": 0.5, "hang": 0.5, "raise": 0.5, "good2": 0.9}
@@ -142,7 +142,7 @@ def test_disk_full_during_state_save(tmp_path, tiny_fs, monkeypatch):
         finally:
             os.close(fd)
     else:
-        import validator.state as st
+        import validator.adapters.files as st
 
         def full(fd):
             tally.fault_fired("disk full during state save (fsync)")
@@ -170,7 +170,7 @@ def test_disk_full_during_state_save(tmp_path, tiny_fs, monkeypatch):
     f.local.advance(200)
     r = v.step()  # space is back: everything, the losses of the full-disk step included, is saved
     assert not any("save failed" in p for p in r["problems"])
-    from validator.evalcache import EvalCache
+    from validator.adapters.evalcache import EvalCache
 
     cache = EvalCache.load(state_dir / "evalcache" / "texts.json")
     assert len(cache.losses.models()) == 3  # m3, scored while the disk was full, is saved now
@@ -192,7 +192,7 @@ def hub_field(real_field, real_hub, tmp_path):
 
 
 def _real_validator(real_field, tmp_path, endpoint, *extra):
-    from validator.cli import build_parser, build_validator
+    from validator.cli.main import build_parser, build_validator
 
     args = build_parser().parse_args(run_args(real_field, tmp_path / "state", tmp_path / "chain.sqlite", endpoint,
                                               "--no-isolation", *extra))
@@ -243,7 +243,7 @@ def test_hub_faults_then_recovery_then_hub_down_with_models_on_disk(real_field, 
 @pytest.mark.filterwarnings("ignore:Not enough free disk space")
 def test_disk_full_during_download(real_field, real_hub, hub_field, tmp_path, tiny_fs, monkeypatch,
                                    fast_hub_retries):
-    import validator.hub as hub
+    import validator.adapters.hub as hub
 
     model_dir = (tiny_fs or tmp_path) / "models"
     if tiny_fs is not None:  # a 512 KiB disk that claims to have room: the write itself fails
@@ -282,7 +282,7 @@ def test_a_hub_answering_500_is_asked_no_more_often_than_huggingface_hub_asks_by
     # retrying that whole round again per model made a failing hub cost minutes per step.
     from huggingface_hub import HfApi
 
-    import validator.hub as hub
+    import validator.adapters.hub as hub
 
     with FaultHub(real_hub.endpoint) as front:
         front.mode = "500"

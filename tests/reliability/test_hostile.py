@@ -19,8 +19,8 @@ from tests.reliability import tally
 from tests.reliability.world import (COMPS, VAL, FakeField, FaultyChain, assert_weights_sane, b64sha,
                                      publish_and_commit, rows, run_args, tree_snapshot)
 from tests.reliability.world import fake_commitment as fake_commitment_of
-from validator.chain import Commitment
-from validator.identity import ModelId, check_repo_part
+from validator.core.chain import Commitment
+from validator.core.identity import ModelId, check_repo_part
 
 HOSTILE = [f"5Hostile{i}" for i in range(4)]
 json_values = st.recursive(
@@ -101,7 +101,7 @@ def test_hostile_commitments(texts):
 @given(bench=json_values, hof=json_values, comps=json_values,
        bench_text=st.one_of(st.none(), st.text(max_size=40)))
 def test_hostile_benchmark_hall_of_fame_and_competitions_files(bench, hof, comps, bench_text):
-    from validator.competitions import CompetitionsConfig
+    from validator.core.competitions import CompetitionsConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -217,10 +217,10 @@ def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard, monk
 
     import constants
 
-    from validator.chain.local import LocalChain
-    from validator.cli import build_parser, build_validator
-    from validator.hub import HubError, model_dir_hash, publish_local
-    from validator.identity import dir_hash, secure_hash
+    from validator.adapters.chain.local import LocalChain
+    from validator.cli.main import build_parser, build_validator
+    from validator.adapters.hub import HubError, model_dir_hash, publish_local
+    from validator.core.identity import dir_hash, secure_hash
 
     comp = json.loads(real_field["comps"].read_text())["c00"]
     comps = tmp_path / "competitions.json"

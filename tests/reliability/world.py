@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.reliability import tally
-from validator.chain import ChainError, Commitment
-from validator.chain.local import LocalChain
-from validator.competitions import parse_competitions
-from validator.identity import ModelId, dir_hash, secure_hash
-from validator.loop import Settings, Validator
+from validator.core.chain import ChainError, Commitment
+from validator.adapters.chain.local import LocalChain
+from validator.core.competitions import parse_competitions
+from validator.core.identity import ModelId, dir_hash, secure_hash
+from validator.step.loop import Settings, Validator
 
 VAL = "5Val"
 
@@ -214,7 +214,7 @@ def publish_and_commit(field: dict, chain: LocalChain, hotkey: str, model_dir: P
                        competition: str = "c00", hash_of=dir_hash) -> str:
     """Publish model_dir to the mirror as `repo` and commit it on chain as `hotkey`; the commitment.
     `hash_of` the dir: every file (dir_hash) by default; hub.model_dir_hash hashes what validators hash."""
-    from validator.hub import publish_local
+    from validator.adapters.hub import publish_local
 
     ns, name = repo.split("/")
     sha = publish_local(model_dir, field["mirror"], ns, name)
