@@ -54,6 +54,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from validator.core.failures import FetchError, retry_after
 import constants
 from benchmark import report as breport
 from benchmark import stats as bstats
@@ -400,7 +401,7 @@ def validator_refusal(path: Path, competition: Any) -> str | None:
 
     try:
         hub.check_model_constraints(path, competition)
-    except hub.HubError as e:
+    except FetchError as e:
         return str(e)
     return tokenizer_refusal(Path(path), competition)
 
@@ -455,7 +456,7 @@ def _chain_field(args, competitions: dict, wanted: set[str], caches: dict, model
 
     progress.start("download", len(picked))
     loop.fetch_models(picked, fetch, competitions, {}, first_seen, time.time(),
-                      time.monotonic() + constants.TTL_DOWNLOADS_S, hub.retry_after,
+                      time.monotonic() + constants.TTL_DOWNLOADS_S, retry_after,
                       on_progress=lambda e: progress.advance("download", e.label))
     return meta.block, picked
 

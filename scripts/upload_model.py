@@ -41,6 +41,7 @@ from typing import Any, Callable
 if not __package__:  # run as a file (python scripts/upload_model.py): make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from validator.core.failures import FetchError
 import constants  # noqa: E402
 from validator.adapters import hub  # noqa: E402
 from validator.core.identity import InvalidCommitment, ModelId, check_repo_part, dir_hash, secure_hash  # noqa: E402
@@ -209,7 +210,7 @@ def publish_and_commit(model_dir: str | os.PathLike | None, competition: Any, *,
     hotkey: its ss58 address (bound into the secure hash). Content this hotkey has already
     committed is refused unless `force` (before the upload, and again on the hash taken
     from the download). `register` (if given) runs once every check has passed, before
-    the upload. Returns the committed ModelId; raises UploadError (or HubError) naming the
+    the upload. Returns the committed ModelId; raises UploadError (or FetchError) naming the
     failed step."""
     mirror = Path(hub_spec[len(LOCAL_PREFIX):]).expanduser() if hub_spec.startswith(LOCAL_PREFIX) else None
     if mirror is None and hub_spec != "hf":
@@ -236,12 +237,12 @@ def publish_and_commit(model_dir: str | os.PathLike | None, competition: Any, *,
         check_commitment_fits(ns, name, competition.id)
         try:
             hub.check_model_constraints(model_dir, competition)
-        except hub.HubError as exc:
+        except FetchError as exc:
             raise UploadError(f"check against competition {competition.id}: {exc}") from None
         log(f"{model_dir}: within competition {competition.id}'s limits")
         try:
             local_hash = hub.model_dir_hash(model_dir)
-        except hub.HubError as exc:
+        except FetchError as exc:
             raise UploadError(f"check against competition {competition.id}: {exc}") from None
         metagraph, commitments = _sync(chain)
         check_not_recommitted(commitments, hotkey, secure_hash(local_hash, hotkey), force, log)
@@ -262,7 +263,7 @@ def publish_and_commit(model_dir: str | os.PathLike | None, competition: Any, *,
         try:
             content = _hash_as_validator(f"{ns}/{name}", commit, mirror, endpoint, token, competition,
                                          Path(work), log)
-        except hub.HubError as exc:
+        except FetchError as exc:
             raise UploadError(f"download back at {commit[:12]}: {exc}") from None
     mid = ModelId(ns, name, commit, secure_hash(content, hotkey), competition.id)
     if model_id is not None:  # an existing upload: its hash is known only now (an upload was checked before)
@@ -365,14 +366,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.model_id is None and args.model_dir is not None and Path(args.model_dir).is_dir():
             try:  # before any chain is opened (or a local one created): a refused model touches nothing
                 hub.check_model_constraints(args.model_dir, comp)
-            except hub.HubError as exc:
+            except FetchError as exc:
                 raise UploadError(f"check against competition {comp.id}: {exc}") from None
         chain, signer, hotkey, register = make_chain(args)
         mid = publish_and_commit(args.model_dir, comp, hub_spec=args.hub, chain=chain,
                                  signer=signer, hotkey=hotkey, repo=args.repo, model_id=args.model_id,
                                  endpoint=args.endpoint, token=token, readback_tries=args.readback_tries,
                                  readback_wait_s=args.readback_wait, force=args.force, register=register)
-    except (UploadError, hub.HubError) as exc:
+    except (UploadError, FetchError) as exc:
         print(f"upload_model: error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - the chain adapters raise their own errors

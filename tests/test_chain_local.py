@@ -8,7 +8,8 @@ import pytest
 from rich.console import Console
 
 import constants
-from validator.core.chain import Chain, ChainError, Commitment
+from validator.core.chain import ChainError, Commitment
+from validator.ports import Chain
 from validator.cli.chain import register_commands, run_chain_command
 from validator.adapters.chain.local import LocalChain, incentive_from_weights, local_block_hash
 

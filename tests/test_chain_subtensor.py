@@ -11,7 +11,8 @@ from bittensor.balance import Balance  # noqa: E402
 from bittensor.metagraph import Metagraph as SdkMetagraph  # noqa: E402
 from bittensor.metagraph import MetagraphNeuron, NeuronCommitment  # noqa: E402
 
-from validator.core.chain import Chain, ChainError, Commitment  # noqa: E402
+from validator.core.chain import ChainError, Commitment  # noqa: E402
+from validator.ports import Chain
 from validator.adapters.chain.subtensor import (  # noqa: E402
     RAW_FIELD_MAX_BYTES,
     SubtensorChain,

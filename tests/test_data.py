@@ -14,7 +14,8 @@ import pytest
 
 import constants
 import validator.adapters.data as data
-from validator.adapters.data import (DataError, FineWebSource, LocalSource, Page, SampleSource, locate, page_start,
+from validator.ports import SampleSource
+from validator.adapters.data import (DataError, FineWebSource, LocalSource, Page, locate, page_start,
                             rows_per_page_setting, seed_from_block_hash, source_for)
 from validator.adapters.evalcache import EvalCache, SampleDB
 from tests.factories import make_texts

@@ -13,12 +13,13 @@ from pathlib import Path
 import filelock
 import pytest
 
+from validator.core.failures import FailureReason, FetchError, NOT_FOUND_RETRIES, TRANSIENT_REASONS, retry_after
 import constants
 from tests.factories import make_model, make_tokenizer
 from tests.olah_fixture import publish
 from validator.adapters import hub
 from validator.core.competitions import Competition
-from validator.adapters.hub import FailureReason, HubError, ModelStore, ensure_model, snapshot_path
+from validator.adapters.hub import ModelStore, ensure_model, snapshot_path
 from validator.core.identity import ModelId, dir_hash, files_hash, secure_hash
 from validator.adapters.localhub import LocalHub
 
@@ -144,7 +145,7 @@ def test_hf_endpoint_env_is_honoured(src, comp, olah_mirror, hf_endpoint, tmp_pa
 
 def test_wrong_hash_is_refused_and_removed(src, comp, olah_mirror, olah_hub, tmp_path):
     mid = commit_of(olah_mirror, "wronghash", src, hotkey="5SomeoneElse")  # hash bound to another hotkey
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
     assert err.value.reason is FailureReason.hash_mismatch
     assert mid.hash in err.value.detail
@@ -199,12 +200,12 @@ def test_bad_repos_refused_before_weights(case, reason, src, comp, olah_mirror, 
     name = case.replace("_", "-")
     mid = commit_of(olah_mirror, name, model, files=["config.json"])  # refused before any hash
     roomy = comp.model_copy(update={"model_size": comp.model_size + 10_000})  # the index adds bytes
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEY, roomy, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
     assert err.value.reason is reason, err.value.detail
     assert count_downloads == []  # refused before any weight byte was fetched
     assert_clean(tmp_path / "store")
-    with pytest.raises(HubError) as local:  # a miner's check of the dir says the same
+    with pytest.raises(FetchError) as local:  # a miner's check of the dir says the same
         hub.check_model_constraints(model, comp.model_copy(update={"model_size": 10**9}))
     assert local.value.reason is reason
 
@@ -242,7 +243,7 @@ def test_files_the_live_validator_ignores_are_no_reason_to_refuse(case, src, com
 def test_oversized_repo_refused_before_download(src, comp, olah_mirror, olah_hub, tmp_path, count_downloads):
     mid = commit_of(olah_mirror, "big", src)
     small = comp.model_copy(update={"model_size": (src / "model.safetensors").stat().st_size})
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEY, small, tmp_path, endpoint=olah_hub.endpoint, progress=False)
     assert err.value.reason is FailureReason.too_large
     total = sum(f.stat().st_size for f in src.iterdir())  # sizes came through olah (HEAD / tree)
@@ -254,7 +255,7 @@ def test_oversized_repo_refused_before_download(src, comp, olah_mirror, olah_hub
 def test_not_enough_disk_is_disk_full(src, comp, olah_mirror, olah_hub, tmp_path, monkeypatch, count_downloads):
     mid = commit_of(olah_mirror, "nodisk", src)
     monkeypatch.setattr(constants, "DISK_MARGIN_BYTES", 1 << 62)
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
     assert err.value.reason is FailureReason.disk_full and err.value.transient
     assert count_downloads == []
@@ -273,7 +274,7 @@ def test_symlink_escaping_the_snapshot_is_refused(src, comp, olah_mirror, olah_h
         return snap
 
     monkeypatch.setattr(hub, "_download_snapshot", planting)
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEY, comp, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
     assert err.value.reason is FailureReason.unsafe_format
     assert "extra.json" in err.value.detail
@@ -304,7 +305,7 @@ def test_missing_commit_or_repo_is_not_found(what, src, comp, olah_mirror, olah_
         mid = ModelId("alice", "exists", "0123456789abcdef" * 2 + "01234567", good.hash, "c00")
     else:
         mid = ModelId("alice", "no-such-repo", good.commit, good.hash, "c00")
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
     assert err.value.reason is FailureReason.not_found
     assert_clean(tmp_path)
@@ -328,7 +329,7 @@ def test_present_model_needs_no_network_and_stopped_download_recovers(src, comp,
             return real(repo_id, filename, **kwargs)
 
         monkeypatch.setattr(sd, "hf_hub_download", dying)
-        with pytest.raises(HubError) as err:
+        with pytest.raises(FetchError) as err:
             ensure_model(second, HOTKEY, comp, tmp_path / "store", endpoint=server.endpoint, progress=False)
         assert err.value.reason is FailureReason.network and err.value.transient
         assert not snapshot_path(tmp_path / "store", HOTKEY, second).exists()
@@ -360,19 +361,19 @@ def test_limits_tightened_after_verification_apply_without_network(src, comp, ol
     ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
     offline = "http://127.0.0.1:9"
     tighter = comp.model_copy(update={"parameters": comp.parameters - 1})
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEY, tighter, tmp_path, endpoint=offline, progress=False)
     assert err.value.reason is FailureReason.constraint and "parameters:" in err.value.detail
     # the type rule on the recorded class: a substring of SlicedLlamaForCausalLM passes, others not
     assert ensure_model(mid, HOTKEY, comp.model_copy(update={"model_types": ["SlicedLlama"]}), tmp_path,
                         endpoint=offline, progress=False)
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEY, comp.model_copy(update={"model_types": ["Phi3ForCausalLM"]}), tmp_path,
                      endpoint=offline, progress=False)
     assert err.value.reason is FailureReason.constraint and "SlicedLlamaForCausalLM" in err.value.detail
     # the recorded size is the whole repo's (README.md and .gitattributes count, as live)
     repo_size = sum(f.stat().st_size for f in src.iterdir())
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEY, comp.model_copy(update={"model_size": repo_size - 1}), tmp_path,
                      endpoint=offline, progress=False)
     assert err.value.reason is FailureReason.too_large and str(repo_size) in err.value.detail
@@ -409,7 +410,7 @@ def test_busy_lock_times_out_with_network_reason(src, comp, olah_mirror, olah_hu
         t.start()
         t.join()
     err = done[0]
-    assert isinstance(err, HubError) and err.reason is FailureReason.network and "busy" in err.detail
+    assert isinstance(err, FetchError) and err.reason is FailureReason.network and "busy" in err.detail
     assert_clean(tmp_path)
 
 
@@ -459,28 +460,28 @@ def test_cleanup_free_space_mode_and_stale_temp(tmp_path):
 
 def test_retry_after_backoff():
     b = constants.DOWNLOAD_RETRY_BACKOFF_S
-    assert [hub.retry_after("network", n) for n in range(1, len(b) + 3)] == [*b, b[-1], b[-1]]
-    assert hub.retry_after(FailureReason.disk_full, 1) == b[0]
+    assert [retry_after("network", n) for n in range(1, len(b) + 3)] == [*b, b[-1], b[-1]]
+    assert retry_after(FailureReason.disk_full, 1) == b[0]
     for reason in ("too_large", "unsafe_format", "remote_code", "hash_mismatch", "constraint"):
-        assert hub.retry_after(reason, 1) is None
+        assert retry_after(reason, 1) is None
     # a repo is private until its commitment lands: a few tries, then permanent
-    assert hub.retry_after("not_found", 1) == b[0]
-    assert hub.retry_after("not_found", hub.NOT_FOUND_RETRIES) is None
-    assert hub.retry_after("copy", 1) is None
-    assert hub.TRANSIENT_REASONS == {FailureReason.network, FailureReason.disk_full}
+    assert retry_after("not_found", 1) == b[0]
+    assert retry_after("not_found", NOT_FOUND_RETRIES) is None
+    assert retry_after("copy", 1) is None
+    assert TRANSIENT_REASONS == {FailureReason.network, FailureReason.disk_full}
 
 
 def test_check_model_constraints_on_a_local_dir(src, comp, tmp_path):
     hub.check_model_constraints(src, comp)
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         hub.check_model_constraints(src, comp.model_copy(update={"parameters": comp.parameters - 1}))
     assert err.value.reason is FailureReason.constraint and str(comp.parameters) in err.value.detail
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         hub.check_model_constraints(src, comp.model_copy(update={"model_size": 100}))
     assert err.value.reason is FailureReason.too_large
     linked = variant(src, tmp_path / "linked")
     os.symlink(src / "config.json", linked / "other.json")
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         hub.check_model_constraints(linked, comp)
     assert err.value.reason is FailureReason.unsafe_format
     # a tokenizer auto_map beside a built-in tokenizer class: 4.44 uses the built-in one, no refusal
@@ -496,7 +497,7 @@ def test_check_model_constraints_on_a_local_dir(src, comp, tmp_path):
     hub.check_model_constraints(hidden, comp)
     deep = variant(src, tmp_path / "deep")
     (deep / "config.json").write_text("[" * 100_000 + "]" * 100_000)  # json.loads recurses per level
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         hub.check_model_constraints(deep, comp.model_copy(update={"model_size": 10**9}))
     assert err.value.reason is FailureReason.constraint and "config.json: not readable JSON" in err.value.detail
 
@@ -555,7 +556,7 @@ def test_hostile_counts_refused_before_building(arch, edit, named, no_build):
     comp = any_comp(*cfg["architectures"])
     for call in (lambda: hub.check_config(cfg, comp, "alice/x@abc/config.json"),
                  lambda: hub.count_parameters(cfg, "alice/x@abc/config.json")):
-        with pytest.raises(HubError) as err:
+        with pytest.raises(FetchError) as err:
             call()
         assert err.value.reason is FailureReason.constraint
         assert err.value.detail.startswith("alice/x@abc/config.json: ") and named in err.value.detail
@@ -589,7 +590,7 @@ def test_transformers_builtin_causal_lm_defaults_pass_the_precheck():
             continue
         try:
             hub.check_config_counts(cfg, model_type)
-        except HubError as exc:
+        except FetchError as exc:
             refused[model_type] = exc.detail
     # doge's num_experts (16384) counts rows of a product-key embedding, not modules; it
     # is the one built-in causal LM beyond CONFIG_MAX_EXPERTS
@@ -635,7 +636,7 @@ def test_fetch_tokenizer(src, olah_mirror, olah_hub, tmp_path):
         # config.json too: 4.44 reads the tokenizer class from its model_type when tokenizer_config has none
         assert "tokenizer.json" in names and "config.json" in names and "model.safetensors" not in names
         assert (path / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         hub.fetch_tokenizer("alice/missing-tok", tmp_path / "cache", endpoint=olah_hub.endpoint)
     assert err.value.reason is FailureReason.not_found
 

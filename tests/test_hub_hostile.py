@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from validator.core.failures import FailureReason, FetchError, NOT_FOUND_RETRIES, retry_after
 import constants
 from tests.factories import make_model
 from tests.olah_fixture import publish
 from validator.adapters import hub
 from validator.core.competitions import Competition
-from validator.adapters.hub import FailureReason, HubError, ensure_model, retry_after
+from validator.adapters.hub import ensure_model
 from validator.core.identity import ModelId, secure_hash
 
 HOTKEY = "5HostileHotkeyAAA"
@@ -74,8 +75,8 @@ def blob(repo: Path, data: str) -> str:
     return hub._git(["hash-object", "-w", "--stdin"], repo, data)
 
 
-def refused(mid: ModelId, comp, store: Path, endpoint: str) -> HubError:
-    with pytest.raises(HubError) as err:
+def refused(mid: ModelId, comp, store: Path, endpoint: str) -> FetchError:
+    with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEY, comp, store, endpoint=endpoint, progress=False)
     left = [p for p in store.rglob("*") if p.name.endswith(".verified")
             or p.name.startswith(constants.MODEL_STORE_TMP_PREFIX) or p.parent.name == "snapshots" and p.is_dir()]
@@ -83,7 +84,7 @@ def refused(mid: ModelId, comp, store: Path, endpoint: str) -> HubError:
     return err.value
 
 
-def assert_permanent(err: HubError, reason: FailureReason = FailureReason.bad_repo) -> None:
+def assert_permanent(err: FetchError, reason: FailureReason = FailureReason.bad_repo) -> None:
     assert err.reason is reason, err
     assert not err.transient
     assert retry_after(err.reason, 1) is None
@@ -160,7 +161,7 @@ def test_lfs_pointer_served_as_the_file_is_bad_repo(src, tmp_path):
     d = shutil.copytree(src, tmp_path / "served")
     (d / "model.safetensors").write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:"
                                           + b"b" * 64 + b"\nsize 99\n")
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         hub._refuse_lfs_pointers(d, ["config.json", "model.safetensors"], "alice/x@0")
     assert_permanent(err.value)
     hub._refuse_lfs_pointers(src, ["config.json", "model.safetensors"], "alice/x@0")  # real files pass
@@ -181,7 +182,7 @@ def test_commit_that_vanished_during_the_download_is_not_found(src, comp, olah_m
     monkeypatch.setattr(hub, "_download_snapshot", force_push_then_download)
     err = refused(mid, comp, tmp_path, olah_hub.endpoint)
     assert err.reason is FailureReason.not_found, err  # not_found: a few retries, then permanent
-    assert retry_after(err.reason, hub.NOT_FOUND_RETRIES) is None
+    assert retry_after(err.reason, NOT_FOUND_RETRIES) is None
 
 
 def test_repo_id_the_hub_client_rejects_is_bad_repo(src, comp, olah_hub, tmp_path):
@@ -238,7 +239,7 @@ def test_deadline_stops_the_download_between_files(sharded, comp, olah_mirror, o
         return real(repo_id, filename, **kwargs)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", slow_after_two)
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False, deadline=deadline)
     assert err.value.reason is FailureReason.network and err.value.transient
     assert hub.BUDGET_USED_UP in err.value.detail

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from validator.core.failures import FailureReason, FetchError, retry_after
 import constants
 from tests.factories import make_model
 from tests.olah_fixture import publish
 from validator.adapters import hub
 from validator.core.competitions import Competition
-from validator.adapters.hub import FailureReason, HubError, ensure_model, snapshot_path
+from validator.adapters.hub import ensure_model, snapshot_path
 from validator.core.identity import ModelId, files_hash, secure_hash
 
 HOTKEY = "5LimitsHotkeyAAA"
@@ -77,8 +78,8 @@ def commit(mirror: Path, name: str, model_dir: Path) -> ModelId:
     return ModelId("mallory", name, sha, secure_hash(files_hash(model_dir, files), HOTKEY), "c00")
 
 
-def refused(mid: ModelId, endpoint: str, model_dir: Path) -> HubError:
-    with pytest.raises(HubError) as err:
+def refused(mid: ModelId, endpoint: str, model_dir: Path) -> FetchError:
+    with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEY, COMP, model_dir, endpoint=endpoint, progress=False)
     assert not snapshot_path(model_dir, HOTKEY, mid).exists()
     assert not hub.attempt_marker(snapshot_path(model_dir, HOTKEY, mid)).exists()  # the checks ended
@@ -156,13 +157,13 @@ def test_build_killed_by_the_memory_limit_is_refused(base, olah_mirror, olah_hub
     assert err.reason is FailureReason.constraint
     assert err.detail.startswith(f"{mid.repo_id}@{mid.commit[:12]}/config.json: config checks crashed: oom")
     assert "CONFIG_CHECK_MEMORY_BYTES" in err.detail
-    assert hub.retry_after(err.reason, 1) is None  # permanent for the commitment
+    assert retry_after(err.reason, 1) is None  # permanent for the commitment
 
 
 def test_build_past_the_time_limit_is_refused(base, tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "CONFIG_CHECK_TIMEOUT_S", 0.2)  # the worker's imports alone take longer
     cfg = json.loads((base / "config.json").read_text())
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         hub.check_config(cfg, COMP, "mallory/x@abc/config.json")
     assert err.value.reason is FailureReason.constraint
     assert err.value.detail.startswith("mallory/x@abc/config.json: config checks crashed: timeout")
@@ -204,7 +205,7 @@ def test_stale_attempt_marker_refuses_without_trying_again(record, base, olah_mi
     value = record()
     marker.write_text(value if isinstance(value, str) else json.dumps(value))
     for _ in range(2):  # at every later visit too: the marker stays
-        with pytest.raises(HubError) as err:
+        with pytest.raises(FetchError) as err:
             ensure_model(mid, HOTKEY, COMP, store, endpoint=olah_hub.endpoint, progress=False)
         assert err.value.reason is FailureReason.constraint
         assert "an earlier check of this commit never finished" in err.value.detail
@@ -243,7 +244,7 @@ def test_validator_killed_during_the_checks_is_not_killed_again(base, olah_mirro
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert hub.attempt_marker(snapshot_path(store, HOTKEY, mid)).exists()
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEY, COMP, store, endpoint=olah_hub.endpoint, progress=False)
     assert err.value.reason is FailureReason.constraint
     assert "never finished" in err.value.detail and "died during it" in err.value.detail

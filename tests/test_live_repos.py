@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from validator.core.failures import FailureReason, FetchError
 import constants
 from scripts import upload_model
 from tests.olah_fixture import publish
@@ -20,7 +21,7 @@ from validator.core import live_repo
 from validator.core import transformers444 as tf444
 from validator.adapters.chain.local import LocalChain
 from validator.core.competitions import Competition
-from validator.adapters.hub import FailureReason, HubError, ensure_model
+from validator.adapters.hub import ensure_model
 from validator.core.identity import ModelId, dir_hash, secure_hash
 
 DATA = Path(__file__).parent / "data" / "live-compat"
@@ -99,7 +100,7 @@ def test_verdicts_hashes_and_files_agree_with_live(case, competition, served, ol
         return
     assert verdict["result"] == "not_allowed"
     words = next(w for w in NOT_ALLOWED if verdict["reason"].startswith(w))
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEYS[0], comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
     assert err.value.reason is NOT_ALLOWED[words], err.value.detail
     assert f"{words}:" in err.value.detail or f"{words} " in err.value.detail
@@ -138,7 +139,7 @@ def test_wrong_hash_is_a_hash_mismatch_on_the_first_visit(case, served, olah_hub
     competition = accepting(case)
     mid = model_id(case, served[case], competition, hotkey=HOTKEYS[1])
     for _visit in range(2):
-        with pytest.raises(HubError) as err:
+        with pytest.raises(FetchError) as err:
             ensure_model(mid, HOTKEYS[0], COMPETITIONS[competition], tmp_path, endpoint=olah_hub.endpoint,
                          progress=False)
         assert err.value.reason is FailureReason.hash_mismatch, err.value.detail
@@ -153,7 +154,7 @@ def test_a_wrong_hash_on_a_model_outside_the_competition_is_reported_as_the_cons
     report the constraint (a deliberate difference: both are refusals, neither is retried)."""
     assert CASES["phi3_single"]["commitment_hash_of_other_hotkey"][1]["result"] == "hash_mismatch"
     mid = model_id("phi3_single", served["phi3_single"], "c00", hotkey=HOTKEYS[1])
-    with pytest.raises(HubError) as err:
+    with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEYS[0], COMPETITIONS["c00"], tmp_path, endpoint=olah_hub.endpoint, progress=False)
     assert err.value.reason is FailureReason.constraint and "model type:" in err.value.detail
     assert not list(tmp_path.rglob("*.safetensors"))
@@ -184,7 +185,7 @@ def test_a_miners_check_of_a_golden_dir_gives_the_live_verdicts():
             if verdict["accepted"]:
                 hub.check_model_constraints(repo_dir(case), COMPETITIONS[name])
                 continue
-            with pytest.raises(HubError) as err:
+            with pytest.raises(FetchError) as err:
                 hub.check_model_constraints(repo_dir(case), COMPETITIONS[name])
             words = next(w for w in NOT_ALLOWED if verdict["reason"].startswith(w))
             assert err.value.reason is NOT_ALLOWED[words], (case, name, err.value.detail)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from validator.core.failures import FailureReason, FetchError
 import constants
 from test_loop_stages import COMPS, VAL, Clock, Source, _commit, _field, _hash, _pool
 from validator.adapters.evalcache import EvalCache, cache_file
-from validator.adapters.hub import FailureReason, HubError
 from validator.step.loop import Saver, Settings, Validator, ValidatorState, benchmark_entries, clamp_retry_at
 from validator.core.sanitize import printable
 from validator.adapters.files import StateError, read_json
@@ -26,7 +26,7 @@ NASTY = "boom\x1b[2J\r\nforged line \u202egnp.exe"
 def _make(tmp_path: Path, chain, qualities: dict[str, float], calls: list, *, failing: dict | None = None,
           failure: str | None = None, clock=None, **kw) -> Validator:
     """A Validator over fakes: models at tmp/models/<hotkey>, loss = quality x text length
-    (independent of the code under test); `failing` hotkeys raise that HubError."""
+    (independent of the code under test); `failing` hotkeys raise that FetchError."""
     def fetch(mid, hotkey, comp, deadline=None):
         calls.append(("fetch", hotkey))
         if failing and hotkey in failing:
@@ -280,7 +280,7 @@ def _inert(s: str) -> bool:
 @pytest.mark.parametrize("where", ["hub", "scoring"])
 def test_miner_supplied_text_is_escaped_before_the_report_and_the_log(tmp_path, caplog, where):
     chain, _ = _field(tmp_path, {"m1": 1.0})
-    failing = {"m1": HubError(FailureReason.bad_repo, NASTY)} if where == "hub" else None
+    failing = {"m1": FetchError(FailureReason.bad_repo, NASTY)} if where == "hub" else None
     v = _make(tmp_path, chain, {"m1": 1.0}, [], failing=failing, failure=None if where == "hub" else NASTY)
     with caplog.at_level("INFO"):
         report = v.step()
@@ -305,7 +305,7 @@ def test_a_clock_jumping_back_a_week_neither_stops_chain_updates_nor_puts_retrie
     q = {"m1": 1.0}
     chain, _ = _field(tmp_path, q)
     wall, mono, calls = Clock(), Clock(50.0), []
-    failing = {"m1": HubError(FailureReason.network, "connection reset")}
+    failing = {"m1": FetchError(FailureReason.network, "connection reset")}
     v = _make(tmp_path, chain, q, calls, failing=failing, clock=wall, monotonic=mono)
     v.step()
     assert calls.count(("fetch", "m1")) == 1

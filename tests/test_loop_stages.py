@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from validator.core.failures import FetchError
 import constants
 from validator.core.chain import ChainError, Commitment, Metagraph
 from validator.adapters.chain.local import LocalChain
@@ -369,12 +370,11 @@ def test_a_model_whose_scoring_fails_leaves_a_full_pool_and_is_not_rescored_ever
 
 
 def _failing_fetch(failing: set[str], calls: list[str], reason: str = "network"):
-    from validator.adapters.hub import HubError
 
     def fetch(mid, hotkey, comp, deadline=None):
         calls.append(hotkey)
         if hotkey in failing:
-            raise HubError(reason, f"{hotkey}: hub said no")
+            raise FetchError(reason, f"{hotkey}: hub said no")
         return Path("/nonexistent") / hotkey, _hash("content-" + hotkey)
     return fetch
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from validator.core.failures import FetchError
 import constants
 from benchmark import report as rep
 from benchmark import stats as S
@@ -277,7 +278,6 @@ def real_steps(tmp_path) -> tuple[dict, dict]:
     fails. Miner-supplied text (the hub's error about the miner's repo) carries markup, and so
     does the candidate's label."""
     from tests.test_loop_stages import _field, _validator
-    from validator.adapters.hub import HubError
 
     steps = []
     for name, failing in (("normal", {"m3"}), ("failed", {"m1", "m2", "m3"})):
@@ -297,7 +297,7 @@ def real_steps(tmp_path) -> tuple[dict, dict]:
 
         def fetch(mid, hotkey, comp, deadline=None, good=good, failing=failing):
             if hotkey in failing:
-                raise HubError("network", f"{hotkey}: {HOSTILE} hub said no")
+                raise FetchError("network", f"{hotkey}: {HOSTILE} hub said no")
             return good(mid, hotkey, comp, deadline)
 
         v.fetch = fetch

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from tests.factories import make_model, make_texts, make_tokenizer
 from validator.scoring.engine import load_model, reference_losses
+from validator.core.scores import result_from_json
 from validator.scoring.job import (
     ScoringError,
     TokenCache,
@@ -18,7 +19,6 @@ from validator.scoring.job import (
     check_tokenize_fails,
     check_vocab,
     load_tokenizer,
-    result_from_json,
     score_model,
     score_model_job,
     tokenize_samples,

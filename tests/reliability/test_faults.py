@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from validator.core.failures import FailureReason, FetchError
 from tests.reliability import tally
 from tests.reliability.faulthub import FaultHub
 from tests.reliability.jobs import FIRED_SUFFIX
@@ -17,7 +18,6 @@ import constants
 from tests.reliability.world import (VAL, Clock, FakeField, assert_weights_sane, publish_and_commit, rows,
                                      run_args)
 from validator.adapters.chain.local import LocalChain
-from validator.adapters.hub import FailureReason, HubError
 
 
 def test_chain_unreachable_at_sync_block_hash_and_set_weights(tmp_path):
@@ -66,8 +66,8 @@ def test_text_source_failing_then_garbage_then_back(tmp_path):
 def test_hub_failures_per_model_are_reported_and_retried(tmp_path):
     f = FakeField(tmp_path, {"m1": 1.0, "m2": 0.9, "m3": 0.8})
     v = f.validator()
-    f.fetch_faults = {"m1": HubError(FailureReason.network, "hub answered 503"),
-                      "m2": HubError(FailureReason.disk_full, "no space left on device"),
+    f.fetch_faults = {"m1": FetchError(FailureReason.network, "hub answered 503"),
+                      "m2": FetchError(FailureReason.disk_full, "no space left on device"),
                       "m3": ConnectionResetError("connection reset by peer")}
     r = v.step()
     got = {m["hotkey"]: m for m in rows(r).values()}
@@ -290,7 +290,7 @@ def test_a_hub_answering_500_is_asked_no_more_often_than_huggingface_hub_asks_by
             list(HfApi(endpoint=front.endpoint).list_repo_tree("miner/m", revision="a" * 40, recursive=True))
         library_alone = len(front.requests)
         front.requests.clear()
-        with pytest.raises(HubError) as err:
+        with pytest.raises(FetchError) as err:
             hub.remote_files("miner/m", "a" * 40, front.endpoint)
     assert err.value.reason is FailureReason.network and "HTTP 500" in str(err.value)
     assert library_alone > 1 and len(front.requests) == library_alone

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from validator.core.failures import FetchError
 from tests.reliability import tally
 from tests.reliability.world import (COMPS, VAL, FakeField, FaultyChain, assert_weights_sane, b64sha,
                                      publish_and_commit, rows, run_args, tree_snapshot)
@@ -219,7 +220,7 @@ def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard, monk
 
     from validator.adapters.chain.local import LocalChain
     from validator.cli.main import build_parser, build_validator
-    from validator.adapters.hub import HubError, model_dir_hash, publish_local
+    from validator.adapters.hub import model_dir_hash, publish_local
     from validator.core.identity import dir_hash, secure_hash
 
     comp = json.loads(real_field["comps"].read_text())["c00"]
@@ -235,7 +236,7 @@ def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard, monk
         # what validators hash (the download set); a repo no validator downloads: every file
         try:
             return model_dir_hash(d)
-        except HubError:
+        except FetchError:
             return dir_hash(d)
 
     def add(hk, d, reason, competition="c00"):

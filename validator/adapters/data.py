@@ -15,12 +15,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 from urllib.parse import quote
 
 import numpy as np
 
 import constants
+from validator.ports import SampleSource
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,6 @@ LOCAL_SUFFIXES = {".parquet": "parquet", ".jsonl": "jsonl", ".txt": "text"}
 
 class DataError(Exception):
     """A source cannot deliver samples (missing shard, unreadable file, hub unreachable)."""
-
-
-@runtime_checkable
-class SampleSource(Protocol):
-    name: str
-
-    def sample(self, seed: int, n: int) -> list[tuple[str, str]]: ...
 
 
 def seed_from_block_hash(block_hash: str) -> int:

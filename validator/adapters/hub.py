@@ -1,7 +1,7 @@
 """Models on the hub: download at a commit, check, verify, keep on disk; publish for miners.
 
 `ensure_model` is the validator's one entry point: it makes sure the committed model is on
-disk at exactly the committed revision, and verified, or raises `HubError` with a typed
+disk at exactly the committed revision, and verified, or raises `FetchError` with a typed
 `FailureReason`. The client is huggingface_hub, so `HF_ENDPOINT` (or `endpoint=`) can point
 at huggingface.co, a mirror, or olah on loopback (validator/adapters/localhub.py); hf_xet is used
 by huggingface_hub when installed and the repo is xet-backed.
@@ -48,12 +48,12 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 import filelock
 
+from validator.core.failures import FailureReason, FetchError
 import constants
 from validator.core import live_repo
 from validator.scoring import worker
@@ -69,89 +69,39 @@ _HOTKEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
 GIB = 1024**3
 
 
-# --- failures ---------------------------------------------------------------------------
-
-
-class FailureReason(str, Enum):
-    not_found = "not_found"  # repo or commit not on the hub (or not visible: private)
-    too_large = "too_large"  # more bytes than the competition's model_size
-    unsafe_format = "unsafe_format"  # no safetensors weights, an index naming odd paths, escaping symlinks
-    remote_code = "remote_code"  # no longer raised (auto_map and code files are ignored, as live); kept for old records
-    hash_mismatch = "hash_mismatch"  # content does not give the committed secure hash
-    constraint = "constraint"  # architecture or parameter count outside the competition
-    disk_full = "disk_full"  # not enough free disk for the download plus a margin
-    network = "network"  # hub unreachable, 5xx, interrupted download, busy (lock timeout), step budget used up
-    bad_repo = "bad_repo"  # the repo's content, not the hub: unusable names or tree entries, too many
-    # files, git-LFS pointers or LFS objects never uploaded, a repo id the client refuses
-
-
-TRANSIENT_REASONS = frozenset({FailureReason.network, FailureReason.disk_full})
-# A miner's repo stays private until its commitment is on chain (scripts/upload_model.py),
-# so a validator may see "not found" for a fresh commitment: retried a few times before
-# it counts as permanent.
-NOT_FOUND_RETRIES = 3
-
-
-class HubError(Exception):
-    def __init__(self, reason: FailureReason | str, detail: str) -> None:
-        self.reason = FailureReason(reason)
-        self.detail = detail
-        super().__init__(f"{self.reason.value}: {detail}")
-
-    @property
-    def transient(self) -> bool:
-        return self.reason in TRANSIENT_REASONS
-
-
-def retry_after(reason: FailureReason | str, attempts: int) -> float | None:
-    """Seconds to wait before trying a model again after `attempts` failures in a row
-    (attempts >= 1), or None: permanent, do not retry until the commitment changes."""
-    try:
-        reason = FailureReason(reason)
-    except ValueError:
-        return None  # not a hub failure (e.g. "copy"): nothing a retry would change
-    backoff = constants.DOWNLOAD_RETRY_BACKOFF_S
-    step = backoff[min(max(attempts, 1) - 1, len(backoff) - 1)]
-    if reason in TRANSIENT_REASONS:
-        return float(step)
-    if reason is FailureReason.not_found and attempts < NOT_FOUND_RETRIES:
-        return float(step)
-    return None
-
-
 def resolve_endpoint(endpoint: str | None = None) -> str:
     """`endpoint`, else $HF_ENDPOINT read now (huggingface_hub reads it once, at import), else
     huggingface.co."""
     return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
-def _classify(exc: BaseException, what: str) -> HubError:
-    """Map an exception from huggingface_hub / httpx / the OS to a typed HubError."""
+def _classify(exc: BaseException, what: str) -> FetchError:
+    """Map an exception from huggingface_hub / httpx / the OS to a typed FetchError."""
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, HFValidationError,
                                         LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
 
-    if isinstance(exc, HubError):
+    if isinstance(exc, FetchError):
         return exc
     if isinstance(exc, HFValidationError):  # raised before any request: the id or a file name, not the hub
-        return HubError(FailureReason.bad_repo, f"{what}: refused by the hub client: {str(exc)[:200]}")
+        return FetchError(FailureReason.bad_repo, f"{what}: refused by the hub client: {str(exc)[:200]}")
     if isinstance(exc, (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError)):
-        return HubError(FailureReason.not_found, f"{what}: {type(exc).__name__}")
+        return FetchError(FailureReason.not_found, f"{what}: {type(exc).__name__}")
     if isinstance(exc, EntryNotFoundError) and not isinstance(exc, LocalEntryNotFoundError):
-        return HubError(FailureReason.not_found, f"{what}: not on the hub (404)")
+        return FetchError(FailureReason.not_found, f"{what}: not on the hub (404)")
     if isinstance(exc, HfHubHTTPError) and getattr(exc, "response", None) is not None:
         status = exc.response.status_code
         if status in (401, 403, 404, 410):
-            return HubError(FailureReason.not_found, f"{what}: HTTP {status}")
-        return HubError(FailureReason.network, f"{what}: HTTP {status}")
+            return FetchError(FailureReason.not_found, f"{what}: HTTP {status}")
+        return FetchError(FailureReason.network, f"{what}: HTTP {status}")
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return HubError(FailureReason.disk_full, f"{what}: {exc.strerror}")
+        return FetchError(FailureReason.disk_full, f"{what}: {exc.strerror}")
     if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a file name of the repo
-        return HubError(FailureReason.bad_repo, f"{what}: a file name is too long for the filesystem")
+        return FetchError(FailureReason.bad_repo, f"{what}: a file name is too long for the filesystem")
     # LocalEntryNotFoundError (the hub could not be reached), httpx transport errors,
     # timeouts, other OSErrors: the network or the server, worth a later retry.
     text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-    return HubError(FailureReason.network, f"{what}: {type(exc).__name__}: {text}")
+    return FetchError(FailureReason.network, f"{what}: {type(exc).__name__}: {text}")
 
 
 def _with_retries(fn, what: str):
@@ -286,7 +236,7 @@ def _checks_attempt(snapshot: Path) -> Iterator[None]:
 
 
 def _refuse_crashed_attempt(snapshot: Path, what: str) -> None:
-    """HubError(constraint), permanent, when an earlier check of this commit never ended: its
+    """FetchError(constraint), permanent, when an earlier check of this commit never ended: its
     attempt marker is there and the process that wrote it is gone (killed for memory, a
     crash). Called with the commit's lock held, so no live process is checking it now; a
     marker of a process still alive is a left-over, removed."""
@@ -304,7 +254,7 @@ def _refuse_crashed_attempt(snapshot: Path, what: str) -> None:
     if _process_alive(pid, record.get("process_start") if isinstance(record, dict) else None):
         path.unlink(missing_ok=True)
         return
-    raise HubError(FailureReason.constraint,
+    raise FetchError(FailureReason.constraint,
                    f"{what}: an earlier check of this commit never finished: process {pid} died during it "
                    f"(killed for memory, or crashed); refused so that it cannot take the validator down at every "
                    f"restart (delete {path} to check it again)")
@@ -358,7 +308,7 @@ def check_repo_size(files: dict[str, int], competition: Any, what: str) -> int:
 
 def _check_size(total: int, competition: Any, what: str) -> int:
     if total > competition.model_size:
-        raise HubError(FailureReason.too_large, f"{what}: repo size {total} bytes > model_size {competition.model_size}")
+        raise FetchError(FailureReason.too_large, f"{what}: repo size {total} bytes > model_size {competition.model_size}")
     return total
 
 
@@ -371,22 +321,22 @@ BOUNDED_JSON_FILES = (live_repo.TOKENIZER_CONFIG, live_repo.CONFIG, live_repo.SA
 
 
 def check_json_size(name: str, size: int, what: str) -> None:
-    """HubError(constraint) when a repo JSON file is larger than HUB_SMALL_FILE_MAX_BYTES."""
+    """FetchError(constraint) when a repo JSON file is larger than HUB_SMALL_FILE_MAX_BYTES."""
     if size > constants.HUB_SMALL_FILE_MAX_BYTES:
-        raise HubError(FailureReason.constraint, f"{what}/{name}: {size} bytes, more than "
+        raise FetchError(FailureReason.constraint, f"{what}/{name}: {size} bytes, more than "
                                                  f"HUB_SMALL_FILE_MAX_BYTES = {constants.HUB_SMALL_FILE_MAX_BYTES}")
 
 
-def _json_error(exc: SourceError, what: str) -> HubError:
+def _json_error(exc: SourceError, what: str) -> FetchError:
     """config_source's message ("<what>: why") as a refusal that names the hub's bounds."""
     why = str(exc).removeprefix(f"{what}: ")
-    return HubError(FailureReason.constraint,
+    return FetchError(FailureReason.constraint,
                     f"{what}: not readable JSON within HUB_JSON_MAX_DEPTH = {constants.HUB_JSON_MAX_DEPTH}, "
                     f"HUB_JSON_MAX_ELEMENTS = {constants.HUB_JSON_MAX_ELEMENTS}: {why}")
 
 
 def check_repo_json(name: str, raw: bytes, what: str) -> None:
-    """Refuse (HubError constraint, naming the file and the bound) a repo JSON file beyond
+    """Refuse (FetchError constraint, naming the file and the bound) a repo JSON file beyond
     HUB_SMALL_FILE_MAX_BYTES, HUB_JSON_MAX_DEPTH or HUB_JSON_MAX_ELEMENTS, without parsing it.
     Whether it is valid JSON stays the live rule's question (live_repo): an unreadable
     tokenizer_config.json makes 4.44 skip the tokenizer, an unreadable config.json refuses."""
@@ -400,10 +350,10 @@ def check_repo_json(name: str, raw: bytes, what: str) -> None:
 
 def decode_repo_json(raw: bytes, what: str) -> Any:
     """A repo JSON file (`what` names it) decoded by jsonread.decode_json within
-    HUB_SMALL_FILE_MAX_BYTES, HUB_JSON_MAX_DEPTH and HUB_JSON_MAX_ELEMENTS; HubError(constraint)
+    HUB_SMALL_FILE_MAX_BYTES, HUB_JSON_MAX_DEPTH and HUB_JSON_MAX_ELEMENTS; FetchError(constraint)
     naming the file and the bound or the parse error otherwise."""
     if len(raw) > constants.HUB_SMALL_FILE_MAX_BYTES:
-        raise HubError(FailureReason.constraint, f"{what}: {len(raw)} bytes, more than "
+        raise FetchError(FailureReason.constraint, f"{what}: {len(raw)} bytes, more than "
                                                  f"HUB_SMALL_FILE_MAX_BYTES = {constants.HUB_SMALL_FILE_MAX_BYTES}")
     try:
         return decode_json(raw, what, max_depth=constants.HUB_JSON_MAX_DEPTH,
@@ -413,14 +363,14 @@ def decode_repo_json(raw: bytes, what: str) -> Any:
 
 
 def plan_download(files: Iterable[str], small_files: dict[str, bytes], what: str) -> live_repo.DownloadSet:
-    """live_repo.download_set with its refusals as HubError; each small file bounded first
+    """live_repo.download_set with its refusals as FetchError; each small file bounded first
     (check_repo_json)."""
     for name, raw in small_files.items():
         check_repo_json(name, raw, what)
     try:
         return live_repo.download_set(files, small_files)
     except live_repo.RepoRefused as exc:
-        raise HubError(exc.reason, f"{what}: {exc.detail}") from None
+        raise FetchError(exc.reason, f"{what}: {exc.detail}") from None
 
 
 def check_config(cfg: Any, competition: Any, what: str = "config.json", *, timeout_s: float | None = None,
@@ -430,11 +380,11 @@ def check_config(cfg: Any, competition: Any, what: str = "config.json", *, timeo
     unique parameters (built on the meta device: no weights, no remote code) must not exceed
     `parameters`. The build runs in a worker (count_parameters_isolated; the limits default to
     CONFIG_CHECK_TIMEOUT_S and CONFIG_CHECK_MEMORY_BYTES). Returns (printed class, parameter
-    count); raises HubError(constraint)."""
+    count); raises FetchError(constraint)."""
     try:
         printed = live_repo.live_model_class(live_repo.config_model_type(cfg))
     except live_repo.RepoRefused as exc:
-        raise HubError(exc.reason, f"{what}: {exc.detail}") from None
+        raise FetchError(exc.reason, f"{what}: {exc.detail}") from None
     check_model_type(printed, competition, what)
     _arch, n_params = count_parameters_isolated(cfg, what, timeout_s=timeout_s, memory_limit_bytes=memory_limit_bytes)
     check_parameters(n_params, competition, what)
@@ -443,13 +393,13 @@ def check_config(cfg: Any, competition: Any, what: str = "config.json", *, timeo
 
 def check_model_type(printed_class: str, competition: Any, what: str) -> None:
     if not live_repo.model_type_allowed(printed_class, competition.model_types):
-        raise HubError(FailureReason.constraint, f"{what}: model type: {printed_class} contains none of the "
+        raise FetchError(FailureReason.constraint, f"{what}: model type: {printed_class} contains none of the "
                                                  f"competition's model_types {list(competition.model_types)}")
 
 
 def check_parameters(n_params: int, competition: Any, what: str) -> None:
     if n_params > competition.parameters:
-        raise HubError(FailureReason.constraint, f"{what}: parameters: {n_params} > {competition.parameters}")
+        raise FetchError(FailureReason.constraint, f"{what}: parameters: {n_params} > {competition.parameters}")
 
 
 def strip_config_keys(cfg: dict) -> dict:
@@ -483,9 +433,9 @@ def count_parameters_isolated(cfg: dict, what: str = "config.json", *, timeout_s
     """count_parameters in a worker process (validator.scoring.config_check) under a time limit and an
     address-space limit (default CONFIG_CHECK_TIMEOUT_S, CONFIG_CHECK_MEMORY_BYTES): a config
     whose build hangs, eats memory or crashes costs that worker, not the validator. A worker
-    that fails is a permanent refusal, HubError(constraint, "...: config checks crashed: oom ...")."""
+    that fails is a permanent refusal, FetchError(constraint, "...: config checks crashed: oom ...")."""
     if not isinstance(cfg, dict):
-        raise HubError(FailureReason.constraint, f"{what}: not a JSON object")
+        raise FetchError(FailureReason.constraint, f"{what}: not a JSON object")
     cfg = strip_config_keys(cfg)
     check_config_counts(cfg, what)  # a refused count starts no worker
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
@@ -498,11 +448,11 @@ def count_parameters_isolated(cfg: dict, what: str = "config.json", *, timeout_s
     value = res.value if res.ok else None
     if not res.ok or not isinstance(value, dict):
         why = res.describe() if not res.ok else f"unexpected result {str(value)[:80]}"
-        raise HubError(FailureReason.constraint,
+        raise FetchError(FailureReason.constraint,
                        f"{what}: config checks crashed: {why[:300]} (limits: {timeout:g} s, {memory} bytes of "
                        f"address space; CONFIG_CHECK_TIMEOUT_S, CONFIG_CHECK_MEMORY_BYTES)")
     if "refused" in value:
-        raise HubError(value["refused"], str(value.get("detail", "")))
+        raise FetchError(value["refused"], str(value.get("detail", "")))
     result = (str(value["class"]), int(value["parameters"]))
     if len(_COUNTED) >= _COUNTED_MAX:
         _COUNTED.pop(next(iter(_COUNTED)))  # oldest first
@@ -522,21 +472,21 @@ def count_parameters(cfg: dict, what: str = "config.json") -> tuple[str, int]:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     if not isinstance(cfg, dict):
-        raise HubError(FailureReason.constraint, f"{what}: not a JSON object")
+        raise FetchError(FailureReason.constraint, f"{what}: not a JSON object")
     cfg = strip_config_keys(cfg)
     check_config_counts(cfg, what)  # before anything is built: a huge count is hours of building
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
-        raise HubError(FailureReason.constraint,
+        raise FetchError(FailureReason.constraint,
                        f"{what}: model_type {model_type!r} is not built into transformers (no custom code)")
     try:
         config = CONFIG_MAPPING[model_type].from_dict(dict(cfg))
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    except HubError:
+    except FetchError:
         raise
     except Exception as exc:  # noqa: BLE001 - any config transformers cannot build is refused
-        raise HubError(FailureReason.constraint,
+        raise FetchError(FailureReason.constraint,
                        f"{what}: cannot build a causal LM from it ({type(exc).__name__}: {str(exc)[:200]})") from None
     # parameters() yields each tensor once, so tied embeddings are counted once
     return type(model).__name__, int(sum(p.numel() for p in model.parameters()))
@@ -570,32 +520,32 @@ def _config_items(cfg: dict) -> Iterable[tuple[str, Any]]:
 
 
 def _count_value(path: str, value: Any, bound_name: str, what: str) -> int | None:
-    """The integer a count key holds (None: unset or a flag); HubError if it is not a
+    """The integer a count key holds (None: unset or a flag); FetchError if it is not a
     count within the bound named by `bound_name` (a constant)."""
     key = path.rsplit(".", 1)[-1].lower()
     if value is None:
         return None  # unset: transformers takes its default
     if isinstance(value, bool):
         if _COUNT_PREFIX.search(key) or bound_name == "CONFIG_MAX_EXPERTS":
-            raise HubError(FailureReason.constraint, f"{what}: {path} = {value} is a bool, not a count")
+            raise FetchError(FailureReason.constraint, f"{what}: {path} = {value} is a bool, not a count")
         return None  # a flag about layers, e.g. freeze_text_layers
     if not isinstance(value, int):
-        raise HubError(FailureReason.constraint, f"{what}: {path} = {value!r} is not an integer count")
+        raise FetchError(FailureReason.constraint, f"{what}: {path} = {value!r} is not an integer count")
     if value < 0:
-        raise HubError(FailureReason.constraint, f"{what}: {path} = {value} is negative")
+        raise FetchError(FailureReason.constraint, f"{what}: {path} = {value} is negative")
     bound = getattr(constants, bound_name)
     if value > bound:
-        raise HubError(FailureReason.constraint, f"{what}: {path} = {value} exceeds {bound_name} = {bound}")
+        raise FetchError(FailureReason.constraint, f"{what}: {path} = {value} exceeds {bound_name} = {bound}")
     return value
 
 
 def check_config_counts(cfg: dict, what: str = "config.json") -> None:
     """Refuse a config whose layer, block or expert counts (at any depth) are not integers
     within CONFIG_MAX_LAYERS / CONFIG_MAX_EXPERTS, or whose largest layer count times its
-    largest expert count exceeds CONFIG_MAX_MODULE_BLOCKS. Builds nothing; HubError
+    largest expert count exceeds CONFIG_MAX_MODULE_BLOCKS. Builds nothing; FetchError
     (constraint) names the key and the bound."""
     if not isinstance(cfg, dict):
-        raise HubError(FailureReason.constraint, f"{what}: not a JSON object")
+        raise FetchError(FailureReason.constraint, f"{what}: not a JSON object")
     layers: tuple[str, int] = ("", 0)
     experts: tuple[str, int] = ("", 0)
     for path, value in _config_items(cfg):
@@ -608,7 +558,7 @@ def check_config_counts(cfg: dict, what: str = "config.json") -> None:
             experts = max(experts, (path, n or 0), key=lambda item: item[1])
     blocks = layers[1] * max(1, experts[1])
     if blocks > constants.CONFIG_MAX_MODULE_BLOCKS:
-        raise HubError(FailureReason.constraint,
+        raise FetchError(FailureReason.constraint,
                        f"{what}: {layers[0]} = {layers[1]} x {experts[0]} = {experts[1]} = {blocks} "
                        f"exceeds CONFIG_MAX_MODULE_BLOCKS = {constants.CONFIG_MAX_MODULE_BLOCKS}")
 
@@ -619,7 +569,7 @@ def check_model_constraints(path: str | os.PathLike, competition: Any) -> None:
     every file outside hidden folders) <= model_size (too_large); the download set (what a
     validator will fetch from it) safetensors only (unsafe_format); model class and parameter
     count (constraint). Files a validator ignores are not checked. No symlinks. Raises
-    HubError naming the dir and the reason."""
+    FetchError naming the dir and the reason."""
     _check_dir(Path(path), competition)
 
 
@@ -628,18 +578,18 @@ def local_files(root: Path) -> dict[str, int]:
     hidden folders (.git, .cache, ...). A symlink or special file is refused (unsafe_format)."""
     what = str(root)
     if not root.is_dir():
-        raise HubError(FailureReason.not_found, f"{what}: not a directory")
+        raise FetchError(FailureReason.not_found, f"{what}: not a directory")
     files: dict[str, int] = {}
     for cur, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(dirs + names):
             full = Path(cur) / name
             if full.is_symlink():
-                raise HubError(FailureReason.unsafe_format, f"{what}: symlink {full.relative_to(root)} is not allowed")
+                raise FetchError(FailureReason.unsafe_format, f"{what}: symlink {full.relative_to(root)} is not allowed")
         for name in names:
             full = Path(cur) / name
             if not full.is_file():
-                raise HubError(FailureReason.unsafe_format, f"{what}: {full.relative_to(root)} is not a regular file")
+                raise FetchError(FailureReason.unsafe_format, f"{what}: {full.relative_to(root)} is not a regular file")
             files[full.relative_to(root).as_posix()] = full.stat().st_size
     return files
 
@@ -680,7 +630,7 @@ def _check_dir(root: Path, competition: Any, repo_size: int | None = None, exact
     plan = plan_download(files, small, what)
     if exact and set(plan.files) != set(files):
         extra = sorted(set(files) - set(plan.files))
-        raise HubError(FailureReason.unsafe_format, f"{what}: holds files a validator does not download: {extra[:5]}")
+        raise FetchError(FailureReason.unsafe_format, f"{what}: holds files a validator does not download: {extra[:5]}")
     for name in sorted((set(plan.files) & set(BOUNDED_JSON_FILES)) - set(small)):  # read later, by the load
         check_repo_json(name, _read_bounded(root, name, files[name], what), what)
     cfg = decode_repo_json(small[live_repo.CONFIG], f"{what}/{live_repo.CONFIG}")
@@ -693,7 +643,7 @@ def _check_recorded(marker: dict, competition: Any, what: str) -> None:
     since it was verified), from the marker alone: no network, no rehash."""
     size, n_params, printed = marker.get("repo_size"), marker.get("parameters"), marker.get("class")
     if isinstance(size, int) and size > competition.model_size:
-        raise HubError(FailureReason.too_large, f"{what}: repo size {size} bytes > model_size {competition.model_size}")
+        raise FetchError(FailureReason.too_large, f"{what}: repo size {size} bytes > model_size {competition.model_size}")
     if isinstance(printed, str):
         check_model_type(printed, competition, what)
     if isinstance(n_params, int):
@@ -715,7 +665,7 @@ def _silent_tqdm():
 
 
 def _listing(repo_id: str, commit: str, endpoint: str, token) -> list:
-    """The tree entries (RepoFile, RepoFolder) of `repo_id` at `commit`. Raises HubError."""
+    """The tree entries (RepoFile, RepoFolder) of `repo_id` at `commit`. Raises FetchError."""
     from huggingface_hub import HfApi
 
     _install_timeouts()
@@ -729,27 +679,27 @@ def _listing(repo_id: str, commit: str, endpoint: str, token) -> list:
 def check_repo_path(path: Any, what: str) -> str:
     """A tree entry's path must be a plain relative path: no empty, "." or ".." component, no
     backslash or control character (the hub never makes one; a mirror or a crafted tree may).
-    HubError(bad_repo) otherwise: the repo's content, permanent for the commitment."""
+    FetchError(bad_repo) otherwise: the repo's content, permanent for the commitment."""
     if (not isinstance(path, str) or not path or any(p in ("", ".", "..") for p in path.split("/"))
             or "\\" in path or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path)):
-        raise HubError(FailureReason.bad_repo, f"{what}: tree entry {str(path)[:120]!r} is not a plain relative path")
+        raise FetchError(FailureReason.bad_repo, f"{what}: tree entry {str(path)[:120]!r} is not a plain relative path")
     return path
 
 
 def check_download_names(names: Iterable[str], what: str) -> None:
     """Every component of a file to download must fit the filesystem (HUB_MAX_NAME_BYTES of
-    UTF-8, the usual NAME_MAX): else HubError(bad_repo) before any download."""
+    UTF-8, the usual NAME_MAX): else FetchError(bad_repo) before any download."""
     for name in names:
         for part in name.split("/"):
             if len(part.encode("utf-8")) > constants.HUB_MAX_NAME_BYTES:
-                raise HubError(FailureReason.bad_repo,
+                raise FetchError(FailureReason.bad_repo,
                                f"{what}: file name {name[:60]!r}... has a component of {len(part.encode())} bytes, "
                                f"more than HUB_MAX_NAME_BYTES = {constants.HUB_MAX_NAME_BYTES}")
 
 
 def remote_files(repo_id: str, commit: str, endpoint: str, token: str | bool | None = None) -> dict[str, int]:
     """path -> size of every file of `repo_id` at `commit` (sizes from the tree listing, else
-    the file's HEAD: olah leaves files_metadata sizes empty). Raises HubError: bad_repo for
+    the file's HEAD: olah leaves files_metadata sizes empty). Raises FetchError: bad_repo for
     an entry that is not a plain relative path or more than HUB_MAX_REPO_FILES files."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.hf_api import RepoFile
@@ -760,7 +710,7 @@ def remote_files(repo_id: str, commit: str, endpoint: str, token: str | bool | N
         check_repo_path(entry.path, what)
     n_files = sum(isinstance(e, RepoFile) for e in entries)
     if n_files > constants.HUB_MAX_REPO_FILES:  # before a HEAD per file or any download
-        raise HubError(FailureReason.bad_repo, f"{what}: the repo has {n_files} files, more than "
+        raise FetchError(FailureReason.bad_repo, f"{what}: the repo has {n_files} files, more than "
                                                f"HUB_MAX_REPO_FILES = {constants.HUB_MAX_REPO_FILES}")
     files: dict[str, int] = {}
     for entry in entries:
@@ -772,10 +722,10 @@ def remote_files(repo_id: str, commit: str, endpoint: str, token: str | bool | N
             meta = _with_retries(lambda: get_hf_file_metadata(url, token=token), f"{what}/{entry.path}")
             size = meta.size
         if size is None:
-            raise HubError(FailureReason.network, f"{what}/{entry.path}: the hub gave no size")
+            raise FetchError(FailureReason.network, f"{what}/{entry.path}: the hub gave no size")
         files[entry.path] = int(size)
     if not files:
-        raise HubError(FailureReason.not_found, f"{what}: no files at this commit")
+        raise FetchError(FailureReason.not_found, f"{what}: no files at this commit")
     return files
 
 
@@ -786,7 +736,7 @@ def _check_deadline(deadline: float | None, what: str) -> None:
     """Between files: past the step's download deadline (time.monotonic()) the download stops,
     transient: the model is tried again at the next step."""
     if deadline is not None and time.monotonic() >= deadline:
-        raise HubError(FailureReason.network, f"{what}: {BUDGET_USED_UP}")
+        raise FetchError(FailureReason.network, f"{what}: {BUDGET_USED_UP}")
 
 
 def _fetch_small(repo_id: str, commit: str, endpoint: str, cache_dir: Path, files: dict[str, int], token,
@@ -813,7 +763,7 @@ def _download_snapshot(repo_id: str, commit: str, endpoint: str, cache_dir: Path
                        progress: bool, token, deadline: float | None = None) -> Path:
     """Download exactly `files` (plain names, never a pattern) at `commit` into a private
     cache dir, hf_hub_download per file, a few in parallel; returns the snapshot folder (hub
-    layout: symlinks into ../../blobs). No file is started past `deadline` (HubError network;
+    layout: symlinks into ../../blobs). No file is started past `deadline` (FetchError network;
     files in flight finish). A seam for tests."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -846,7 +796,7 @@ def _realise(snapshot: Path, blobs: Path, what: str) -> None:
                 target = os.path.realpath(path)
                 inside = os.path.commonpath([blobs_real, target]) == blobs_real
                 if not inside or not (os.path.isfile(target) or target in moved):
-                    raise HubError(FailureReason.unsafe_format,
+                    raise FetchError(FailureReason.unsafe_format,
                                    f"{what}: symlink {rel} -> {os.readlink(path)} leaves the download")
                 if target in moved:
                     tmp = path.with_name(f".{path.name}.copy")
@@ -858,7 +808,7 @@ def _realise(snapshot: Path, blobs: Path, what: str) -> None:
             elif entry.is_dir(follow_symlinks=False):
                 stack.append(path)
             elif not entry.is_file(follow_symlinks=False):
-                raise HubError(FailureReason.unsafe_format, f"{what}: {rel} is not a regular file")
+                raise FetchError(FailureReason.unsafe_format, f"{what}: {rel} is not a regular file")
 
 
 def _relative_files(root: Path) -> set[str]:
@@ -887,9 +837,9 @@ def _verify_local(snapshot: Path, model_id: ModelId, hotkey: str) -> str:
     try:
         content = dir_hash(snapshot)
     except NothingToHash as exc:
-        raise HubError(FailureReason.not_found, f"{what}: {exc}") from None
+        raise FetchError(FailureReason.not_found, f"{what}: {exc}") from None
     if secure_hash(content, hotkey) != model_id.hash:
-        raise HubError(FailureReason.hash_mismatch,
+        raise FetchError(FailureReason.hash_mismatch,
                        f"{what}: directory hash {content} with hotkey {hotkey} gives {secure_hash(content, hotkey)}, "
                        f"committed {model_id.hash}")
     return content
@@ -901,10 +851,10 @@ def ensure_model(model_id: ModelId, hotkey: str, competition: Any, model_dir: st
     """The verified snapshot dir of `model_id` committed by `hotkey`, downloading it if needed.
 
     Present and verified: returns at once, no network. Otherwise one process downloads
-    (a filelock; others wait up to `lock_timeout_s`, then HubError(network, "busy ...")).
-    Raises HubError(reason, detail); a failed attempt leaves nothing behind. `deadline`
+    (a filelock; others wait up to `lock_timeout_s`, then FetchError(network, "busy ...")).
+    Raises FetchError(reason, detail); a failed attempt leaves nothing behind. `deadline`
     (time.monotonic(), None: no limit) is checked between files of the download: past it,
-    HubError(network, "download budget of this step used up")."""
+    FetchError(network, "download budget of this step used up")."""
     snapshot = snapshot_path(model_dir, hotkey, model_id)
     what = f"{model_id.repo_id}@{model_id.commit[:12]}"
 
@@ -913,7 +863,7 @@ def ensure_model(model_id: ModelId, hotkey: str, competition: Any, model_dir: st
         if marker is None or "class" not in marker or not snapshot.is_dir():
             return None  # none, or recorded under the old rules (whole repo hashed): re-checked
         if secure_hash(marker["dir_hash"], hotkey) != model_id.hash:
-            raise HubError(FailureReason.hash_mismatch,
+            raise FetchError(FailureReason.hash_mismatch,
                            f"{what}: verified content (directory hash {marker['dir_hash']}) does not give "
                            f"the committed hash {model_id.hash} for hotkey {hotkey}")
         _check_recorded(marker, competition, what)
@@ -928,7 +878,7 @@ def ensure_model(model_id: ModelId, hotkey: str, competition: Any, model_dir: st
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise HubError(FailureReason.network,
+        raise FetchError(FailureReason.network,
                        f"{what}: busy, another process is downloading it (waited {lock_timeout_s:.0f} s)") from None
     try:
         if (found := present()) is not None:  # another process finished it meanwhile
@@ -941,7 +891,7 @@ def ensure_model(model_id: ModelId, hotkey: str, competition: Any, model_dir: st
                 with _checks_attempt(snapshot):
                     checked = _check_dir(snapshot, competition, exact=True)
                 content = _verify_local(snapshot, model_id, hotkey)
-            except HubError:
+            except FetchError:
                 shutil.rmtree(snapshot, ignore_errors=True)
             else:
                 _write_marker(snapshot, model_id, hotkey, content, checked)
@@ -969,7 +919,7 @@ def _fetch_files(repo_id: str, commit: str, endpoint: str, cache_dir: Path, file
     have = _relative_files(got)
     if have != set(files):
         missing, extra = sorted(set(files) - have), sorted(have - set(files))
-        raise HubError(FailureReason.network, f"{what}: incomplete download (missing {missing[:3]}, unexpected {extra[:3]})")
+        raise FetchError(FailureReason.network, f"{what}: incomplete download (missing {missing[:3]}, unexpected {extra[:3]})")
     _refuse_lfs_pointers(got, files, what)
     return got
 
@@ -980,18 +930,18 @@ LFS_POINTER_MAX_BYTES = 1024  # git-lfs pointers are ~130 bytes; its own limit i
 
 def _refuse_lfs_pointers(root: Path, files: Iterable[str], what: str) -> None:
     """A git-LFS pointer served as the file itself (pushed with plain git, the object never
-    uploaded): the repo's content, not the hub; HubError(bad_repo)."""
+    uploaded): the repo's content, not the hub; FetchError(bad_repo)."""
     for name in files:
         path = root / name
         if path.stat().st_size <= LFS_POINTER_MAX_BYTES:
             with open(path, "rb") as f:
                 if f.read(len(LFS_POINTER_PREFIX)) == LFS_POINTER_PREFIX:
-                    raise HubError(FailureReason.bad_repo,
+                    raise FetchError(FailureReason.bad_repo,
                                    f"{what}: {name} is a git-LFS pointer, not the file (LFS object never uploaded)")
 
 
 def _diagnose_download(repo_id: str, commit: str, endpoint: str, token, files: list[str],
-                       err: HubError) -> HubError:
+                       err: FetchError) -> FetchError:
     """A download failed on the connection or a 5xx: ask the hub again, so that the repo's
     content is not blamed on the network. The commit gone from the listing -> not_found
     (it vanished: force-pushed away); the hub answering for the commit's plain files but
@@ -1003,7 +953,7 @@ def _diagnose_download(repo_id: str, commit: str, endpoint: str, token, files: l
     what = f"{repo_id}@{commit[:12]}"
     try:
         entries = _listing(repo_id, commit, endpoint, token)
-    except HubError as again:
+    except FetchError as again:
         return again if again.reason is not FailureReason.network else err
     wanted = set(files)
     listed = [e for e in entries if isinstance(e, RepoFile) and e.path in wanted]
@@ -1024,7 +974,7 @@ def _diagnose_download(repo_id: str, commit: str, endpoint: str, token, files: l
         return err
     missing = [name for name in lfs if not served(name)]
     if missing:
-        return HubError(FailureReason.bad_repo, f"{what}: the hub serves its plain files but not the git-LFS "
+        return FetchError(FailureReason.bad_repo, f"{what}: the hub serves its plain files but not the git-LFS "
                                                 f"object of {missing[:3]} (pointer committed without the object?)")
     return err
 
@@ -1051,7 +1001,7 @@ def _fetch_checked(repo_id: str, commit: str, competition: Any, work: Path, endp
     need = sum(files[f] for f in plan.files) + constants.DISK_MARGIN_BYTES
     free = _disk_free(work)
     if free < need:
-        raise HubError(FailureReason.disk_full,
+        raise FetchError(FailureReason.disk_full,
                        f"{what}: {free} bytes free, need {need} (download + margin of {constants.DISK_MARGIN_BYTES})")
     got = _fetch_files(repo_id, commit, endpoint, cache, plan.files, progress, token, deadline)
     with guard():
@@ -1068,7 +1018,7 @@ def download_snapshot(repo_id: str, commit: str, out_dir: str | os.PathLike, *, 
     work.mkdir(parents=True)
     try:
         return _fetch_checked(repo_id, commit, competition, work, ep, progress, token)[0]
-    except HubError:
+    except FetchError:
         shutil.rmtree(work, ignore_errors=True)
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. disk errors while realising
@@ -1092,7 +1042,7 @@ def _download_and_verify(model_id: ModelId, hotkey: str, competition: Any, snaps
         _write_marker(snapshot, model_id, hotkey, content, checked)
         log.info("%s verified at %s", what, snapshot)
         return snapshot
-    except HubError:
+    except FetchError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. disk errors while realising
         raise _classify(exc, what) from None
@@ -1198,7 +1148,7 @@ def fetch_tokenizer(spec: str, cache_dir: str | os.PathLike, endpoint: str | Non
         return local
     repo_id, _, revision = spec.partition("@")
     if repo_id.count("/") != 1 or spec.startswith(("/", ".", "~")):
-        raise HubError(FailureReason.not_found, f"tokenizer {spec!r}: not a local dir nor an org/name[@revision] repo")
+        raise FetchError(FailureReason.not_found, f"tokenizer {spec!r}: not a local dir nor an org/name[@revision] repo")
     _install_timeouts()
     ep = resolve_endpoint(endpoint)
     revision = revision or "main"  # olah needs an explicit revision; the hub's default is main as well
@@ -1207,7 +1157,7 @@ def fetch_tokenizer(spec: str, cache_dir: str | os.PathLike, endpoint: str | Non
     if names and "config.json" in present:
         names.append("config.json")  # 4.44 takes the tokenizer class from model_type when tokenizer_config has none
     if not names:
-        raise HubError(FailureReason.not_found, f"tokenizer {spec}: no tokenizer files in the repo")
+        raise FetchError(FailureReason.not_found, f"tokenizer {spec}: no tokenizer files in the repo")
     try:
         return _download_snapshot(repo_id, revision, ep, Path(cache_dir), names, False, token)
     except Exception as exc:  # noqa: BLE001 - classified

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from validator.core.failures import retry_after
 import constants
 from validator.cli.logsetup import LEVELS, log_level, setup_logging
 from validator.cli.preflight import (SetupError, check_device, check_offline_endpoint, check_registration, check_wallet,
@@ -178,7 +179,7 @@ def build_validator(args: argparse.Namespace, console=None, *, chain=None, uid: 
     shards = args.state_dir / "fineweb_shards.json"  # row counts of the dumps, kept across restarts
     validator = Validator(chain, competitions, fetch, score,
                           lambda name, **kw: data.source_for(name, endpoint=endpoint, shard_list_cache=shards, **kw),
-                          settings, hotkey=hotkey, retry_after=hub.retry_after,
+                          settings, hotkey=hotkey, retry_after=retry_after,
                           cleanup=store.cleanup, progress=StepProgress(console),
                           hall_of_fame=hall_of_fame)
     return validator

@@ -1,12 +1,11 @@
-"""The Chain port: what the validator needs from a blockchain, and the value types it returns.
+"""What a chain returns: a commitment, the metagraph, and the error of an unreachable chain.
 
-Adapters: `local.LocalChain` (SQLite, the embedded default) and `subtensor.SubtensorChain`
-(bittensor >= 11). The loop depends only on this protocol.
+The port itself is `validator.ports.Chain`; adapters are in validator/adapters/chain/.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+
 
 
 @dataclass(frozen=True)
@@ -46,27 +45,3 @@ class Metagraph:
 
 class ChainError(RuntimeError):
     """The chain could not be reached or refused an operation."""
-
-
-@runtime_checkable
-class Chain(Protocol):
-    netuid: int
-    hotkey: str | None  # the validator's own hotkey, None when it has none (read-only use)
-
-    @property
-    def block(self) -> int: ...
-
-    def block_hash(self, block: int) -> str: ...
-
-    def sync(self) -> tuple[Metagraph, dict[str, Commitment]]:
-        """The metagraph and every hotkey's latest commitment, in one round trip."""
-        ...
-
-    def commit(self, signer: Any, text: str) -> None:
-        """Publish `text` as the commitment of `signer` (a hotkey ss58 for LocalChain,
-        a bittensor Wallet for SubtensorChain)."""
-        ...
-
-    def set_weights(self, uids: Sequence[int], weights: Sequence[float], version_key: int) -> None:
-        """Set weights as the validator this chain was opened for."""
-        ...

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch  # noqa: F401 - imported before the worker's memory limit applies
 import transformers  # noqa: F401 - likewise
 
+from validator.core.failures import FetchError
 from validator.adapters import hub
 
 
@@ -21,6 +22,6 @@ def count_parameters_job(cfg: dict, what: str) -> dict:
     FailureReason value, "detail"} for a config it refuses (a typed refusal, not a crash)."""
     try:
         arch, n_params = hub.count_parameters(cfg, what)
-    except hub.HubError as exc:
+    except FetchError as exc:
         return {"refused": exc.reason.value, "detail": exc.detail}
     return {"class": arch, "parameters": n_params}

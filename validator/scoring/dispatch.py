@@ -14,7 +14,6 @@ box for the model's own tokenizer (TOKENIZE_TIME_SHARE of timeout_s).
 """
 from __future__ import annotations
 
-import math
 import os
 import threading
 import weakref
@@ -23,17 +22,9 @@ from typing import Callable, Sequence
 
 import constants
 from validator.core.competitions import Competition
+from validator.core.scores import decode_float
 
 JOB = "validator.scoring.job:score_model_job"
-
-
-def decode_loss(v) -> float:
-    """JSON has no inf/nan: the job sends them as null or strings."""
-    if v is None:
-        return math.inf
-    if isinstance(v, str):
-        return float(v)  # "inf", "nan"
-    return float(v)
 
 
 def default_memory_limit() -> int | None:
@@ -95,7 +86,7 @@ def decode_value(value: dict) -> dict:
         failure = (detail if detail.startswith(f"{failure}:") else f"{failure}: {detail}")[:300]
     # tokenizer: "model" | "competition" (whose tokenizer the ids came from), tokenizer_reason: why;
     # notes: not the model's fault, for the operator (e.g. "token cache not saved: ...")
-    return {"losses": {k: decode_loss(v) for k, v in value["losses"].items()},
+    return {"losses": {k: decode_float(v) for k, v in value["losses"].items()},
             "n_tokens": {k: int(v) for k, v in value["n_tokens"].items()},
             "failure": failure, "tokenizer": value.get("tokenizer"),
             "tokenizer_reason": value.get("tokenizer_reason"), "notes": list(value.get("notes") or []),

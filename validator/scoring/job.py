@@ -29,11 +29,9 @@ import errno
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Sequence
@@ -42,27 +40,13 @@ import constants
 from validator.scoring import tokens
 from validator.scoring.engine import ScoringError, _engine_run, _is_oom, load_model, model_config, reference_losses
 from validator.scoring.tokens import TokenizedSample
+from validator.core.scores import ScoreResult, result_to_json
 
 log = logging.getLogger(__name__)
 
 INF = float("inf")
 # The model's own tokenizer's time box for a step (score_model_job's default: the worker's default limit)
 DEFAULT_TOKENIZE_TIMEOUT_S = constants.TTL_MODEL_EVAL_S * constants.TOKENIZE_TIME_SHARE
-
-
-# --- errors and results ---------------------------------------------------------------------
-
-@dataclass
-class ScoreResult:
-    losses: dict[str, float]  # summed CE per sample; inf for failed samples or a failed model
-    n_tokens: dict[str, int]  # predicted tokens per sample (len(ids) - 1; 0 when failed)
-    failure: str | None  # model-level reason (ScoringError.reason), None when scored
-    seconds: float
-    detail: str | None = None  # the model-level failure in words
-    engine: str | None = None  # "engine", or "reference: <why>"
-    tokenizer: str | None = None  # "model" | "competition": whose tokenizer the ids came from
-    tokenizer_reason: str | None = None  # why that one (validator.scoring.tokens.choose_tokenizer)
-    notes: list[str] = field(default_factory=list)  # not the model's fault, e.g. "token cache not saved: ..."
 
 
 # --- competition parameters -----------------------------------------------------------------
@@ -510,31 +494,6 @@ def _resident_losses(model: Any, token_lists: list, device: str, engine: bool, m
     except Exception as e:
         raise _forward_error(e) from e
     return losses, used if note is None else f"{used}; {note}"
-
-
-def _encode_float(x: float) -> float | str:
-    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf" if x < 0 else "nan")
-
-
-def _decode_float(x: float | str) -> float:
-    return float(x)  # float("inf") / float("nan") parse the encoded strings
-
-
-def result_to_json(result: ScoreResult) -> dict:
-    """A JSON-able dict of a ScoreResult; non-finite losses become the strings "inf"/"nan"
-    (strict JSON has no infinity)."""
-    return {"losses": {k: _encode_float(v) for k, v in result.losses.items()},
-            "n_tokens": dict(result.n_tokens), "failure": result.failure, "seconds": result.seconds,
-            "detail": result.detail, "engine": result.engine, "tokenizer": result.tokenizer,
-            "tokenizer_reason": result.tokenizer_reason, "notes": list(result.notes)}
-
-
-def result_from_json(data: dict) -> ScoreResult:
-    return ScoreResult(losses={k: _decode_float(v) for k, v in data["losses"].items()},
-                       n_tokens={k: int(v) for k, v in data["n_tokens"].items()},
-                       failure=data.get("failure"), seconds=float(data.get("seconds", 0.0)),
-                       detail=data.get("detail"), engine=data.get("engine"), tokenizer=data.get("tokenizer"),
-                       tokenizer_reason=data.get("tokenizer_reason"), notes=list(data.get("notes") or []))
 
 
 def score_model_job(model_path: str, samples: list, competition: dict, device: str = "cpu",

@@ -20,11 +20,13 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 
+from validator.core.failures import FetchError
 import constants
 from benchmark.config import BenchmarkError, load_benchmark
 from validator.adapters import hub
 from validator.core import ranking
-from validator.core.chain import Chain, ChainError, Commitment, Metagraph
+from validator.core.chain import ChainError, Commitment, Metagraph
+from validator.ports import Chain
 from validator.core.competitions import Competition, CompetitionsFile, ValidatorDefaults, effective
 from validator.core.consensus import ConsensusWatch, consensus_report
 from validator.adapters.data import seed_from_block_hash
@@ -39,7 +41,7 @@ from validator.adapters.files import (StateError, atomic_write_json, keep_bad_co
 log = logging.getLogger(__name__)
 
 class FetchFn(Protocol):
-    """The model source: (verified snapshot dir, its directory hash) of a commitment, or hub.HubError.
+    """The model source: (verified snapshot dir, its directory hash) of a commitment, or FetchError.
     `deadline` (time.monotonic()) is the step's download budget, checked inside a download."""
 
     def __call__(self, model_id: ModelId, hotkey: str, competition: Competition, *,
@@ -295,7 +297,7 @@ def benchmark_entries(path: Path | None, competitions: dict[str, Competition],
         except UnsafeEntry as e:
             problems.append(f"benchmark entry {name}: refused: {e}")
             continue
-        except hub.HubError as e:
+        except FetchError as e:
             problems.append(f"benchmark entry {name}: {e.reason.value}: {printable(e.detail)}")
             continue
         except OSError as e:

@@ -1,0 +1,59 @@
+"""A model's scores as a value, and the one JSON codec of non-finite floats.
+
+Strict JSON has no infinity: every file and pipe that carries a loss (the worker's reply,
+the eval cache, the step report) writes inf/-inf/nan as the strings "inf"/"-inf"/"nan"
+through `encode_float`, and reads them back (also null, as older files wrote) through
+`decode_float`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def encode_float(x: float) -> float | str:
+    """`x` as JSON can hold it: finite as is, else "inf" / "-inf" / "nan"."""
+    x = float(x)
+    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf" if x < 0 else "nan")
+
+
+def decode_float(x: Any) -> float:
+    """The inverse of encode_float; null (None) is a loss never computed: inf."""
+    return math.inf if x is None else float(x)  # float("inf") / float("nan") parse the strings
+
+
+def finite_or_none(x: Any) -> float | None:
+    """A number for a report: finite floats as is, anything else None (JSON null)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+@dataclass
+class ScoreResult:
+    losses: dict[str, float]  # summed CE per sample; inf for failed samples or a failed model
+    n_tokens: dict[str, int]  # predicted tokens per sample (len(ids) - 1; 0 when failed)
+    failure: str | None  # model-level reason (ScoringError.reason), None when scored
+    seconds: float
+    detail: str | None = None  # the model-level failure in words
+    engine: str | None = None  # "engine", or "reference: <why>"
+    tokenizer: str | None = None  # "model" | "competition": whose tokenizer the ids came from
+    tokenizer_reason: str | None = None  # why that one (validator.scoring.tokens.choose_tokenizer)
+    notes: list[str] = field(default_factory=list)  # not the model's fault, e.g. "token cache not saved: ..."
+
+
+def result_to_json(result: ScoreResult) -> dict:
+    """A JSON-able dict of a ScoreResult (non-finite losses through encode_float)."""
+    return {"losses": {k: encode_float(v) for k, v in result.losses.items()},
+            "n_tokens": dict(result.n_tokens), "failure": result.failure, "seconds": result.seconds,
+            "detail": result.detail, "engine": result.engine, "tokenizer": result.tokenizer,
+            "tokenizer_reason": result.tokenizer_reason, "notes": list(result.notes)}
+
+
+def result_from_json(data: dict) -> ScoreResult:
+    return ScoreResult(losses={k: decode_float(v) for k, v in data["losses"].items()},
+                       n_tokens={k: int(v) for k, v in data["n_tokens"].items()},
+                       failure=data.get("failure"), seconds=float(data.get("seconds", 0.0)),
+                       detail=data.get("detail"), engine=data.get("engine"), tokenizer=data.get("tokenizer"),
+                       tokenizer_reason=data.get("tokenizer_reason"), notes=list(data.get("notes") or []))
