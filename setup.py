@@ -29,5 +29,9 @@ setup(
         "report": ["matplotlib>=3.7"],
         "wandb": ["wandb>=0.17"],
     },
-    entry_points={"console_scripts": ["coldint-validator=validator.cli.main:main"]},
+    entry_points={
+        "console_scripts": ["coldint-validator=validator.cli.main:main"],
+        # commands outside validator/ (which never imports them): found by validator.cli.main at run time
+        "coldint_validator.commands": ["benchmark=benchmark.compare:register_benchmark_command"],
+    },
 )

@@ -57,7 +57,7 @@ from matplotlib.figure import Figure
 
 import constants
 from benchmark import stats as bstats
-from validator.core import ranking
+from validator.core import winrule
 
 LABEL_MAX_CHARS = constants.REPORT_LABEL_MAX_CHARS
 ANNOTATE_MAX_MODELS = constants.REPORT_ANNOTATE_MAX_MODELS
@@ -554,7 +554,7 @@ def competition_section(labels: Sequence[str], uids: Sequence[int | None], block
     # Pairwise matrix over field + candidates (candidates: newest, no advantage).
     all_losses = np.vstack([fl] + ([cl] if candidates else []))
     all_blocks = np.append(fb, np.full(len(candidates), np.nan))
-    wm = ranking.win_matrix(all_losses, all_blocks, block_now, params.advantage_initial,
+    wm = winrule.win_matrix(all_losses, all_blocks, block_now, params.advantage_initial,
                             params.advantage_decay, params.epoch)
     frac = wm["adv_wins"] / float(s) if s else np.zeros_like(wm["adv_wins"], dtype=float)
     np.fill_diagonal(frac, np.nan)

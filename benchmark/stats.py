@@ -2,9 +2,9 @@
 
 Each candidate is judged alone against the field, as if it were committed at the current
 block: it walks last, while the field models keep their real advantage. Win rates and
-weights are the live step's (validator.core.ranking.competition_step, on samples the caller has
+weights are the live step's (validator.core.winrule.competition_step, on samples the caller has
 already grouped as live groups them); the per-sample winners behind the intervals follow the
-same walk (validator.core.ranking.sample_winners).
+same walk (validator.core.winrule.sample_winners).
 
 Confidence intervals are percentile bootstraps over samples: the per-sample outcome
 (who wins, the paired loss delta) is computed once; a resample only re-averages those
@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 import constants
-from validator.core import ranking
+from validator.core import winrule
+from validator.core.weights import weights_from_win_rates
 
 BOOTSTRAP_RESAMPLES = constants.BENCH_BOOTSTRAP_RESAMPLES
 BOOTSTRAP_MIN_RESAMPLES = constants.BENCH_BOOTSTRAP_MIN_RESAMPLES
@@ -208,9 +209,9 @@ def field_win_rate_intervals(losses: Any, blocks: Any, block_now: float, params:
     """Win rate of every model with a bootstrap CI, all models from one set of resamples."""
     arr = np.asarray(losses, dtype=np.float64)
     m, s = arr.shape
-    winners = ranking.sample_winners(arr, blocks, block_now, params.advantage_initial,
+    winners = winrule.sample_winners(arr, blocks, block_now, params.advantage_initial,
                                      params.advantage_decay, params.epoch)
-    point = ranking.win_rates(np.bincount(winners[winners >= 0], minlength=m), s)
+    point = winrule.win_rates(np.bincount(winners[winners >= 0], minlength=m), s)
     if s == 0:
         return [Interval(0.0, math.nan, math.nan, confidence) for _ in range(m)]
     if n_boot < BOOTSTRAP_MIN_RESAMPLES:
@@ -232,7 +233,7 @@ def _leader(win_rate: np.ndarray, blocks: np.ndarray) -> int | None:
     """Highest win rate; ties -> the model that walks first (older block, then index)."""
     if win_rate.size == 0:
         return None
-    order = ranking.walk_order(blocks)
+    order = winrule.walk_order(blocks)
     return int(order[np.argmax(win_rate[order])])
 
 
@@ -303,15 +304,15 @@ def _block_or_none(b: float) -> int | None:
 
 
 def live_step(losses: np.ndarray, blocks: Sequence[int | None], block_now: int,
-              params: WinParams) -> "ranking.CompetitionStep":
+              params: WinParams) -> "winrule.CompetitionStep":
     """The live step on already grouped rows (group_samples 1: the caller grouped them)."""
-    return ranking.competition_step([row for row in losses], list(blocks), int(block_now), group_samples=1,
+    return winrule.competition_step([row for row in losses], list(blocks), int(block_now), group_samples=1,
                                     advantage_initial=params.advantage_initial,
                                     advantage_decay=params.advantage_decay,
                                     weight_skew_factor=params.weight_skew_factor, pool_size=max(len(losses), 1))
 
 
-def _step_rates(step: "ranking.CompetitionStep", n: int) -> np.ndarray:
+def _step_rates(step: "winrule.CompetitionStep", n: int) -> np.ndarray:
     return np.zeros(n) if step.win_rate is None else np.asarray(step.win_rate, dtype=np.float64)
 
 
@@ -354,9 +355,9 @@ def candidate_stats(field_losses: Any, field_blocks: Any, candidate_losses: Any,
 
     field_step = live_step(fl, field_blocks_int, block_now, params) if f else None
     field_rates = _step_rates(field_step, f) if field_step is not None else np.zeros(0)
-    without = ranking.weights_from_win_rates(field_rates, params.weight_skew_factor, elig) if f else np.zeros(0)
+    without = weights_from_win_rates(field_rates, params.weight_skew_factor, elig) if f else np.zeros(0)
     lead = _leader(field_rates, fb)
-    lead_adv = float(ranking.advantages(fb[[lead]], block_now, params.advantage_initial,
+    lead_adv = float(winrule.advantages(fb[[lead]], block_now, params.advantage_initial,
                                         params.advantage_decay, params.epoch)[0]) if lead is not None else 0.0
     now = float(int(block_now))
     blocks_all = np.append(fb, now)  # the candidate, as if committed now: it walks last
@@ -369,8 +370,8 @@ def candidate_stats(field_losses: Any, field_blocks: Any, candidate_losses: Any,
         step = live_step(full, field_blocks_int + [int(block_now)], block_now, params)
         wr_all = _step_rates(step, f + 1)
         weights = (np.asarray(step.weights) if elig_all.all() and step.weights is not None
-                   else ranking.weights_from_win_rates(wr_all, params.weight_skew_factor, elig_all))
-        winners = ranking.sample_winners(full, blocks_all, *rule)  # per sample, for the intervals
+                   else weights_from_win_rates(wr_all, params.weight_skew_factor, elig_all))
+        winners = winrule.sample_winners(full, blocks_all, *rule)  # per sample, for the intervals
         won = (winners == f).astype(np.float64)
         per_sample = {"win": won}
         wts: dict[str, np.ndarray] = {}
@@ -380,7 +381,7 @@ def candidate_stats(field_losses: Any, field_blocks: Any, candidate_losses: Any,
             ll = fl[lead]
             paired = np.isfinite(cand) & np.isfinite(ll)
             deltas[paired] = cand[paired] - ll[paired]
-            h2h = ranking.sample_winners(np.vstack([ll, cand]), np.array([fb[lead], now]), *rule)
+            h2h = winrule.sample_winners(np.vstack([ll, cand]), np.array([fb[lead], now]), *rule)
             h2h_wins = float((h2h == 1).sum())
             per_sample.update(h2h=(h2h == 1).astype(np.float64), delta=np.where(paired, deltas, 0.0),
                               ratio=np.where(paired, cand, 0.0))
@@ -414,6 +415,6 @@ def field_stats(field_losses: Any, field_blocks: Any, block_now: float, params: 
     fb = np.asarray(field_blocks, dtype=np.float64).reshape(-1)
     ivs = field_win_rate_intervals(fl, fb, block_now, params, n_boot, seed, confidence)
     rates = np.array([iv.value for iv in ivs])
-    weights = ranking.weights_from_win_rates(rates, params.weight_skew_factor, eligible)
+    weights = weights_from_win_rates(rates, params.weight_skew_factor, eligible)
     labels = list(field_labels) if field_labels is not None else [f"model {i}" for i in range(fl.shape[0])]
     return FieldStats(labels=labels, win_rates=ivs, weights=weights.tolist(), leader_index=_leader(rates, fb))

@@ -114,10 +114,10 @@ def run_path(path: str, jobs: dict[str, list], cache: Path, gap_s: float) -> dic
             else:
                 res = [scorer(m, s, c, step_samples=ss) for m, s, c, ss in js]
             out[step] = round(time.perf_counter() - t, 3)
-            failed = [r["failure"] for r in res if r["failure"]]
+            failed = [r.failure for r in res if r.failure]
             if failed:
                 raise SystemExit(f"{path} {step}: a model failed: {failed[0]}")
-            losses[step] = [r["losses"] for r in res]
+            losses[step] = [r.losses for r in res]
     finally:
         scorer.close()
     return {"seconds": out, "losses": losses}

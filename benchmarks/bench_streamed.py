@@ -101,7 +101,7 @@ def split_bytes(model_dir: Path, dtype_bytes: int) -> tuple[int, int]:
     """(bytes outside the decoder layers, bytes of the layers) in the scoring dtype."""
     from safetensors import safe_open
 
-    from validator.scoring.streaming import weight_files
+    from validator.scoring.stream_plan import weight_files
 
     resident = layers = 0
     by_file: dict[Path, list[str]] = {}
@@ -125,7 +125,7 @@ def copy_bandwidth(model_dir: Path, device: str) -> float:
     import torch
     from safetensors import safe_open
 
-    from validator.scoring.streaming import weight_files
+    from validator.scoring.stream_plan import weight_files
 
     files = weight_files(model_dir)
     names = [n for n in files if ".layers.0." in n]
@@ -143,9 +143,7 @@ def copy_bandwidth(model_dir: Path, device: str) -> float:
 def run_child(args) -> dict:
     import torch
 
-    from validator.scoring import engine
-
-    from validator.scoring import streaming
+    from validator.scoring import engine, model_load, streaming
 
     tokens = token_lists(args)
     cuda = args.device.startswith("cuda")
@@ -154,7 +152,7 @@ def run_child(args) -> dict:
     t0 = time.perf_counter()
     extra = {}
     if args.child == "resident":
-        losses = engine.engine_losses(engine.load_model(args.model_dir, args.device), tokens, args.device,
+        losses = engine.engine_losses(model_load.load_model(args.model_dir, args.device), tokens, args.device,
                                        verify=False)
     else:
         losses, info = streaming.streamed_losses(args.model_dir, tokens, args.device, max_device_bytes=args.cap_bytes)
@@ -187,11 +185,11 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(run_child(args)))
         return 0
-    from validator.scoring import streaming
+    from validator.scoring import stream_plan
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(args, Path(tmp) / "model")
-        size = streaming.model_bytes(model_dir)
+        size = stream_plan.model_bytes(model_dir)
         resident, layers = split_bytes(model_dir, 2 if args.device.startswith("cuda") else 4)
         cap = int(args.cap_gb * 2**30) if args.cap_gb else \
             int(resident + layers * args.cap_fraction + args.room_mib * 2**20)
@@ -201,8 +199,8 @@ def main(argv=None) -> int:
         st = child(args, "streamed", model_dir, cap)
     flops = forward_flops(args, tokens)
     achieved = flops / res["seconds"]
-    info = streaming.StreamInfo(groups=st["groups"], layers=args.layers, layer_bytes=st["layer_bytes"])
-    predicted = streaming.predicted_seconds(info, bandwidth, flops, achieved)
+    info = stream_plan.StreamInfo(groups=st["groups"], layers=args.layers, layer_bytes=st["layer_bytes"])
+    predicted = stream_plan.predicted_seconds(info, bandwidth, flops, achieved)
     pairs = [(a, b) for a, b in zip(st["losses"], res["losses"]) if b not in (0.0, float("inf"))]
     rel = max((abs(a - b) / abs(b) for a, b in pairs), default=0.0)
     record = {

@@ -1,4 +1,4 @@
-"""Token cache (validator.scoring.job.TokenCache): load / save time and peak RSS, this tree vs a git revision.
+"""Token cache (validator.scoring.token_cache.TokenCache): load / save time and peak RSS, this tree vs a git revision.
 
 A synthetic cache of --entries entries x --tokens ids (vocabulary --vocab; ids uniform, or
 Zipf-like with --dist zipf, which is closer to text and compresses better) is written in the
@@ -51,7 +51,7 @@ def make_arrays(entries: int, tokens: int, vocab: int, dist: str, seed: int = 0)
 
 
 def child(args) -> None:
-    """One load (+ gets, put, save) with the TokenCache of `args.source` (a scoring.py file)."""
+    """One load (+ gets, put, save) with the TokenCache of `args.source` (a token_cache.py file)."""
     importlib.import_module("numpy")  # counted in the base RSS, as in the worker
     spec = importlib.util.spec_from_file_location("scoring_under_test", args.source)
     mod = importlib.util.module_from_spec(spec)
@@ -110,7 +110,8 @@ def main(argv=None) -> None:
     p.add_argument("--tokens", type=int, default=1_000)
     p.add_argument("--vocab", type=int, default=128_256)
     p.add_argument("--dist", choices=("uniform", "zipf"), default="uniform")
-    p.add_argument("--old", default="HEAD", help="git revision of validator/scoring/job.py to compare ('' to skip)")
+    p.add_argument("--old", default="HEAD",
+                   help="git revision of validator/scoring/token_cache.py to compare ('' to skip)")
     p.add_argument("--compare-compression", action="store_true")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--source", help=argparse.SUPPRESS)
@@ -128,10 +129,10 @@ def main(argv=None) -> None:
         if args.compare_compression:
             compare_compression(ids, index)
         del ids, index
-        sources = [("new", ROOT / "validator" / "scoring.py")]
+        sources = [("new", ROOT / "validator" / "scoring" / "token_cache.py")]
         if args.old:
             old = Path(d) / "scoring_old.py"
-            old.write_bytes(subprocess.run(["git", "show", f"{args.old}:validator/scoring/job.py"], cwd=ROOT,
+            old.write_bytes(subprocess.run(["git", "show", f"{args.old}:validator/scoring/token_cache.py"], cwd=ROOT,
                                            check=True, capture_output=True).stdout)
             sources.append((f"old ({args.old})", old))
         for label, source in sources:

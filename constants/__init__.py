@@ -41,7 +41,6 @@ RECHECK_MAX = 10
 RECHECK_TOLERANCE = 1e-3  # relative
 
 # --- models on disk ----------------------------------------------------------------------
-MODEL_SIZE_BYTES = 15 * 1024**3  # default competition size limit
 DISK_MARGIN_BYTES = 2 * 1024**3  # free space kept beyond a download's size
 MODEL_STORE_GRACE_S = 3600  # a snapshot younger than this is never cleaned up
 HUB_TIMEOUT_S = 60
@@ -66,7 +65,7 @@ FINEWEB_REPO = "HuggingFaceFW/fineweb-edu-score-2"
 STATE_DIR_DEFAULT = ".coldint"  # state, caches, models, the local chain
 LOCAL_CHAIN_DB = "chain.sqlite"  # the local chain file, inside the state dir
 
-# --- data (validator/adapters/data.py) -------------------------------------------------------------
+# --- data (validator/adapters/fineweb.py, data.py; validator/core/seeding.py) -------------------
 FINEWEB_TIMEOUT_S = 120  # one shard read (ranged) or download (whole shard)
 FINEWEB_RETRIES = 3  # attempts per shard read before giving up
 FINEWEB_RETRY_BACKOFF_S = 2.0  # doubled after each failed attempt
@@ -173,7 +172,7 @@ REVISIT_SLICE_PERIOD_S = 48 * 3600  # the wall clock sweeps the revisit slice ov
 REVISIT_SLICE_MAX_UIDS = 10  # uids one chain update revisits at most
 REVISIT_RETRY_INTERVAL_S = 24 * 3600  # a uid in the slice is visited when its last visit is older
 
-# --- config sources (validator/adapters/config_source.py, competitions.py, halloffame.py; benchmark/config.py)
+# --- config sources (validator/adapters/config_source.py, competitions.py, halloffame.py; validator/core/candidates.py)
 HALL_OF_FAME_URL = "https://github.com/coldint/sn29/raw/main/hall_of_fame.json"  # as live (HOF_URL)
 HALL_OF_FAME_REFRESH_S = 15 * 60  # live re-reads both files every CFG_FETCH_INTERVAL
 HALL_OF_FAME_TIMEOUT_S = 30
@@ -187,7 +186,7 @@ USE_EVAL_CACHE = True
 BENCHMARK_MAX_BYTES = 1_000_000  # a larger benchmark.json is refused
 BENCHMARK_NO_BLOCK = 2**31  # live's block of a benchmark entry without one (no advantage, sorted last)
 
-# --- ranking and weights (validator/core/ranking.py): the live rules -------------------------------
+# --- ranking and weights (validator/core/winrule.py, weights.py, halloffame.py): the live rules ----
 MIN_WEIGHT_SET_INTERVAL_S = 35 * 60  # live HEAD: never set weights more often than this (wall clock)
 HALL_OF_FAME_IV_FACTOR = 1 / (1 - HALL_OF_FAME_DECAY)  # ~200: an award's share at its block is reward / this
 
@@ -220,7 +219,7 @@ CONFIG_KEYS_STRIPPED = ("attn_implementation", "_attn_implementation", "_attn_im
                         "tp_plan", "base_model_tp_plan", "base_model_pp_plan", "base_model_ep_plan",
                         "base_model_fsdp_plan", "distributed_config", "device_map")
 
-# --- step report: shown text (validator/step/loop.py) ----------------------------------------------
+# --- step report: shown text (validator/step/report.py) --------------------------------------------
 PROBLEM_MAX_CHARS = 2_000  # a step problem is cut to this many characters (after escaping) before it is shown
 
 # --- layer-streamed scoring (validator/scoring/streaming.py) -----------------------------------------

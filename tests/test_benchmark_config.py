@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from benchmark.config import BenchmarkError, load_benchmark, parse_benchmark
+from validator.adapters.candidates import load_benchmark
+from validator.core.candidates import BenchmarkError, parse_benchmark
 
 
 def _model_dir(tmp_path, name="m"):
@@ -126,7 +127,7 @@ def test_unstattable_file_is_a_benchmark_error(tmp_path, monkeypatch):
 
 
 def test_validator_step_reports_a_bad_file_instead_of_crashing(tmp_path):
-    from validator.step.loop import benchmark_entries
+    from validator.adapters.candidates import benchmark_entries
 
     f = tmp_path / "bench.json"
     f.write_bytes("{}".encode("utf-16"))

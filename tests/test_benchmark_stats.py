@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from benchmark import stats as S
-from validator.core import ranking
+from validator.core import winrule
 
 BLOCK_NOW = 10_000
 PARAMS = S.WinParams(advantage_initial=0.004, advantage_decay=0.995, weight_skew_factor=1.2)
@@ -43,7 +43,7 @@ def test_clearly_better_candidate_beats_the_leader_with_confidence():
     assert "against uid 12" in st.verdict and "beats the leader" in st.verdict
     # Point estimates equal independent computations with the validator's rule.
     full = np.vstack([field, better])
-    winners = ranking.sample_winners(full, np.append(blocks, np.nan), BLOCK_NOW, 0.004, 0.995)
+    winners = winrule.sample_winners(full, np.append(blocks, np.nan), BLOCK_NOW, 0.004, 0.995)
     assert st.win_rate.value == pytest.approx((winners == 3).mean())
     adv = 0.004 * 0.995 ** ((BLOCK_NOW - 8_000) / 361)
     assert st.required_ratio == pytest.approx(1 - adv)
@@ -114,7 +114,7 @@ def test_same_seed_same_numbers_and_json_able():
 def test_field_win_rate_intervals_match_an_explicit_bootstrap():
     base, field, blocks = make_field(n_samples=300)
     ivs = S.field_win_rate_intervals(field, blocks, BLOCK_NOW, PARAMS, n_boot=1_000, seed=9)
-    winners = ranking.sample_winners(field, blocks, BLOCK_NOW, 0.004, 0.995)
+    winners = winrule.sample_winners(field, blocks, BLOCK_NOW, 0.004, 0.995)
     rng = np.random.default_rng(9)
     idx = rng.integers(0, 300, size=(1_000, 300))  # one chunk: same draws as the module
     for i, iv in enumerate(ivs):

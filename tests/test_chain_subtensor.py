@@ -339,3 +339,57 @@ def test_the_validator_hotkey_is_read_from_the_wallets_public_key(tmp_path, capl
     missing = bt.Wallet(name="nobody", hotkey="none", path=str(tmp_path))
     assert SubtensorChain(netuid=NETUID, wallet=missing).hotkey is None
     assert "cannot read the wallet's hotkey" in caplog.text
+
+
+class StallingClient:
+    """A node that accepts the connection and never answers."""
+
+    def __init__(self):
+        import threading
+
+        self.release = threading.Event()
+        self.calls = []
+
+    def _stall(self, what):
+        self.calls.append(what)
+        self.release.wait(30)
+        raise AssertionError("a stalled call was not left behind")
+
+    @property
+    def block(self):
+        return self._stall("block")
+
+    def at(self, block=None):
+        return self._stall("at")
+
+    def block_info(self, block):
+        return self._stall("block_info")
+
+    def execute(self, intent, wallet):
+        return self._stall("execute")
+
+    def submit_call(self, call, wallet, signer=None):
+        return self._stall("submit_call")
+
+
+def test_a_stalled_node_is_a_chain_error_after_the_timeout_not_a_hang():
+    import time
+
+    import constants
+
+    assert SubtensorChain().timeout_s == constants.CHAIN_TIMEOUT_S  # the constant is what applies by default
+    client = StallingClient()
+    chain = SubtensorChain(netuid=NETUID, wallet=object(), client=client, timeout_s=0.2)
+    try:
+        for call, what in ((chain.sync, "sync of netuid"), (lambda: chain.block, "block timed out"),
+                           (lambda: chain.block_hash(5), "block 5 timed out"),
+                           (lambda: chain.set_weights([1], [1.0], 1), "set_weights timed out"),
+                           (lambda: chain.commit(object(), COMMIT_A), "commit timed out")):
+            start = time.monotonic()
+            with pytest.raises(ChainError, match=f"{what}.* after 0.2 s"):
+                call()
+            assert time.monotonic() - start < 5
+        assert client.calls == ["at", "block", "block_info", "execute", "submit_call"]
+        assert chain._client is client  # an injected client is kept (its owner closes it)
+    finally:
+        client.release.set()

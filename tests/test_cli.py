@@ -5,7 +5,9 @@ import types
 
 import pytest
 
+from validator import app
 from validator.cli import main as cli
+from validator.cli import run as runcmd
 
 
 def test_run_flags_parse_with_defaults():
@@ -14,6 +16,16 @@ def test_run_flags_parse_with_defaults():
     assert args.network == "finney" and args.netuid == 29 and args.steps == 2
     assert args.offline and not args.dont_set_weights and args.model_store_gb == -20.0
     assert str(args.state_dir) == ".coldint"
+
+
+def test_run_flags_map_onto_one_run_config():
+    args = cli.build_parser().parse_args(["run", "--network", "local", "--devices", "cpu, cpu", "--no-isolation",
+                                          "--state-dir", "s", "--hf-endpoint", "http://127.0.0.1:9", "--steps", "3"])
+    config = runcmd.config_from_args(args)
+    assert isinstance(config, app.RunConfig)
+    assert config.devices == ("cpu", "cpu") and not config.isolate and config.steps == 3
+    assert str(config.store_dir) == "s/models" and str(config.chain_file) == "s/chain.sqlite"
+    assert config.hub_endpoint == "http://127.0.0.1:9" and config.store_budget_gb < 0
 
 
 class FakeWandb(types.ModuleType):
@@ -46,28 +58,28 @@ def test_wandb_one_run_per_validator_and_each_step_table(monkeypatch):
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     args = cli.build_parser().parse_args(["run", "--wandb", "--hotkey", "5Val"])
-    run = cli._wandb_init(args)
+    run = runcmd._wandb_init(runcmd.config_from_args(args))
     assert len(fake.inits) == 1 and fake.inits[0]["name"] == "validator-5Val"
-    cli._wandb_log(run, REPORT)
+    runcmd._wandb_log(run, REPORT)
     (step, data), = fake.logs
     assert step == 3 and data["block"] == 1234
     table = data["c00/leaderboard"]
-    assert table.columns == cli.WANDB_COLUMNS
+    assert table.columns == runcmd.WANDB_COLUMNS
     assert table.data == [["uid 4", 4, 0.75, 2.5, 1.0, "scored"], ["cand", None, 0.25, 2.9, None, "scored"]]
 
 
 def test_wandb_failure_is_logged_not_raised(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "wandb", FakeWandb(fail=True))
-    run = cli._wandb_init(cli.build_parser().parse_args(["run", "--wandb"]))
+    run = runcmd._wandb_init(runcmd.config_from_args(cli.build_parser().parse_args(["run", "--wandb"])))
     with caplog.at_level(logging.WARNING):
-        cli._wandb_log(run, REPORT)
+        runcmd._wandb_log(run, REPORT)
     assert "wandb.ai unreachable" in caplog.text
 
 
 def test_wandb_missing_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import fails
     with pytest.raises(SystemExit, match=r"coldint-validator\[wandb\]"):
-        cli._wandb_init(cli.build_parser().parse_args(["run", "--wandb"]))
+        runcmd._wandb_init(runcmd.config_from_args(cli.build_parser().parse_args(["run", "--wandb"])))
 
 
 def test_a_failed_competitions_reload_is_in_the_step_report_and_the_last_good_config_stays(tmp_path, monkeypatch):
@@ -89,7 +101,7 @@ def test_a_failed_competitions_reload_is_in_the_step_report_and_the_last_good_co
         "run", "--network", "local", "--chain-db", str(tmp_path / "chain.sqlite"), "--hotkey", "5Val",
         "--competitions", str(comps), "--state-dir", str(tmp_path / "state"), "--device", "cpu",
         "--hf-endpoint", "http://127.0.0.1:9", "--no-isolation", "--dont-set-weights"])
-    v = cli.build_validator(args)
+    v = app.build_validator(runcmd.config_from_args(args))
     v.progress = None
     v.fetch = lambda model_id, hotkey, competition, deadline=None: (_ for _ in ()).throw(
         RuntimeError("no hub in this test"))

@@ -1,4 +1,4 @@
-"""`coldint-validator benchmark` (benchmark/compare.py) on a field of tiny models of known quality.
+"""`coldint-validator benchmark` (benchmark/compare.py, field.py, render.py) on a field of tiny models of known quality.
 
 Known quality: one tiny llama is trained on texts like the evaluation texts; its early
 snapshot is the leader, a later snapshot (more training) is the clearly better candidate,
@@ -21,8 +21,10 @@ import pytest
 from rich.console import Console
 
 from benchmark import compare as C
+from benchmark import field as F
+from benchmark import render as R
 from tests.factories import make_texts, make_tokenizer, tiny_config
-from validator.core import ranking
+from validator.core import winrule
 
 N_SAMPLES = 120
 SEED = 7
@@ -144,7 +146,7 @@ def _cached_losses(world, labels: list[str]) -> np.ndarray:
     cache = EvalCache.load(cache_file(world["state"], data))
     report = json.loads((world["out"] / "report.json").read_text())
     ids = report["competitions"]["c00"]["sample_ids"]
-    from validator.core.competitions import load_competitions
+    from validator.adapters.competitions_source import load_competitions
 
     rule = load_competitions(str(world["competitions"]))["c00"].scoring_key
     keys = [f"c00:{rule}:{dir_hash(world['models'][lab])}" for lab in labels]
@@ -205,7 +207,7 @@ def test_field_weights_and_candidate_weight(offline, world):
     """The weight a candidate would get: win rates of field + candidate, skewed, normalised."""
     report, _ = offline
     old, leader, cand = _cached_losses(world, ["old", "leader", "better"])
-    winners = ranking.sample_winners(np.vstack([old, leader, cand]), [OLD_BLOCK, LEADER_BLOCK, np.nan],
+    winners = winrule.sample_winners(np.vstack([old, leader, cand]), [OLD_BLOCK, LEADER_BLOCK, np.nan],
                                      LEADER_BLOCK, 0.004, 0.995)
     rates = np.bincount(winners[winners >= 0], minlength=3) / N_SAMPLES
     w = rates ** 1.2 / (rates ** 1.2).sum()
@@ -216,7 +218,7 @@ def test_field_weights_and_candidate_weight(offline, world):
 
 def _assert_same(a, b, where="report"):
     """Equal, floats to 1e-6 relative: a re-check recomputes a few cached losses in another
-    batch, which moves them in the 8th digit (validator.step.loop.score_entries keeps the new value)."""
+    batch, which moves them in the 8th digit (validator.step.evaluate.score_entries keeps the new value)."""
     if isinstance(a, dict):
         assert set(a) == set(b), where
         for k in a:
@@ -239,7 +241,7 @@ def test_rerun_same_seed_same_numbers_from_the_cache(offline, world):
     skip = ("generated", "forward_samples")
     _assert_same({k: v for k, v in report.items() if k not in skip}, {k: v for k, v in again.items() if k not in skip})
     assert text2.split("report: ")[0] == text.split("report: ")[0]  # the screen shows the same numbers
-    from validator.adapters.evalcache import n_rechecks
+    from validator.core.rechecks import n_rechecks
 
     first = json.loads((world["out"] / "report.json").read_text())["forward_samples"]
     second = json.loads((world["root"] / "out2" / "report.json").read_text())["forward_samples"]
@@ -286,7 +288,7 @@ def test_table_numbers_are_in_the_json(offline):
     _assert_numbers_in_json(text, report)
     # a narrow terminal gets the candidate table turned (a column per candidate), same numbers
     console = Console(file=io.StringIO(), width=80, record=True, color_system=None)
-    C.print_report(report, console)
+    R.print_report(report, console)
     narrow = console.export_text()
     assert "win rate vs field" in narrow and max(map(len, narrow.splitlines())) <= 80
     _assert_numbers_in_json(narrow, report)
@@ -314,11 +316,11 @@ def test_report_files_show_the_models(offline, world):
 def test_compare_field_by_hand():
     """Four samples, numbers chosen so every outcome can be counted by hand."""
     ones = [10, 10, 10, 10]
-    field = [C.ScoredModel("inc", [10.0, 10.0, 10.0, 10.0], ones, uid=3, block=1000),
-             C.ScoredModel("young", [9.0, 11.0, 11.0, math.inf], ones, uid=5, block=1361)]
-    cand = C.ScoredModel("cand", [8.0, 9.99, 9.0, 11.0], ones, kind="candidate")
-    cf = C.CompetitionField(field, [cand], ["a", "b", "c", "d"])
-    rep = C.compare_field({"c00": cf}, 1361, seed=1, n_boot=1000)
+    field = [F.ScoredModel("inc", [10.0, 10.0, 10.0, 10.0], ones, uid=3, block=1000),
+             F.ScoredModel("young", [9.0, 11.0, 11.0, math.inf], ones, uid=5, block=1361)]
+    cand = F.ScoredModel("cand", [8.0, 9.99, 9.0, 11.0], ones, kind="candidate")
+    cf = F.CompetitionField(field, [cand], ["a", "b", "c", "d"])
+    rep = F.compare_field({"c00": cf}, 1361, seed=1, n_boot=1000)
     sec = rep["competitions"]["c00"]
     adv_inc = 0.004 * 0.995 ** (361 / 361)
     # young takes sample a from inc (9 < 10 * (1 - adv_inc)); inc keeps b, c, d
@@ -335,35 +337,35 @@ def test_compare_field_by_hand():
     assert d["weight"] == pytest.approx(0.5 ** 1.2 / (0.5 ** 1.2 + 0.5 ** 1.2))
     # the field alone: weights of win rates 0.75 and 0.25, skewed
     assert sec["models"][0]["weight"] == pytest.approx(0.75 ** 1.2 / (0.75 ** 1.2 + 0.25 ** 1.2))
-    assert d["outcome"] == C.outcome(d)
+    assert d["outcome"] == F.outcome(d)
     # pure: same inputs, same seed -> same numbers
-    again = C.compare_field({"c00": cf}, 1361, seed=1, n_boot=1000)
+    again = F.compare_field({"c00": cf}, 1361, seed=1, n_boot=1000)
     assert {k: v for k, v in again.items() if k != "generated"} == {k: v for k, v in rep.items() if k != "generated"}
 
 
 def test_compare_field_groups_samples_like_the_validator():
     rng = np.random.default_rng(0)
     base = rng.uniform(50, 60, size=10)
-    field = [C.ScoredModel("inc", base, np.full(10, 20), uid=1, block=10)]
-    cand = C.ScoredModel("cand", base * 0.9, np.full(10, 20), kind="candidate")
-    cf = C.CompetitionField(field, [cand], [f"s{i}" for i in range(10)], group_samples=3)
-    sec = C.compare_field({"c": cf}, 10, n_boot=1000)["competitions"]["c"]
+    field = [F.ScoredModel("inc", base, np.full(10, 20), uid=1, block=10)]
+    cand = F.ScoredModel("cand", base * 0.9, np.full(10, 20), kind="candidate")
+    cf = F.CompetitionField(field, [cand], [f"s{i}" for i in range(10)], group_samples=3)
+    sec = F.compare_field({"c": cf}, 10, n_boot=1000)["competitions"]["c"]
     # live: the 10th sample does not fill a group and is dropped; 9 shuffled samples, 3 groups
     assert sec["n_samples"] == 3 and sec["sample_ids"] == ["group 0", "group 1", "group 2"]
     perm = np.random.default_rng(C.constants.BENCH_SEED).permutation(9)
     by_hand = base[perm].reshape(3, 3).sum(axis=1)
     assert sec["candidates"][0]["deltas"] == pytest.approx(by_hand * 0.9 - by_hand)
     # the win rates are those of the live step on the raw rows (it groups them itself)
-    step = ranking.competition_step([base, base * 0.9], [10, 10], 10, group_samples=3, advantage_initial=0.004,
+    step = winrule.competition_step([base, base * 0.9], [10, 10], 10, group_samples=3, advantage_initial=0.004,
                                     advantage_decay=0.995, weight_skew_factor=1.2, pool_size=2,
                                     seed=C.constants.BENCH_SEED)
     assert sec["candidates"][0]["win_rate"]["value"] == pytest.approx(step.win_rate[1])
     with pytest.raises(ValueError, match="2 samples in groups of 3: no complete group"):
-        C.compare_field({"c": C.CompetitionField(field[:0], [], ["a", "b"], group_samples=3)}, 10, n_boot=1000)
+        F.compare_field({"c": F.CompetitionField(field[:0], [], ["a", "b"], group_samples=3)}, 10, n_boot=1000)
     with pytest.raises(ValueError, match="n_tokens has 9 entries, expected 10"):
-        C.compare_field({"c": C.CompetitionField([C.ScoredModel("x", base, np.ones(9))], [], list("abcdefghij"))}, 1)
+        F.compare_field({"c": F.CompetitionField([F.ScoredModel("x", base, np.ones(9))], [], list("abcdefghij"))}, 1)
     with pytest.raises(ValueError, match="bootstrap resamples"):
-        C.compare_field({"c": cf}, 10, n_boot=10)
+        F.compare_field({"c": cf}, 10, n_boot=10)
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -384,6 +386,37 @@ def test_bad_input_is_named(world, tmp_path):
     args = _parse([])
     assert args.benchmark == Path("benchmark.json") and args.state_dir == Path(".coldint/benchmark")
     assert args.network == "finney" and args.top == C.constants.BENCH_TOP_MODELS
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--network", "finney"], "--offline --network finney: offline reads no network"),
+    (["--network", "test", "--chain-db", "x.sqlite"], "--offline --network test: offline reads no network"),
+    (["--competitions", "https://example.org/competitions.json"], "a URL; offline reads configs from files only"),
+    (["--hf-endpoint", "https://huggingface.co"], "hub endpoint https://huggingface.co is not on this machine"),
+])
+def test_offline_means_no_network_and_is_refused_before_work(tmp_path, monkeypatch, extra, message):
+    from validator.adapters.chain import subtensor
+
+    monkeypatch.setattr(subtensor.SubtensorChain, "__init__", lambda *a, **k: pytest.fail("SubtensorChain built"))
+    bench = tmp_path / "b.json"
+    bench.write_text("{}")
+    state = tmp_path / "state"
+    rc, text, _ = _run([str(bench), "--offline", "--state-dir", str(state), *extra])
+    assert rc == 2 and message in text, text
+    assert len(text.strip().splitlines()) == 1, text
+    assert not state.exists()
+
+
+def test_offline_without_a_network_reads_no_chain_and_the_shipped_competitions():
+    from validator import app
+    from validator.adapters.competitions_source import SHIPPED_COMPETITIONS
+
+    config = C.config_from_args(_parse(["--offline"]))
+    assert config.network is None and not app.uses_chain(config)
+    assert app.benchmark_competitions_location(config) == str(SHIPPED_COMPETITIONS)
+    config = C.config_from_args(_parse(["--offline", "--network", "local"]))
+    assert config.network == "local" and app.uses_chain(config) and config.chain_file == C.DEFAULT_LOCAL_CHAIN
+    assert app.benchmark_competitions_location(C.config_from_args(_parse([]))) == C.constants.COMPETITIONS_URL
 
 
 def test_a_candidate_that_cannot_be_scored_is_shown_failed(world, tmp_path):
@@ -419,10 +452,10 @@ def test_a_candidate_that_cannot_be_scored_is_shown_failed(world, tmp_path):
 
 def test_field_from_local_chain_and_hub(world, tmp_path):
     """Top --top uids by incentive from a LocalChain, fetched and verified through olah."""
-    from scripts.upload_model import publish_and_commit
+    from validator.publish import publish_and_commit
     from validator.adapters.localhub import LocalHub
     from validator.adapters.chain.local import LocalChain
-    from validator.core.competitions import load_competitions
+    from validator.adapters.competitions_source import load_competitions
 
     comp = load_competitions(str(world["competitions"]))["c00"]
     mirror = tmp_path / "mirror"
@@ -505,7 +538,7 @@ def test_exit_status_follows_the_best_call():
     def report(*outcomes):
         return {"competitions": {"c00": {"candidates": [{"outcome": o} for o in outcomes]}}}
 
-    assert C.exit_status(report("does not beat the leader", "beats the leader")) == C.EXIT_BEATS == 0
-    assert C.exit_status(report("too close to call", "does not beat the leader")) == C.EXIT_DOES_NOT == 1
-    assert C.exit_status(report("no field")) == C.EXIT_NOT_JUDGED == 2
-    assert C.exit_status(report()) == C.EXIT_NOT_JUDGED
+    assert F.exit_status(report("does not beat the leader", "beats the leader")) == F.EXIT_BEATS == 0
+    assert F.exit_status(report("too close to call", "does not beat the leader")) == F.EXIT_DOES_NOT == 1
+    assert F.exit_status(report("no field")) == F.EXIT_NOT_JUDGED == 2
+    assert F.exit_status(report()) == F.EXIT_NOT_JUDGED

@@ -8,7 +8,7 @@ import pytest
 
 import constants
 from validator.adapters import config_source
-from validator.core.competitions import SHIPPED_COMPETITIONS, CompetitionsConfig
+from validator.adapters.competitions_source import SHIPPED_COMPETITIONS, CompetitionsConfig
 from validator.adapters.config_source import read_location
 from validator.core.jsonread import SourceError, decode_json
 from validator.adapters.halloffame import HallOfFameSource
@@ -181,8 +181,8 @@ def test_offline_without_any_copy_runs_on_the_shipped_file(server, tmp_path):
     assert server.requests == [] and set(cfg.competitions) == {"c00", "c01"}
     assert any("shipped" in p for p in cfg.problems())
     # the default source (no explicit location) falls back to the shipped copy by itself
-    assert CompetitionsConfig(url=f"{server.base}/competitions.json", offline=True).loaded
-    assert not CompetitionsConfig(location=f"{server.base}/competitions.json", offline=True).loaded
+    assert CompetitionsConfig(url=f"{server.base}/competitions.json", offline=True).parsed is not None
+    assert CompetitionsConfig(location=f"{server.base}/competitions.json", offline=True).parsed is None
 
 
 def test_a_cache_from_another_location_is_not_used(server, tmp_path):
@@ -288,7 +288,7 @@ def test_hall_of_fame_fetched_refreshed_and_kept(server, tmp_path):
     assert list(entries) == list(HOF) and entries[next(iter(HOF))][0].block == 3382073
     assert server.requests == ["/hall_of_fame.json"]  # live has no per-validator hall of fame
 
-    server.put("hall_of_fame.json", [HOF])  # the ranking parser refuses a document that is not an object
+    server.put("hall_of_fame.json", [HOF])  # the hall-of-fame parser refuses a document that is not an object
     clock.t += constants.HALL_OF_FAME_REFRESH_S - 1
     assert hof.maybe_reload() is False and len(server.requests) == 1  # not yet due
     clock.t += 1
@@ -303,21 +303,21 @@ def test_hall_of_fame_fetched_refreshed_and_kept(server, tmp_path):
 
 def test_hall_of_fame_never_loaded_is_empty_and_says_why(server, tmp_path):
     hof = HallOfFameSource(location=f"{server.base}/missing.json", timeout=5)
-    assert not hof.loaded and len(hof.hall_of_fame) == 0 and "HTTP 404" in hof.last_error
+    assert hof.source.value is None and len(hof.hall_of_fame) == 0 and "HTTP 404" in hof.last_error
 
 
 def test_hall_of_fame_explicit_file(tmp_path):
     path = tmp_path / "hof.json"
     path.write_text(json.dumps(HOF))
     hof = HallOfFameSource(location=path)
-    assert hof.loaded and hof.location == str(path)
+    assert hof.source.value is not None and hof.location == str(path)
 
 
 def test_hall_of_fame_entries_skipped_by_the_parser_are_shown(tmp_path):
     path = tmp_path / "hof.json"
     path.write_text(json.dumps({**HOF, "5Bad": "not a list"}))
     hof = HallOfFameSource(location=path)
-    assert hof.loaded and hof.last_error is None and next(iter(HOF)) in hof.hall_of_fame
+    assert hof.source.value is not None and hof.last_error is None and next(iter(HOF)) in hof.hall_of_fame
     assert any("5Bad" in p for p in hof.problems())
 
 

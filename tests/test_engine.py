@@ -16,9 +16,9 @@ from validator.scoring.engine import (
     chunked_ce_sums,
     engine_losses,
     engine_supported,
-    load_model,
     reference_losses,
 )
+from validator.scoring.model_load import load_model
 
 VOCAB = 300
 

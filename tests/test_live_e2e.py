@@ -16,10 +16,11 @@ import pytest
 
 import constants
 from validator.adapters.chain.local import LocalChain
-from validator.core.competitions import CompetitionsConfig
+from validator.adapters.competitions_source import CompetitionsConfig
 from validator.adapters.halloffame import HallOfFameSource
 from validator.core.identity import ModelId
-from validator.step.loop import Settings, Validator
+from validator.core.scores import ScoreResult
+from validator.step.validator import Settings, Validator
 
 VAL = "5Validator"
 # hotkey -> (competition, loss per character); the lowest loss in each competition wins every sample
@@ -98,8 +99,8 @@ def _validator(tmp_path: Path, chain: LocalChain, base: str, clock) -> Validator
 
     def score(path, samples, comp, step_samples=None):
         q = MINERS[path.name][1]
-        return {"losses": {sid: q * len(t) for sid, t in samples},
-                "n_tokens": {sid: len(t.split()) for sid, t in samples}, "failure": None}
+        return ScoreResult({sid: q * len(t) for sid, t in samples}, {sid: len(t.split()) for sid, t in samples},
+                           None, 0.0)
 
     settings = Settings(state_dir=tmp_path / "state", step_interval_s=0)
     return Validator(chain, competitions, fetch, score, lambda name, **kw: Texts(), settings, hotkey=VAL,
@@ -108,7 +109,7 @@ def _validator(tmp_path: Path, chain: LocalChain, base: str, clock) -> Validator
 
 def expected_vector(meta, block_now: int, hof_entries: list[dict]) -> np.ndarray:
     """The live weight vector of one step, computed here from the formulas (README section 4),
-    independently of validator.core.ranking: per competition the best model takes every sample
+    independently of validator.core.winrule: per competition the best model takes every sample
     (win rate 1, weight 1); hall-of-fame share reward/200 * 0.995 ** ((now - block) / 361);
     (1 - share) * reward per winner, shares added, normalised (float32, as live's torch vector)."""
     uid = {hk: meta.uid_of(hk) for hk in MINERS}

@@ -13,7 +13,9 @@ import pytest
 
 from tests.olah_fixture import publish
 from validator.adapters.chain.local import LocalChain
-from validator.cli.main import build_parser, build_validator
+from validator.app import build_validator
+from validator.cli.main import build_parser
+from validator.cli.run import config_from_args
 from validator.adapters.hub import model_dir_hash
 from validator.core.identity import ModelId, secure_hash
 
@@ -78,7 +80,7 @@ def golden_step(tmp_path_factory, olah_mirror, olah_hub):
         "--competitions", str(comps), "--state-dir", str(root / "state"), "--hf-endpoint", olah_hub.endpoint,
         "--device", "cpu", "--eval-samples", str(len(TEXT_IDS)), "--step-interval", "0", "--no-isolation",
         "--offline"])
-    (report,) = list(build_validator(args).run(1))
+    (report,) = list(build_validator(config_from_args(args)).run(1))
     return report, committed
 
 

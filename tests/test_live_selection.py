@@ -1,5 +1,5 @@
 """selection.json (tests/data/live-compat/README.md section 5): which uids a step visits and
-evaluates, replayed through validator.core.selection and ranking.competition_step.
+evaluates, replayed through validator.core.selection and winrule.competition_step.
 
 Each case is a chain update, the benchmark injection and one step per competition. The visit
 callback stands in for the hub: every visit succeeds, and a uid's model is on disk when the
@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 import constants
-from validator.core import ranking
+from validator.core import winrule
 from validator.core import selection as S
+from validator.core import visits as V
 
 DATA = Path(__file__).parent / "data" / "live-compat" / "selection.json"
 CASES = json.loads(DATA.read_text())["cases"]
@@ -44,8 +45,8 @@ def initial_state(case: dict) -> S.SelectionState:
                             case["force_eval_until_uid_last"])
 
 
-def validators(case: dict) -> list[S.ValidatorView]:
-    return [S.ValidatorView(v["uid"], v["stake"], v.get("idle_blocks", 0), uid_map(v["weights"]))
+def validators(case: dict) -> list[V.ValidatorView]:
+    return [V.ValidatorView(v["uid"], v["stake"], v.get("idle_blocks", 0), uid_map(v["weights"]))
             for v in case["validators"]]
 
 
@@ -136,7 +137,7 @@ def reference_weights(losses: dict, blocks: dict, now: int, comp: dict) -> dict:
 @pytest.mark.parametrize("cid", case_ids())
 def test_top_miners(cid):
     case = BY_ID[cid]
-    assert S.top_miners(validators(case)) == sorted(case["expected"]["top_miners"])
+    assert V.top_miners(validators(case)) == sorted(case["expected"]["top_miners"])
 
 
 @pytest.mark.parametrize("cid", case_ids())
@@ -189,7 +190,7 @@ def run_steps(case: dict) -> tuple[dict, S.SelectionState]:
             blocks.append(block if ok else None)
         outcome = None
         if pick.evaluated:
-            outcome = ranking.competition_step(
+            outcome = winrule.competition_step(
                 rows, blocks, case["block_now"], group_samples=comp["group_samples"],
                 advantage_initial=comp["advantage_initial"], advantage_decay=comp["advantage_decay"],
                 weight_skew_factor=comp["weight_skew_factor"], pool_size=comp["pool_size"],
@@ -247,7 +248,7 @@ def test_a_discarded_commitment_is_not_visited_until_it_becomes_a_top_miner():
     up = run_update_with(case, state, validators(case))
     assert 30 not in up.synced and 30 not in up.state.competitions["c00"].pending
     assert up.state.held[30] is None
-    top = [S.ValidatorView(60, 1.0, 0, {30: 1.0})]
+    top = [V.ValidatorView(60, 1.0, 0, {30: 1.0})]
     up = run_update_with(case, state, top)
     assert up.top_miners == [30] and 30 in up.synced and key30 not in up.state.discarded
     assert up.state.competitions["c00"].pending[30] == pytest.approx(constants.PRIO_TOP_MODEL + 0.1)

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from tests.factories import make_model
-from validator.scoring import tokens
-from validator.scoring.job import ScoringError, _competition_view, choose_step_tokens, score_model
+from validator.scoring import tokenizer_build, tokens
+from validator.scoring.engine import ScoringError
+from validator.scoring.job import score_model
+from validator.scoring.sample_tokens import as_competition, choose_step_tokens
 
 DATA = Path(__file__).parent / "data" / "live-compat"
 GOLDEN = json.loads((DATA / "tokenize.json").read_text())
@@ -28,8 +30,8 @@ STAND_IN = TOKENIZERS / GOLDEN["competition_tokenizer_stand_in"]
 
 
 @lru_cache(maxsize=None)
-def live(name: str) -> tokens.LiveTokenizer:
-    return tokens.load_tokenizer(TOKENIZERS / name, role="model")
+def live(name: str) -> tokenizer_build.LiveTokenizer:
+    return tokenizer_build.load_tokenizer(TOKENIZERS / name, role="model")
 
 
 def comp_of(params: str, **extra) -> dict:
@@ -76,7 +78,7 @@ def test_entry_equals_the_live_tokenization(e):
                          ids=lambda c: f"{c['tokenizer']}-{c['sample_set']}-{c['params']}-"
                                        f"{'comp' if c['competition_has_tokenizer'] else 'nocomp'}")
 def test_free_tokenizer_case_picks_the_live_tokenizer(case):
-    comp = _competition_view(comp_of(case["params"], free_tokenizer=True))
+    comp = as_competition(comp_of(case["params"], free_tokenizer=True))
     step = [(f"{i}:{tid}", GOLDEN["texts"][tid]) for i, tid in enumerate(case["texts"])]  # repeats allowed
     comp_dir = STAND_IN if case["competition_has_tokenizer"] else None
     if case["tokenizer_used"].startswith("none"):
@@ -95,14 +97,14 @@ def test_free_tokenizer_case_picks_the_live_tokenizer(case):
 
 
 def test_failures_are_counted_over_the_steps_whole_sample_list():
-    comp = _competition_view(comp_of("c00", free_tokenizer=True))
+    comp = as_competition(comp_of("c00", free_tokenizer=True))
     spacing = [(f"s{i}", GOLDEN["texts"]["t02"]) for i in range(4)]  # 4 round-trip failures with clean-up
     plain = [("p", GOLDEN["texts"]["t01"])]
     model_dir = TOKENIZERS / "bytebpe_cleanup_unset"
     assert choose_step_tokens(model_dir, comp, STAND_IN, plain + spacing[:3]).used == "model"
     assert choose_step_tokens(model_dir, comp, STAND_IN, plain + spacing).used == "competition"
     # without free_tokenizer the competition tokenizer is used whatever the model holds
-    fixed = _competition_view(comp_of("c00", free_tokenizer=False))
+    fixed = as_competition(comp_of("c00", free_tokenizer=False))
     assert choose_step_tokens(model_dir, fixed, STAND_IN, plain).used == "competition"
     # ... and a competition without a tokenizer uses the model's, free_tokenizer or not
     assert choose_step_tokens(model_dir, fixed, None, plain).used == "model"
@@ -118,19 +120,19 @@ def test_class_rules_applied_to_other_files(tmp_path):
     (d / "tokenizer_config.json").write_text(json.dumps(config))
     text = GOLDEN["texts"]["t01"]
     nobos = live("phi3_style_nobos").encode(text)
-    assert tokens.load_tokenizer(d).encode(text) == [1] + nobos
+    assert tokenizer_build.load_tokenizer(d).encode(text) == [1] + nobos
     g = tmp_path / "gpt2_prefix"
     shutil.copytree(TOKENIZERS / "gpt2_class_xenova", g)
     spec = json.loads((g / "tokenizer.json").read_text())
     spec["pre_tokenizer"]["add_prefix_space"] = True
     (g / "tokenizer.json").write_text(json.dumps(spec))
-    assert tokens.load_tokenizer(g).encode(text) == live("gpt2_class_xenova").encode(text)
+    assert tokenizer_build.load_tokenizer(g).encode(text) == live("gpt2_class_xenova").encode(text)
     # an eos_token the vocabulary lacks is added as a new id (= the vocabulary size), as 4.44 does
     e = tmp_path / "new_eos"
     shutil.copytree(TOKENIZERS / "bytebpe_cleanup_false", e)
     config = json.loads((e / "tokenizer_config.json").read_text())
     (e / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|new_eos|>"}))
-    assert tokens.load_tokenizer(e).eos_token_id == 500
+    assert tokenizer_build.load_tokenizer(e).eos_token_id == 500
 
 
 def test_files_live_cannot_load_are_refused(tmp_path):
@@ -149,30 +151,30 @@ def test_files_live_cannot_load_are_refused(tmp_path):
 
     backend5 = variant("t5", lambda c: c.update(tokenizer_class="TokenizersBackend"))
     with pytest.raises(tokens.TokenizerLoadError, match="TokenizersBackend"):
-        tokens.load_tokenizer(backend5)
-    assert tokens.load_tokenizer(backend5, role="competition").class_name == "PreTrainedTokenizerFast"
+        tokenizer_build.load_tokenizer(backend5)
+    assert tokenizer_build.load_tokenizer(backend5, role="competition").class_name == "PreTrainedTokenizerFast"
     pairs = variant("pairs", edit_spec=lambda s: s["model"].update(merges=[m.split(" ") for m in s["model"]["merges"]]))
     with pytest.raises(tokens.TokenizerLoadError, match="pairs"):
-        tokens.load_tokenizer(pairs)
+        tokenizer_build.load_tokenizer(pairs)
     fixed = variant("fixed", edit_spec=lambda s: s.update(pre_tokenizer={"type": "FixedLength", "length": 4}))
     with pytest.raises(tokens.TokenizerLoadError, match="FixedLength"):
-        tokens.load_tokenizer(fixed)
+        tokenizer_build.load_tokenizer(fixed)
     no_class = variant("no_class", lambda c: c.pop("tokenizer_class"))
     with pytest.raises(tokens.TokenizerLoadError, match="config.json"):
-        tokens.load_tokenizer(no_class)
+        tokenizer_build.load_tokenizer(no_class)
     (no_class / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    assert tokens.load_tokenizer(no_class).class_name == "LlamaTokenizerFast"
+    assert tokenizer_build.load_tokenizer(no_class).class_name == "LlamaTokenizerFast"
     (no_class / "config.json").write_text(json.dumps({"model_type": "bloom"}))
     with pytest.raises(tokens.TokenizerLoadError, match="BloomTokenizerFast.*not modelled"):
-        tokens.load_tokenizer(no_class)
+        tokenizer_build.load_tokenizer(no_class)
     remote = variant("remote", lambda c: c.update(tokenizer_class="EvilTokenizer",
                                                   auto_map={"AutoTokenizer": ["evil.Evil", None]}))
     (remote / "evil.py").write_text("raise SystemExit('repo code ran')\n")
     with pytest.raises(tokens.TokenizerLoadError, match="EvilTokenizer"):
-        tokens.load_tokenizer(remote)
+        tokenizer_build.load_tokenizer(remote)
     llama_prefix = variant("llama_prefix", lambda c: c.update(tokenizer_class="LlamaTokenizer", add_prefix_space=True))
     with pytest.raises(tokens.TokenizerLoadError, match="sentencepiece"):
-        tokens.load_tokenizer(llama_prefix)
+        tokenizer_build.load_tokenizer(llama_prefix)
 
 
 def test_cache_key_holds_what_the_ids_depend_on(tmp_path):
@@ -239,13 +241,13 @@ def test_the_scorer_port_reports_the_tokenizer_used(llama3_model, tmp_path):
     score = make_score_fn("cpu", tmp_path / "cache", isolate=False)
     step = [(tid, GOLDEN["texts"][tid]) for tid in ("t01", "t05", "t06", "t13")]
     res = score(llama3_model, step[:1], comp, step_samples=step)  # one to score, the step's four counted
-    assert res["failure"] is None and res["tokenizer"] == "competition" and res["tokenizer_reason"]
-    assert math.isfinite(res["losses"]["t01"])
+    assert res.failure is None and res.tokenizer == "competition" and res.tokenizer_reason
+    assert math.isfinite(res.losses["t01"])
     # one sample alone: a single round-trip failure is allowed, so the model's own tokenizer is
     # used and that sample (its BOS decodes as text) scores +inf, as live
     alone = score(llama3_model, step[:1], comp, step_samples=step[:1])
-    assert alone["tokenizer"] == "model" and alone["losses"]["t01"] == math.inf
+    assert alone.tokenizer == "model" and alone.losses["t01"] == math.inf
     samples = step[:1]
     # the same ids again, now from the token cache the job saved
     again = score(llama3_model, samples, comp, step_samples=step)
-    assert again["losses"] == res["losses"] and (tmp_path / "cache" / "tokens.npz").is_file()
+    assert again.losses == res.losses and (tmp_path / "cache" / "tokens.npz").is_file()

@@ -1,5 +1,5 @@
 """weights.json (tests/data/live-compat/README.md section 4): the weights the live validator
-sets, replayed through ranking.hall_of_fame_rewards, weight_vector and u16_weights. Ours is
+sets, replayed through halloffame.hall_of_fame_rewards, weight_vector and u16_weights. Ours is
 the HEAD result (REWARDS_MAX_FRACTION 1.0, version key 1017); the v1.0.16 result (cap 0.4)
 is checked too through the max_fraction parameter.
 
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import constants
-from validator.core import ranking
+from validator.core import halloffame
+from validator.core.weights import u16_weights, weight_vector
 
 DATA = Path(__file__).parent / "data" / "live-compat" / "weights.json"
 CASES = json.loads(DATA.read_text())["cases"]
@@ -44,13 +45,13 @@ def vector_of(d, n=constants.SUBNET_UIDS):
 
 
 def run_case(case, version):
-    hof = ranking.hall_of_fame_rewards(case["hall_of_fame"], hotkeys_of(case), case["block_now"],
+    hof = halloffame.hall_of_fame_rewards(case["hall_of_fame"], hotkeys_of(case), case["block_now"],
                                        max_fraction=CAPS[version])
     per_comp = {cid: {int(u): w for u, w in ws.items()} for cid, ws in case["uids_weight"].items()}
     rewards = {cid: c["reward"] for cid, c in case["competitions"].items()}
     prev = None if case["prev_weights"] is None else vector_of(case["prev_weights"])
     # live's vector always has 256 entries; the metagraph's n_uids is what is sent
-    vec = ranking.weight_vector(per_comp, rewards, hof, constants.SUBNET_UIDS, prev)
+    vec = weight_vector(per_comp, rewards, hof, constants.SUBNET_UIDS, prev)
     return hof, vec
 
 
@@ -81,12 +82,12 @@ def test_case(cid, version):
     assert vec is not None and vec.dtype == np.float32 and vec.shape == (constants.SUBNET_UIDS,)
     assert_close_dict({u: float(vec[u]) for u in np.nonzero(vec)[0].tolist()}, want["weights"])
     assert float(vec.sum()) == pytest.approx(want["weights_sum"], rel=RTOL)
-    uids, vals = ranking.u16_weights(vec, case["n_uids"])
+    uids, vals = u16_weights(vec, case["n_uids"])
     assert bool(uids) == want["set"]
     assert_u16(uids, vals, want["u16_uids"], want["u16_weights"])
     # u16 from the golden float32 vector itself: exact (README)
     golden = vector_of(want["weights"], max(constants.SUBNET_UIDS, case["n_uids"]))
-    assert ranking.u16_weights(golden, case["n_uids"]) == (want["u16_uids"], want["u16_weights"])
+    assert u16_weights(golden, case["n_uids"]) == (want["u16_uids"], want["u16_weights"])
     assert want["version_key"] == VERSION_KEYS[version]
 
 
@@ -99,7 +100,7 @@ def test_every_case_is_replayed_and_ours_is_head():
 
 def test_default_cap_is_head():
     case = BY_ID["X05"]  # the live file at block 6,160,000: capped at HEAD's 1.0 only partly
-    hof = ranking.hall_of_fame_rewards(case["hall_of_fame"], hotkeys_of(case), case["block_now"])
+    hof = halloffame.hall_of_fame_rewards(case["hall_of_fame"], hotkeys_of(case), case["block_now"])
     assert hof.total == pytest.approx(case["expected"]["HEAD"]["reward_sum"], rel=RTOL)
 
 
@@ -109,26 +110,26 @@ def test_x15_keeps_the_previous_weights_which_are_then_set():
     hof, vec = run_case(case, "HEAD")
     assert vec is None
     prev = vector_of(case["prev_weights"])
-    assert ranking.u16_weights(prev, case["n_uids"]) == ([11, 21], [65535, round(0.4 / 0.6 * 65535)])
+    assert u16_weights(prev, case["n_uids"]) == ([11, 21], [65535, round(0.4 / 0.6 * 65535)])
 
 
 def test_ema_with_previous_weights():
     case = BY_ID["X01"]
     per_comp = {cid: {int(u): w for u, w in ws.items()} for cid, ws in case["uids_weight"].items()}
     rewards = {"c00": 0.5, "c01": 0.5}
-    first = ranking.weight_vector(per_comp, rewards, {}, 256, None)
+    first = weight_vector(per_comp, rewards, {}, 256, None)
     prev = np.zeros(256, dtype=np.float32)
     prev[[11, 99]] = [0.5, 0.5]
-    got = ranking.weight_vector(per_comp, rewards, {}, 256, prev)
+    got = weight_vector(per_comp, rewards, {}, 256, prev)
     np.testing.assert_allclose(got, 0.5 * first + 0.5 * prev, rtol=1e-6)
     assert got.dtype == np.float32 and got[99] == np.float32(0.25)
     # all-zero previous: replaced, not averaged
-    np.testing.assert_array_equal(ranking.weight_vector(per_comp, rewards, {}, 256, np.zeros(256)), first)
+    np.testing.assert_array_equal(weight_vector(per_comp, rewards, {}, 256, np.zeros(256)), first)
 
 
 def test_hall_of_fame_parse_is_live_lenient():
     problems: list[str] = []
-    parsed = ranking.parse_hall_of_fame({
+    parsed = halloffame.parse_hall_of_fame({
         "hkA": [{"block": 1, "reward": 1e9}, {"reward": 1.0}, {"block": 3, "reward": 0.1}],
         "hkB": {"block": 1, "reward": 0.1},
         "hkC": [{"block": 2, "reward": "lots"}],
@@ -143,22 +144,22 @@ def test_hall_of_fame_parse_is_live_lenient():
     assert any("hkB: expected a list" in p for p in problems)
     # the parsed form is accepted where the raw file is
     raw = {"hkA": [{"block": 1, "reward": 2.0}]}
-    assert ranking.hall_of_fame_rewards(ranking.parse_hall_of_fame(raw), ["hkA"], 1) == \
-        ranking.hall_of_fame_rewards(raw, {0: "hkA"}, 1) == {0: pytest.approx(0.01, rel=1e-6)}
+    assert halloffame.hall_of_fame_rewards(halloffame.parse_hall_of_fame(raw), ["hkA"], 1) == \
+        halloffame.hall_of_fame_rewards(raw, {0: "hkA"}, 1) == {0: pytest.approx(0.01, rel=1e-6)}
     for bad in ([], "x", None):
-        with pytest.raises(ranking.HallOfFameError, match="expected an object"):
-            ranking.parse_hall_of_fame(bad)
+        with pytest.raises(halloffame.HallOfFameError, match="expected an object"):
+            halloffame.parse_hall_of_fame(bad)
 
 
 def test_bad_weight_input_is_named():
     with pytest.raises(ValueError, match="'c00': uid 300 outside"):
-        ranking.weight_vector({"c00": {300: 1.0}}, {"c00": 1.0}, {}, 256)
+        weight_vector({"c00": {300: 1.0}}, {"c00": 1.0}, {}, 256)
     with pytest.raises(ValueError, match="'c00': uid 1 weight"):
-        ranking.weight_vector({"c00": {1: float("nan")}}, {"c00": 1.0}, {}, 256)
+        weight_vector({"c00": {1: float("nan")}}, {"c00": 1.0}, {}, 256)
     with pytest.raises(ValueError, match="prev: expected 256"):
-        ranking.weight_vector({"c00": {1: 1.0}}, {"c00": 1.0}, {}, 256, np.ones(3))
+        weight_vector({"c00": {1: 1.0}}, {"c00": 1.0}, {}, 256, np.ones(3))
     with pytest.raises(ValueError, match="n_uids"):
-        ranking.u16_weights(np.ones(4, dtype=np.float32), 5)
-    assert ranking.u16_weights(np.full(4, 1e-6, dtype=np.float32), 4) == ([], [])  # sum < 1e-5
+        u16_weights(np.ones(4, dtype=np.float32), 5)
+    assert u16_weights(np.full(4, 1e-6, dtype=np.float32), 4) == ([], [])  # sum < 1e-5
     # a competition not in the config is skipped, as live
-    assert ranking.weight_vector({"old": {1: 1.0}}, {"c00": 1.0}, {}, 256) is None
+    assert weight_vector({"old": {1: 1.0}}, {"c00": 1.0}, {}, 256) is None

@@ -1,5 +1,5 @@
 """winrule.json (tests/data/live-compat/README.md section 3): one competition step of the live
-validator, replayed through ranking.competition_step with each case's permutation.
+validator, replayed through winrule.competition_step with each case's permutation.
 
 Deliberate differences, asserted as OUR behaviour:
 - W18: zero complete groups is a ZeroDivisionError that ends the live step; ours returns an
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from validator.core import ranking
+from validator.core import winrule
 
 DATA = Path(__file__).parent / "data" / "live-compat" / "winrule.json"
 CASES = json.loads(DATA.read_text())["cases"]
@@ -32,7 +32,7 @@ def rows_of(case):
 
 def step(case, **kw):
     p = case["params"]
-    return ranking.competition_step(
+    return winrule.competition_step(
         rows_of(case), case["blocks"], case["now"], group_samples=p["group_samples"],
         advantage_initial=p["advantage_initial"], advantage_decay=p["advantage_decay"],
         weight_skew_factor=p["weight_skew_factor"], pool_size=p["pool_size"],
@@ -108,13 +108,13 @@ def test_a_seed_gives_our_grouping_permutation_and_is_deterministic():
     case = BY_ID["W01"]
     p = case["params"]
     n = len(case["losses"][0])
-    perm = ranking.grouping_permutation(n, p["group_samples"], seed=7)
+    perm = winrule.grouping_permutation(n, p["group_samples"], seed=7)
     assert sorted(perm) == list(range(n - n % p["group_samples"]))
     by_seed = step({**case, "permutation": None}, seed=7)
     by_perm = step({**case, "permutation": perm})
     assert by_seed.wins == by_perm.wins and np.array_equal(by_seed.grouped_losses, by_perm.grouped_losses)
-    assert ranking.grouping_permutation(105, 10, seed=7) == ranking.grouping_permutation(105, 10, seed=7)
-    assert len(ranking.grouping_permutation(105, 10, seed=7)) == 100  # the last 5 are dropped
+    assert winrule.grouping_permutation(105, 10, seed=7) == winrule.grouping_permutation(105, 10, seed=7)
+    assert len(winrule.grouping_permutation(105, 10, seed=7)) == 100  # the last 5 are dropped
     with pytest.raises(ValueError, match="permutation or a seed"):
         step({**case, "permutation": None})
     with pytest.raises(ValueError, match="permutation"):
@@ -132,7 +132,7 @@ def test_injected_models_are_never_discarded():
 def test_discard_needs_a_non_nan_loss_with_group_samples_one():
     """A dropped model whose every loss is NaN is not marked (live: it was not evaluated)."""
     rows = [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [math.nan] * 3]
-    got = ranking.competition_step(rows, [10, 20, 30], 100, group_samples=1, advantage_initial=0.004,
+    got = winrule.competition_step(rows, [10, 20, 30], 100, group_samples=1, advantage_initial=0.004,
                                    advantage_decay=0.995, weight_skew_factor=2.0, pool_size=1)
     assert got.wins == [3, 0, 0] and got.next_pool == [0]
     assert got.discarded == [1]  # 2 is all NaN
@@ -140,16 +140,16 @@ def test_discard_needs_a_non_nan_loss_with_group_samples_one():
 
 
 def test_nothing_evaluated_and_bad_input():
-    assert ranking.competition_step([], [], 5, group_samples=1, advantage_initial=0.0, advantage_decay=1.0,
+    assert winrule.competition_step([], [], 5, group_samples=1, advantage_initial=0.0, advantage_decay=1.0,
                                     weight_skew_factor=1.0, pool_size=3).weights.tolist() == []
     kw = dict(group_samples=1, advantage_initial=0.004, advantage_decay=0.995, weight_skew_factor=2.0, pool_size=3)
     with pytest.raises(ValueError, match="same number of samples"):
-        ranking.competition_step([[1.0, 2.0], [1.0]], [1, 2], 5, **kw)
+        winrule.competition_step([[1.0, 2.0], [1.0]], [1, 2], 5, **kw)
     with pytest.raises(ValueError, match="blocks: expected 2"):
-        ranking.competition_step([[1.0], [1.0]], [1], 5, **kw)
+        winrule.competition_step([[1.0], [1.0]], [1], 5, **kw)
     with pytest.raises(ValueError, match=r"blocks\[1\]"):
-        ranking.competition_step([[1.0], [1.0]], [1, "x"], 5, **kw)
+        winrule.competition_step([[1.0], [1.0]], [1, "x"], 5, **kw)
     with pytest.raises(ValueError, match="pool_size"):
-        ranking.competition_step([[1.0]], [1], 5, **{**kw, "pool_size": 0})
-    one = ranking.competition_step([[]], [1], 5, **kw)  # no samples at all
+        winrule.competition_step([[1.0]], [1], 5, **{**kw, "pool_size": 0})
+    one = winrule.competition_step([[]], [1], 5, **kw)  # no samples at all
     assert one.weights is None and one.error is not None and one.next_pool == [0]

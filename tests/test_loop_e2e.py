@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts.upload_model import publish_and_commit
+from validator.publish import publish_and_commit
 from tests.factories import make_texts, make_tokenizer
 from validator.adapters.chain.local import LocalChain
-from validator.cli.main import build_parser, build_validator
-from validator.core.competitions import load_competitions
+from validator.app import build_validator
+from validator.cli.main import build_parser
+from validator.cli.run import config_from_args
+from validator.adapters.competitions_source import load_competitions
 from validator.demo.field import train_model
 from validator.adapters.evalcache import EvalCache
 from validator.adapters.localhub import LocalHub
@@ -84,7 +86,7 @@ def _args(field, root: Path, hub: LocalHub, *extra: str):
 def test_two_steps_end_to_end(field, tmp_path):
     with LocalHub(tmp_path / "mirror") as hub:
         chain = _publish_field(field, tmp_path, hub)
-        validator = build_validator(_args(field, tmp_path, hub))
+        validator = build_validator(config_from_args(_args(field, tmp_path, hub)))
         first, second = list(validator.run(2))
 
     uid = {hk: chain.sync()[0].uid_of(hk) for hk in list(MINERS) + [COPIER]}
@@ -159,7 +161,7 @@ def test_killed_mid_step_resumes_without_losing_cached_losses(field, tmp_path):
         assert len(saved) < len(MINERS), "killed too late: every model was already scored"
 
         # restart: resumes from the saved state and keeps every saved loss
-        validator = build_validator(build_parser().parse_args(args))
+        validator = build_validator(config_from_args(build_parser().parse_args(args)))
         (report,) = list(validator.run(1))
         cache = EvalCache.load(files[0])
         for key, losses in saved.items():

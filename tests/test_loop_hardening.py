@@ -15,8 +15,13 @@ from validator.core.failures import FailureReason, FetchError
 import constants
 from test_loop_stages import COMPS, VAL, Clock, Source, _commit, _field, _hash, _pool
 from validator.adapters.evalcache import EvalCache, cache_file
-from validator.step.loop import Saver, Settings, Validator, ValidatorState, benchmark_entries, clamp_retry_at
+from validator.adapters.candidates import benchmark_entries
+from validator.core.entries import clamp_retry_at
+from validator.step.persist import Saver
+from validator.step.state import ValidatorState
+from validator.step.validator import Settings, Validator
 from validator.core.sanitize import printable
+from validator.core.scores import ScoreResult
 from validator.adapters.files import StateError, read_json
 
 UPDATE = constants.CHAIN_UPDATE_INTERVAL_S
@@ -36,11 +41,10 @@ def _make(tmp_path: Path, chain, qualities: dict[str, float], calls: list, *, fa
     def score(path, samples, comp, step_samples=None):
         calls.append(("score", path.name, len(samples)))
         if failure:
-            return {"losses": {}, "n_tokens": {}, "failure": failure, "tokenizer": "competition",
-                    "tokenizer_reason": failure}
+            return ScoreResult({}, {}, failure, 0.0, tokenizer="competition", tokenizer_reason=failure)
         q = qualities[path.name]
-        return {"losses": {sid: q * len(t) for sid, t in samples},
-                "n_tokens": {sid: len(t.split()) for sid, t in samples}, "failure": None}
+        return ScoreResult({sid: q * len(t) for sid, t in samples}, {sid: len(t.split()) for sid, t in samples},
+                           None, 0.0)
 
     s = Settings(state_dir=tmp_path / "state", eval_samples=40, step_interval_s=0, weights_interval_s=0)
     return Validator(chain, lambda: COMPS, fetch, score, lambda name, **k: Source(), s, hotkey=VAL,

@@ -9,7 +9,6 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from validator.core.failures import FetchError
@@ -19,7 +18,9 @@ from validator.adapters.chain.local import LocalChain
 from validator.core.competitions import parse_competitions
 from validator.core.identity import ModelId
 from validator.adapters.leaderboard import load_report, render
-from validator.step.loop import Settings, Validator, parse_commitments
+from validator.step.select import parse_commitments
+from validator.step.validator import Settings, Validator
+from validator.core.scores import ScoreResult
 from validator.core.selection import SelectionState
 
 VAL = "5Val"
@@ -100,8 +101,8 @@ def _validator(tmp_path, chain, qualities, calls, bench=None, score_hook=None, c
         if score_hook:
             score_hook(path)
         q = qualities[path.name]
-        return {"losses": {sid: q * len(t) for sid, t in samples}, "n_tokens": {sid: len(t.split()) for sid, t in samples},
-                "failure": None}
+        return ScoreResult({sid: q * len(t) for sid, t in samples}, {sid: len(t.split()) for sid, t in samples},
+                           None, 0.0)
 
     s = Settings(state_dir=tmp_path / "state", eval_samples=40, step_interval_s=0, benchmark_path=bench, **settings)
     comps = comps or COMPS
@@ -271,7 +272,7 @@ def test_all_zero_weights_are_never_set(tmp_path):
     q = {"m1": 1.0}
     chain, _ = _field(tmp_path, q)
     v = _validator(tmp_path, chain, q, [])
-    v.score = lambda path, samples, comp, **kw: {"losses": {}, "n_tokens": {}, "failure": "forward: boom"}
+    v.score = lambda path, samples, comp, **kw: ScoreResult({}, {}, "forward: boom", 0.0)
     r = v.step()
     assert r["weights_set"].startswith("not set: no model has weight this step")
     assert chain.weights_record(VAL) is None and v.state.ema == []  # no average made of nothing
@@ -357,7 +358,7 @@ def test_a_model_whose_scoring_fails_leaves_a_full_pool_and_is_not_rescored_ever
     def score(path, samples, comp, step_samples=None):
         if path.name == "m1":
             calls.append((path.name, len(samples)))
-            return {"losses": {}, "n_tokens": {}, "failure": "crashed: SIGSEGV"}
+            return ScoreResult({}, {}, "crashed: SIGSEGV", 0.0)
         return good(path, samples, comp, step_samples=step_samples)
 
     v.score = score
@@ -472,8 +473,8 @@ def test_table_orders_ties_in_win_rate_by_loss_per_token(tmp_path):
     assert [m["hotkey"] for m in r["competitions"]["c00"]["models"]] == ["m4", "m2", "m3", "m1"]
 
 
-def test_benchmark_candidates_are_hashed_again_only_when_their_files_change(tmp_path, monkeypatch):
-    import validator.step.loop as loop
+def test_benchmark_candidates_are_hashed_again_only_when_their_files_change(tmp_path):
+    from validator.adapters.candidates import benchmark_entries
     from validator.core.identity import dir_hash
 
     cand = tmp_path / "cand"
@@ -482,13 +483,17 @@ def test_benchmark_candidates_are_hashed_again_only_when_their_files_change(tmp_
     bench = tmp_path / "benchmark.json"
     bench.write_text(json.dumps({"c": {"competition": "c00", "path": str(cand)}}))
     hashed = []
-    monkeypatch.setattr(loop.hub, "model_dir_hash", lambda p: hashed.append(p) or dir_hash(p))
     memo: dict = {}
-    (e1,), _ = loop.benchmark_entries(bench, COMPS, memo)
-    (e2,), _ = loop.benchmark_entries(bench, COMPS, memo)
+
+    def counted(p: Path) -> str:
+        hashed.append(p)
+        return dir_hash(p)
+
+    (e1,), _ = benchmark_entries(bench, COMPS, memo, hash_dir=counted)
+    (e2,), _ = benchmark_entries(bench, COMPS, memo, hash_dir=counted)
     assert len(hashed) == 1 and e1.content_hash == e2.content_hash == dir_hash(cand)
     (cand / "model.safetensors").write_bytes(b"version 2")  # the miner rewrites the candidate
-    (e3,), _ = loop.benchmark_entries(bench, COMPS, memo)
+    (e3,), _ = benchmark_entries(bench, COMPS, memo, hash_dir=counted)
     assert len(hashed) == 2 and e3.content_hash == dir_hash(cand) != e1.content_hash
 
 
@@ -567,8 +572,8 @@ def test_pool_is_chosen_by_chain_win_rate_a_benchmark_candidate_does_not_push_a_
     comps = parse_competitions({"c00": {"reward": 1.0, "model_types": ["LlamaForCausalLM"], "parameters": 10**6,
                                         "model_size": 10**8, "dataset": "texts", "pool_size": 2}})
     v.competitions = lambda: comps
-    v.score = lambda path, samples, comp, **kw: {"losses": {sid: table[path.name][group(sid)] for sid, _ in samples},
-                                           "n_tokens": {sid: 10 for sid, _ in samples}, "failure": None}
+    v.score = lambda path, samples, comp, **kw: ScoreResult({sid: table[path.name][group(sid)] for sid, _ in samples},
+                                                            {sid: 10 for sid, _ in samples}, None, 0.0)
     r = v.step()
     rows = {m["hotkey"] or m["label"]: m for m in r["competitions"]["c00"]["models"]}
     assert rows["B"]["win_rate"] == 0.0 and rows["C"]["win_rate"] > 0  # with X, C outranks B

@@ -10,7 +10,7 @@ from tests.factories import make_model, make_tokenizer
 from validator.adapters.chain.local import LocalChain
 from validator.core.competitions import parse_competitions
 from validator.core.identity import ModelId
-from validator.step.loop import Settings, Validator
+from validator.step.validator import Settings, Validator
 from validator.scoring.dispatch import make_score_fn
 
 VOCAB = 300

@@ -7,17 +7,14 @@ import pytest
 import torch
 
 import constants
-from tests.test_engine import (  # noqa: F401  (model_dirs, models: fixtures)
-    DEVICES,
-    VOCAB,
-    CountingForward,
-    assert_same,
-    model_dirs,
-    models,
-    token_lists,
-)
+from tests import test_engine
+from tests.test_engine import DEVICES, VOCAB, CountingForward, assert_same, token_lists
 from validator.scoring import packing
-from validator.scoring.engine import _engine_run, engine_losses, load_model, reference_losses
+from validator.scoring.engine import _engine_run, engine_losses, reference_losses
+from validator.scoring.model_load import load_model
+
+# test_engine's fixtures, shared (an assignment: pytest finds them by name in this module)
+model_dirs, models = test_engine.model_dirs, test_engine.models
 
 # Every architecture tests/test_engine.py covers; gemma2 attends with soft-capping: not packable.
 EXTRA = {"gemma2": {"final_logit_softcapping": 1.0, "initializer_range": 0.5}, "cohere": {"logit_scale": 4.0},

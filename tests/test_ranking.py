@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import constants
-from validator.core import ranking as R
+from validator.core import halloffame, weights, winrule
 
 NAN, INF = math.nan, math.inf
 EPOCH = constants.BLOCKS_PER_EPOCH
@@ -35,20 +35,20 @@ def reference_winners(losses, blocks, block_now, initial, decay, epoch=EPOCH):
 # --- advantage --------------------------------------------------------------------------------
 
 def test_advantage_decays_per_epoch_and_is_zero_without_block():
-    adv = R.advantages(np.array([10000, 10000 - EPOCH, 10000 - 10 * EPOCH, NAN]), 10000, 0.004, 0.995)
+    adv = winrule.advantages(np.array([10000, 10000 - EPOCH, 10000 - 10 * EPOCH, NAN]), 10000, 0.004, 0.995)
     np.testing.assert_allclose(adv, [0.004, 0.004 * 0.995, 0.004 * 0.995 ** 10, 0.0])
 
 
 def test_advantage_of_a_future_block_is_none():
     # live: a negative age gives the factor exactly 1 (no advantage), not the initial one
-    assert R.advantages([1100.0, 1000.0], 1000, 0.004, 0.995).tolist() == [0.0, pytest.approx(0.004)]
-    assert R.advantage_factor(1100, 1000, 0.004, 0.995) == 1.0
+    assert winrule.advantages([1100.0, 1000.0], 1000, 0.004, 0.995).tolist() == [0.0, pytest.approx(0.004)]
+    assert winrule.advantage_factor(1100, 1000, 0.004, 0.995) == 1.0
 
 
 # --- the win rule, by hand --------------------------------------------------------------------
 
 def wins(losses, blocks, block_now=1000, initial=0.1, decay=1.0):
-    return R.compute_wins(np.array(losses, dtype=float), np.array(blocks, dtype=float),
+    return winrule.compute_wins(np.array(losses, dtype=float), np.array(blocks, dtype=float),
                           block_now, initial, decay).tolist()
 
 
@@ -83,7 +83,7 @@ def test_nan_and_inf_never_take_a_sample_but_the_oldest_holds_it_whatever_its_lo
     losses = [[NAN, INF, 3.0, NAN],
               [INF, 5.0, NAN, NAN],
               [7.0, NAN, INF, INF]]
-    winners = R.sample_winners(np.array(losses), np.array([1.0, 2.0, 3.0]), 1000, 0.1, 1.0)
+    winners = winrule.sample_winners(np.array(losses), np.array([1.0, 2.0, 3.0]), 1000, 0.1, 1.0)
     # live: model 0 holds every sample first; 0: its NaN is never beaten (7.0 < NaN is false);
     # 1: 5.0 < inf takes it; 2: NaN and inf do not take 3.0; 3: NaN again.
     assert winners.tolist() == [0, 1, 0, 0]
@@ -96,11 +96,11 @@ def test_models_without_block_get_no_advantage_and_come_last():
     # for model 0) and takes with 7.99. Sample 1: model 2 at 8.0 ties model 0 -> model 0 keeps.
     losses = np.array([[8.0, 8.0], [10.0, 10.0], [7.99, 8.0]])
     blocks = np.array([NAN, 500, NAN])
-    assert R.sample_winners(losses, blocks, 1000, 0.1, 1.0).tolist() == [2, 0]
+    assert winrule.sample_winners(losses, blocks, 1000, 0.1, 1.0).tolist() == [2, 0]
     # Were model 0 given a block (and so the advantage), model 2 would need < 7.2.
-    assert R.sample_winners(losses, np.array([600, 500, NAN]), 1000, 0.1, 1.0).tolist() == [0, 0]
+    assert winrule.sample_winners(losses, np.array([600, 500, NAN]), 1000, 0.1, 1.0).tolist() == [0, 0]
     # Two block-less models keep their row order: the lower index walks first.
-    assert R.sample_winners(np.array([[5.0], [5.0]]), np.array([NAN, NAN]), 1000, 0.1, 1.0).tolist() == [0]
+    assert winrule.sample_winners(np.array([[5.0], [5.0]]), np.array([NAN, NAN]), 1000, 0.1, 1.0).tolist() == [0]
 
 
 def test_decayed_advantage_is_used():
@@ -119,19 +119,19 @@ def test_vectorised_wins_equal_the_per_sample_loop_on_random_matrices():
     losses[5] = losses[3]  # an exact copy of another model
     blocks = rng.integers(0, 50, size=m).astype(float)  # many equal blocks
     blocks[rng.random(m) < 0.15] = np.nan
-    got = R.sample_winners(losses, blocks, 60, 0.004, 0.9)
+    got = winrule.sample_winners(losses, blocks, 60, 0.004, 0.9)
     want = reference_winners(losses, blocks.tolist(), 60, 0.004, 0.9)
     np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(R.compute_wins(losses, blocks, 60, 0.004, 0.9),
+    np.testing.assert_array_equal(winrule.compute_wins(losses, blocks, 60, 0.004, 0.9),
                                   np.bincount(want[want >= 0], minlength=m))
-    assert (got[:50] == R.walk_order(blocks)[0]).all()  # all NaN: the oldest model holds them
+    assert (got[:50] == winrule.walk_order(blocks)[0]).all()  # all NaN: the oldest model holds them
 
 
 def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match="losses"):
-        R.compute_wins(np.zeros(3), np.zeros(3), 0, 0.1, 1.0)
+        winrule.compute_wins(np.zeros(3), np.zeros(3), 0, 0.1, 1.0)
     with pytest.raises(ValueError, match="blocks"):
-        R.compute_wins(np.zeros((2, 3)), np.zeros(3), 0, 0.1, 1.0)
+        winrule.compute_wins(np.zeros((2, 3)), np.zeros(3), 0, 0.1, 1.0)
 
 
 # --- grouping ---------------------------------------------------------------------------------
@@ -139,45 +139,45 @@ def test_bad_shapes_are_named():
 def test_group_samples_sums_the_same_shuffled_columns_for_every_model():
     losses = np.arange(2 * 7, dtype=float).reshape(2, 7)
     losses[1, 4] = np.inf
-    got = R.group_samples(losses, 3, seed=11)
+    got = winrule.group_samples(losses, 3, seed=11)
     assert got.shape == (2, 3)
     perm = np.random.default_rng(11).permutation(7)
     for g, cols in enumerate([perm[0:3], perm[3:6], perm[6:7]]):
         np.testing.assert_array_equal(got[:, g], losses[:, cols].sum(axis=1))
     assert np.isinf(got[1]).sum() == 1  # the group holding the inf stays inf
-    np.testing.assert_array_equal(got, R.group_samples(losses, 3, seed=11))  # seeded
+    np.testing.assert_array_equal(got, winrule.group_samples(losses, 3, seed=11))  # seeded
     np.testing.assert_allclose(got[0].sum(), losses[0].sum())
 
 
 def test_group_samples_nan_propagates_and_group_one_is_identity():
     losses = np.array([[1.0, np.nan, 2.0, 3.0]])
-    got = R.group_samples(losses, 2, seed=0)
+    got = winrule.group_samples(losses, 2, seed=0)
     assert np.isnan(got).sum() == 1
-    np.testing.assert_array_equal(R.group_samples(losses, 1, seed=0), losses)
+    np.testing.assert_array_equal(winrule.group_samples(losses, 1, seed=0), losses)
     with pytest.raises(ValueError, match="group"):
-        R.group_samples(losses, 0, seed=0)
+        winrule.group_samples(losses, 0, seed=0)
 
 
 # --- win rates and pairwise ----------------------------------------------------------------
 
 def test_win_rates_and_absolute_win_rates():
-    np.testing.assert_allclose(R.win_rates([1, 3], 4), [0.25, 0.75])
-    np.testing.assert_allclose(R.win_rates([0, 0], 0), [0, 0])
+    np.testing.assert_allclose(winrule.win_rates([1, 3], 4), [0.25, 0.75])
+    np.testing.assert_allclose(winrule.win_rates([0, 0], 0), [0, 0])
     losses = np.array([[1.0, 2.0, 3.0, NAN, 5.0],
                        [2.0, 1.0, 3.0, INF, 5.0],
                        [3.0, 3.0, 4.0, 1.0, NAN]])
     # live: the first minimum in walk order, NaN counting as the minimum (numpy's argmin):
     # 0 -> 0, 1 -> 1, 2: tie 3.0 -> the first (0), 3: NaN -> 0, 4: NaN -> 2
-    np.testing.assert_allclose(R.absolute_win_rates(losses), [3 / 5, 1 / 5, 1 / 5])
+    np.testing.assert_allclose(winrule.absolute_win_rates(losses), [3 / 5, 1 / 5, 1 / 5])
     # in walk order: model 1 walks first, so it takes the tie of sample 2
-    np.testing.assert_allclose(R.absolute_win_rates(losses, blocks=[20, 10, 30]), [2 / 5, 2 / 5, 1 / 5])
+    np.testing.assert_allclose(winrule.absolute_win_rates(losses, blocks=[20, 10, 30]), [2 / 5, 2 / 5, 1 / 5])
 
 
 def test_win_matrix_by_hand():
     losses = np.array([[10.0, 10.0, 10.0, NAN],
                        [9.5, 8.0, 10.0, 1.0]])
     blocks = np.array([100.0, 200.0])
-    wm = R.win_matrix(losses, blocks, 1000, 0.1, 1.0)
+    wm = winrule.win_matrix(losses, blocks, 1000, 0.1, 1.0)
     # raw: model 1 lower on samples 0, 1 and 3 (model 0 nan); nobody on the tie
     assert wm["wins"].tolist() == [[0, 0], [3, 0]]
     # advantage 0.1 for model 0: model 1 needs < 9.0 -> only sample 1; on sample 3 model 0's
@@ -193,7 +193,7 @@ def test_win_matrix_adv_wins_equal_the_rule_on_each_pair():
     losses[rng.random(losses.shape) < 0.05] = np.nan
     losses[rng.random(losses.shape) < 0.05] = np.inf
     blocks = np.array([5.0, 1.0, NAN, 3.0, 3.0, NAN])
-    wm = R.win_matrix(losses, blocks, 100, 0.004, 0.9)
+    wm = winrule.win_matrix(losses, blocks, 100, 0.004, 0.9)
     for i in range(6):
         for j in range(6):
             if i == j:
@@ -211,42 +211,42 @@ def test_win_matrix_adv_wins_equal_the_rule_on_each_pair():
 # --- weights, mixing, EMA, finalize ---------------------------------------------------------
 
 def test_weights_from_win_rates_skew_and_eligibility():
-    w = R.weights_from_win_rates([0.6, 0.3, 0.1], 2.0)
+    w = weights.weights_from_win_rates([0.6, 0.3, 0.1], 2.0)
     np.testing.assert_allclose(w, np.array([0.36, 0.09, 0.01]) / 0.46)
     # a benchmark entry (not eligible) is excluded from the normalisation
-    w = R.weights_from_win_rates([0.5, 0.3, 0.2], 1.0, eligible=[False, True, True])
+    w = weights.weights_from_win_rates([0.5, 0.3, 0.2], 1.0, eligible=[False, True, True])
     np.testing.assert_allclose(w, [0.0, 0.6, 0.4])
-    np.testing.assert_array_equal(R.weights_from_win_rates([0.0, 0.0], 1.2), [0.0, 0.0])
-    np.testing.assert_array_equal(R.weights_from_win_rates([0.7, 0.0], 1.2, eligible=[False, True]), [0, 0])
+    np.testing.assert_array_equal(weights.weights_from_win_rates([0.0, 0.0], 1.2), [0.0, 0.0])
+    np.testing.assert_array_equal(weights.weights_from_win_rates([0.7, 0.0], 1.2, eligible=[False, True]), [0, 0])
     with pytest.raises(ValueError, match="win_rates"):
-        R.weights_from_win_rates([np.nan, 0.5], 1.2)
+        weights.weights_from_win_rates([np.nan, 0.5], 1.2)
 
 
 def test_mix_competitions_by_reward_share():
     per_comp = {"c00": ([1, 2], [3.0, 1.0]), "c01": ([2, 4], [1.0, 1.0]), "c02": ([5], [0.0])}
-    mixed = R.mix_competitions(per_comp, {"c00": 0.6, "c01": 0.2, "c02": 0.2}, n_uids=6)
+    mixed = weights.mix_competitions(per_comp, {"c00": 0.6, "c01": 0.2, "c02": 0.2}, n_uids=6)
     # c02 produced no weight: rewards renormalised over c00/c01 -> 0.75 / 0.25
     np.testing.assert_allclose(mixed, [0, 0.75 * 0.75, 0.75 * 0.25 + 0.25 * 0.5, 0, 0.25 * 0.5, 0])
     assert mixed.sum() == pytest.approx(1.0)
-    np.testing.assert_array_equal(R.mix_competitions({"c": ([0], [0.0])}, {"c": 1.0}, 3), [0, 0, 0])
+    np.testing.assert_array_equal(weights.mix_competitions({"c": ([0], [0.0])}, {"c": 1.0}, 3), [0, 0, 0])
     with pytest.raises(ValueError, match="'c00'.*uid out of range"):
-        R.mix_competitions({"c00": ([9], [1.0])}, {"c00": 1.0}, n_uids=6)
+        weights.mix_competitions({"c00": ([9], [1.0])}, {"c00": 1.0}, n_uids=6)
     with pytest.raises(ValueError, match="'c09'.*no reward"):
-        R.mix_competitions({"c09": ([1], [1.0])}, {"c00": 1.0}, n_uids=6)
+        weights.mix_competitions({"c09": ([1], [1.0])}, {"c00": 1.0}, n_uids=6)
 
 
 def test_ema_and_finalize():
-    np.testing.assert_allclose(R.ema([1.0, 0.0], [0.0, 1.0], 0.5), [0.5, 0.5])
-    np.testing.assert_allclose(R.ema([1.0, 0.0], [0.0, 1.0], 0.25), [0.75, 0.25])
-    np.testing.assert_allclose(R.ema(None, [0.2, 0.8]), [0.2, 0.8])
+    np.testing.assert_allclose(weights.ema([1.0, 0.0], [0.0, 1.0], 0.5), [0.5, 0.5])
+    np.testing.assert_allclose(weights.ema([1.0, 0.0], [0.0, 1.0], 0.25), [0.75, 0.25])
+    np.testing.assert_allclose(weights.ema(None, [0.2, 0.8]), [0.2, 0.8])
     with pytest.raises(ValueError, match="shape"):
-        R.ema([1.0], [0.5, 0.5])
-    w = R.finalize_weights([np.nan, -1.0, 2.0, 6.0, np.inf])
+        weights.ema([1.0], [0.5, 0.5])
+    w = weights.finalize_weights([np.nan, -1.0, 2.0, 6.0, np.inf])
     np.testing.assert_allclose(w, [0, 0, 0.25, 0.75, 0])
     assert not np.isnan(w).any() and w.sum() == pytest.approx(1.0)
     for bad in ([0.0, 0.0], [np.nan, -3.0], []):
         with pytest.raises(ValueError, match="all zero"):
-            R.finalize_weights(bad)
+            weights.finalize_weights(bad)
 
 
 # --- hall of fame -----------------------------------------------------------------------------
@@ -260,7 +260,7 @@ HOF = {
 
 
 def test_hall_of_fame_decay_without_cap():
-    shares = R.hall_of_fame_weights(HOF, {"hkA": 3, "hkB": 7}, block_now=10000, decay=0.9, cap=1.0)
+    shares = halloffame.hall_of_fame_weights(HOF, {"hkA": 3, "hkB": 7}, block_now=10000, decay=0.9, cap=1.0)
     # live: reward / 200 (1 / (1 - 0.995)) at the award's block, float32
     assert shares[3] == pytest.approx((0.04 + 0.1 * 0.9 ** 10) / 200, rel=1e-6)
     assert shares[7] == pytest.approx(0.02 / 200, rel=1e-6)
@@ -268,11 +268,11 @@ def test_hall_of_fame_decay_without_cap():
 
 
 def test_hall_of_fame_cap_and_apply():
-    shares = R.hall_of_fame_weights(HOF, {"hkA": 3, "hkB": 7}, block_now=10000, decay=1.0, cap=0.0004)
+    shares = halloffame.hall_of_fame_weights(HOF, {"hkA": 3, "hkB": 7}, block_now=10000, decay=1.0, cap=0.0004)
     # uncapped 0.14 / 200 and 0.02 / 200 -> scaled to total 0.0004
     assert shares.total == 0.0004 and sum(shares.values()) == pytest.approx(0.0004, rel=1e-6)
     assert shares[3] / shares[7] == pytest.approx(0.14 / 0.02, rel=1e-6)
-    w = R.apply_hall_of_fame(np.array([0.0, 0.5, 0.0, 0.5, 0, 0, 0, 0]), shares)
+    w = halloffame.apply_hall_of_fame(np.array([0.0, 0.5, 0.0, 0.5, 0, 0, 0, 0]), shares)
     assert w[1] == pytest.approx(0.5 * (1 - 0.0004))
     assert w[3] == pytest.approx(0.5 * (1 - 0.0004) + shares[3])
     assert w[7] == pytest.approx(shares[7])
@@ -281,30 +281,30 @@ def test_hall_of_fame_cap_and_apply():
 
 def test_hall_of_fame_default_cap_is_the_constant():
     big = {"hk": [{"block": 10000, "reward": 1e9, "desc": "", "url": ""}]}  # as the live file's entry
-    assert R.hall_of_fame_weights(big, {"hk": 0}, 10000) == {0: constants.REWARDS_MAX_FRACTION}
+    assert halloffame.hall_of_fame_weights(big, {"hk": 0}, 10000) == {0: constants.REWARDS_MAX_FRACTION}
 
 
 def test_parse_hall_of_fame_skips_bad_entries_as_live_and_names_them():
-    assert R.parse_hall_of_fame(HOF)["hkA"][1].block == 10000 - 10 * EPOCH
+    assert halloffame.parse_hall_of_fame(HOF)["hkA"][1].block == 10000 - 10 * EPOCH
     problems: list[str] = []
-    parsed = R.parse_hall_of_fame({"hkB": [{"block": 1, "reward": 0.1}, {"block": 2, "reward": "lots"}],
+    parsed = halloffame.parse_hall_of_fame({"hkB": [{"block": 1, "reward": 0.1}, {"block": 2, "reward": "lots"}],
                                    "hkC": [{"reward": 0.1}], "hkD": {"block": 1}}, problems)
     assert [e.block for e in parsed["hkB"]] == [1] and parsed["hkC"] == [] and parsed["hkD"] == []
     assert any(p.startswith("hall of fame: hotkey hkB entry #1 ") and "reward" in p for p in problems)
     assert any(p.startswith("hall of fame: hotkey hkC entry #0 ") and "block" in p for p in problems)
     assert any("hotkey hkD: expected a list" in p for p in problems)
-    assert R.parse_hall_of_fame({"_comment": "ignored"}) == {}
-    with pytest.raises(R.HallOfFameError, match="expected an object"):
-        R.parse_hall_of_fame([HOF])
+    assert halloffame.parse_hall_of_fame({"_comment": "ignored"}) == {}
+    with pytest.raises(halloffame.HallOfFameError, match="expected an object"):
+        halloffame.parse_hall_of_fame([HOF])
 
 
 # --- pool -------------------------------------------------------------------------------------
 
 def test_select_pool_keeps_best_and_some_newcomers():
     wr = {"a": 0.1, "b": 0.5, "c": 0.3, "d": 0.3, "e": float("nan")}
-    sel = R.select_pool(wr, pool_size=3, pend_size=2, pending=["x", "b", "y", "z"],
+    sel = weights.select_pool(wr, pool_size=3, pend_size=2, pending=["x", "b", "y", "z"],
                         blocks={"c": 20, "d": 10})
     assert sel.pool == ["b", "d", "c"]  # tie c/d -> older block first
     assert sel.pending == ["x", "y"]  # "b" is evaluated, not a newcomer
     assert sel.dropped == ["a", "e"]
-    assert sel.keep == ["b", "d", "c", "x", "y"]
+    assert sel.pool + sel.pending == ["b", "d", "c", "x", "y"]

@@ -151,7 +151,7 @@ def test_step_win_matrix_uses_the_recorded_number_of_groups():
 def _groups_won_by_hand(losses: np.ndarray, adv: np.ndarray, order: list[int], group: int, seed: int) -> np.ndarray:
     """[i, j]: groups i wins against j alone, counted one group at a time, grouped as live groups
     (README section 3): the last `s % group` samples dropped, the rest in the documented seeded
-    shuffle (ranking.grouping_permutation: numpy's default_rng(seed).permutation), runs of `group`
+    shuffle (winrule.grouping_permutation: numpy's default_rng(seed).permutation), runs of `group`
     summed. No sample here is inf for every model and none is NaN."""
     m, s = losses.shape
     used = s - s % group
@@ -172,7 +172,9 @@ def _groups_won_by_hand(losses: np.ndarray, adv: np.ndarray, order: list[int], g
 
 
 def test_step_from_rank_competition_with_groups_matches_a_count_by_hand():
-    from validator.step import loop
+    from validator.core.entries import Entry
+    from validator.step.rank import rank_competition
+    from validator.step.report import competition_table
     from validator.core.competitions import parse_competitions
     from validator.adapters.evalcache import EvalCache
     from validator.adapters.leaderboard import step_to_report
@@ -186,12 +188,12 @@ def test_step_from_rank_competition_with_groups_matches_a_count_by_hand():
     losses[2, 4] = np.inf  # a failed sample: its group can not be won by that model
     sids = [f"s{k}" for k in range(23)]
     cache = EvalCache()
-    entries = [loop.Entry(key=f"uid:{u}", competition="c00", label=f"m{u}", uid=u, block=b, content_hash=f"h{u}",
+    entries = [Entry(key=f"uid:{u}", competition="c00", label=f"m{u}", uid=u, block=b, content_hash=f"h{u}",
                           status="scored") for u, b in ((0, 1500), (1, 1900))]
-    entries.append(loop.Entry(key="bench:x", competition="c00", label="x", content_hash="hx", status="scored"))
+    entries.append(Entry(key="bench:x", competition="c00", label="x", content_hash="hx", status="scored"))
     for e, row in zip(entries, losses):
         cache.losses.put(e.cache_key, dict(zip(sids, row)), dict.fromkeys(sids, 10))
-    table = json.loads(json.dumps(loop.rank_competition(entries, comp, cache, sids, block_now, seed)))
+    table = json.loads(json.dumps(competition_table(entries, rank_competition(entries, comp, cache, sids, block_now, seed))))
 
     adv = [comp.advantage_initial * comp.advantage_decay ** ((block_now - b) / constants.BLOCKS_PER_EPOCH)
            for b in (1500, 1900)] + [0.0]

@@ -10,20 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from tests.factories import make_model, make_texts, make_tokenizer
-from validator.scoring.engine import load_model, reference_losses
 from validator.core.scores import result_from_json
-from validator.scoring.job import (
-    ScoringError,
-    TokenCache,
-    TokenizedSample,
-    check_tokenize_fails,
-    check_vocab,
-    load_tokenizer,
-    score_model,
-    score_model_job,
-    tokenize_samples,
-    tokenizer_hash,
-)
+from validator.scoring.engine import ScoringError, reference_losses
+from validator.scoring.model_load import load_model
+from validator.scoring.job import score_model, score_model_job
+from validator.scoring.sample_tokens import (as_competition, check_tokenize_fails, check_vocab, load_tokenizer,
+                                             tokenize_samples)
+from validator.scoring.token_cache import TokenCache
+from validator.scoring.tokens import TokenizedSample, tokenizer_files_hash
 
 COMP = {"id": "c00", "max_sequence_len": 4096, "cap_sample_len": 20480, "max_tokenize_fails": 3}
 
@@ -255,7 +249,7 @@ def test_missing_weights_is_a_load_failure(assets, tmp_path):
 
 def test_token_cache_reused_and_persisted(assets, tmp_path):
     tok = load_tokenizer(assets["tok_dir"], role="competition")
-    key = tokenizer_hash(assets["tok_dir"])
+    key = tokenizer_files_hash(assets["tok_dir"])
     samples = samples_of(make_texts(6, seed=13))
     cache = TokenCache()
     first = tokenize_samples(tok, samples, COMP, cache=cache, tokenizer_key=key)
@@ -272,18 +266,12 @@ def test_token_cache_reused_and_persisted(assets, tmp_path):
     assert [t.ids for t in tokenize_samples(NoCalls(), samples, COMP, cache=loaded, tokenizer_key=key)] == \
            [t.ids for t in first]
     # Other tokenization parameters or another text under the same id are misses.
-    assert loaded.get(key, _view(dict(COMP, cap_sample_len=10)), "s0", samples[0][1]) is None
-    assert loaded.get(key, _view(COMP), "s0", "another text") is None
+    assert loaded.get(key, as_competition(dict(COMP, cap_sample_len=10)), "s0", samples[0][1]) is None
+    assert loaded.get(key, as_competition(COMP), "s0", "another text") is None
     # The key is the tokenizer's content: another tokenizer hashes differently.
     other = assets["root"] / "other_tok"
     make_tokenizer(other, texts=make_texts(50, seed=99), vocab_size=290)
-    assert tokenizer_hash(other) != key
-
-
-def _view(comp):
-    from validator.scoring.job import _competition_view
-
-    return _competition_view(comp)
+    assert tokenizer_files_hash(other) != key
 
 
 def test_score_model_job_is_json_in_json_out(assets, tmp_path):
@@ -301,9 +289,7 @@ def test_score_model_job_is_json_in_json_out(assets, tmp_path):
 def test_token_cache_is_bounded_and_saved_without_pickle(tmp_path):
     import numpy as np
 
-    from types import SimpleNamespace
-
-    comp = SimpleNamespace(cap_sample_len=100, max_sequence_len=10)
+    comp = _tok_comp()
     cache = TokenCache(max_entries=3)
     for i in range(5):
         cache.put("tok", comp, f"s{i}", f"text {i}", TokenizedSample(f"s{i}", [i, i + 1], None))
@@ -360,9 +346,7 @@ def test_token_cache_tells_apart_tokenizer_classes_picked_from_the_model_config(
 
 
 def _tok_comp():
-    from types import SimpleNamespace
-
-    return SimpleNamespace(cap_sample_len=100, max_sequence_len=10)
+    return as_competition({"id": "c", "cap_sample_len": 100, "max_sequence_len": 10})
 
 
 def test_token_cache_round_trips_ids_beyond_int32(tmp_path):

@@ -72,7 +72,7 @@ def test_rss_watchdog_kills_a_job_over_its_limit_and_the_next_runs():
 
 def test_worker_limits_per_device():
     import constants
-    from validator.scoring.dispatch import default_memory_limit, worker_limits
+    from validator.scoring.worker_limits import default_memory_limit, worker_limits
 
     cpu = worker_limits("cpu", 1000)
     assert cpu["rss_limit_bytes"] == 1000  # address space on CPU: the limit plus headroom for what is only mapped
@@ -95,13 +95,13 @@ def test_a_model_over_the_memory_limit_fails_oom_alone(assets, tmp_path):
     samples = samples_of(["The model of the chain.", "Water and light."])
     tight = make_score_fn("cpu", tmp_path / "tok", memory_limit_bytes=64 * MIB, timeout_s=120)
     res = tight(assets["llama"], samples, comp)
-    assert res["failure"].startswith("oom") and "resident memory" in res["failure"], res["failure"]
-    assert res["losses"] == {}
+    assert res.failure.startswith("oom") and "resident memory" in res.failure, res.failure
+    assert res.losses == {}
     # the next model (the same one, under the default limit) scores, as without a worker
     default = make_score_fn("cpu", tmp_path / "tok", timeout_s=120)(assets["llama"], samples, comp)
     direct = make_score_fn("cpu", tmp_path / "tok2", isolate=False)(assets["llama"], samples, comp)
-    assert default["failure"] is None and default["losses"] == pytest.approx(direct["losses"], rel=1e-6)
-    assert default["notes"] == []
+    assert default.failure is None and default.losses == pytest.approx(direct.losses, rel=1e-6)
+    assert default.notes == []
 
 
 # --- environment -----------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def test_workers_do_not_inherit_secrets(monkeypatch):
 
 
 def test_child_environment_is_an_allow_list():
-    from validator.scoring.worker import child_environment
+    from validator.scoring.worker_limits import child_environment
 
     env = child_environment({"PATH": "/bin", "LC_ALL": "C", "TOKENIZERS_PARALLELISM": "false",
                              "PYTHONHASHSEED": "0", "SOMETHING_ELSE": "x", "DATABASE_URL": "postgres://u:p@h",
@@ -142,7 +142,7 @@ def test_child_environment_is_an_allow_list():
 # --- config keys that choose code paths ------------------------------------------------------
 
 def test_config_keys_that_pick_kernels_or_quantizers_are_ignored(assets, tmp_path):
-    from validator.scoring.engine import load_model
+    from validator.scoring.model_load import load_model
     from validator.scoring.job import score_model
 
     hostile = tmp_path / "hostile"
@@ -187,10 +187,12 @@ def test_token_cache_that_cannot_be_saved_leaves_the_model_scored_with_a_note(as
 
 
 def test_token_cache_disk_full_is_a_note(tmp_path):
-    from validator.scoring.job import TokenCache, TokenizedSample, _competition_view, save_token_cache
+    from validator.scoring.sample_tokens import as_competition
+    from validator.scoring.token_cache import TokenCache, save_token_cache
+    from validator.scoring.tokens import TokenizedSample
 
     cache = TokenCache()
-    cache.put("k", _competition_view(COMP), "s0", "text", TokenizedSample("s0", [1, 2, 3]))
+    cache.put("k", as_competition(COMP), "s0", "text", TokenizedSample("s0", [1, 2, 3]))
 
     def disk_full(path: Path, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -219,7 +221,8 @@ def make_slow(own_tok: Path, out: Path) -> Path:
 
 def test_a_slow_model_tokenizer_falls_back_or_fails_and_is_not_cached(assets, tmp_path):
     from tests.factories import make_texts
-    from validator.scoring.job import TokenCache, score_model
+    from validator.scoring.job import score_model
+    from validator.scoring.token_cache import TokenCache
 
     slow_model = tmp_path / "slow_model"
     shutil.copytree(assets["own"], slow_model)

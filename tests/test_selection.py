@@ -3,6 +3,7 @@ import pytest
 
 import constants
 from validator.core import selection as S
+from validator.core import visits as V
 from validator.core.chain import Metagraph
 
 PERIOD = constants.REVISIT_SLICE_PERIOD_S
@@ -17,62 +18,62 @@ def t_at_slot(slot: int, day: int = 10_000) -> float:
 # --- the revisit slice ---------------------------------------------------------------------------
 
 def test_revisit_slice_runs_from_the_last_end_to_the_clock_slot():
-    assert S.revisit_slice(t_at_slot(80), 78) == ([78, 79], 80)
+    assert V.revisit_slice(t_at_slot(80), 78) == ([78, 79], 80)
 
 
 def test_revisit_slice_wraps_past_the_last_uid():
-    uids, until = S.revisit_slice(t_at_slot(3), 250)
+    uids, until = V.revisit_slice(t_at_slot(3), 250)
     assert uids == [250, 251, 252, 253, 254, 255, 0, 1, 2] and until == 3
 
 
 def test_revisit_slice_first_time_is_the_ten_before_the_slot_and_wraps_below_zero():
-    assert S.revisit_slice(t_at_slot(40), None) == (list(range(30, 40)), 40)
-    assert S.revisit_slice(t_at_slot(4), None) == ([250, 251, 252, 253, 254, 255, 0, 1, 2, 3], 4)
+    assert V.revisit_slice(t_at_slot(40), None) == (list(range(30, 40)), 40)
+    assert V.revisit_slice(t_at_slot(4), None) == ([250, 251, 252, 253, 254, 255, 0, 1, 2, 3], 4)
 
 
 def test_revisit_slice_keeps_the_last_ten_of_a_long_gap_and_a_full_turn_when_the_slot_repeats():
-    assert S.revisit_slice(t_at_slot(100), 20) == (list(range(90, 100)), 100)
+    assert V.revisit_slice(t_at_slot(100), 20) == (list(range(90, 100)), 100)
     # the same slot as last time: live's ranges wrap a whole turn; the last ten remain
-    assert S.revisit_slice(t_at_slot(5), 5) == ([251, 252, 253, 254, 255, 0, 1, 2, 3, 4], 5)
+    assert V.revisit_slice(t_at_slot(5), 5) == ([251, 252, 253, 254, 255, 0, 1, 2, 3, 4], 5)
 
 
 def test_revisit_slice_uses_whole_seconds_of_the_wall_clock():
     # int(t) first: 0.9 s more never reaches the next slot boundary computed on whole seconds
     boundary = 10_000 * PERIOD + 675  # 675 s = exactly one slot (172800 / 256)
-    assert S.revisit_slice(boundary - 0.1, 0)[1] == 0
-    assert S.revisit_slice(boundary, 0)[1] == 1
+    assert V.revisit_slice(boundary - 0.1, 0)[1] == 0
+    assert V.revisit_slice(boundary, 0)[1] == 1
 
 
 # --- top miners ----------------------------------------------------------------------------------
 
 def test_top_miners_take_more_than_five_percent_of_each_validator():
-    v = S.ValidatorView(1, 100.0, 0, {10: 0.90, 11: 0.05, 12: 0.0501, 13: 0.0})
-    assert S.top_miners([v]) == [10, 12]  # exactly 5% is not more than 5%
+    v = V.ValidatorView(1, 100.0, 0, {10: 0.90, 11: 0.05, 12: 0.0501, 13: 0.0})
+    assert V.top_miners([v]) == [10, 12]  # exactly 5% is not more than 5%
 
 
 def test_top_miners_skip_idle_validators_without_refilling_their_slot():
-    fresh = [S.ValidatorView(uid, 1000.0 - uid, 0, {100 + uid: 1.0}) for uid in range(10)]
-    idle = S.ValidatorView(50, 5000.0, constants.TOP_MINER_MAX_VALIDATOR_IDLE_BLOCKS + 1, {200: 1.0})
-    at_limit = S.ValidatorView(51, 4000.0, constants.TOP_MINER_MAX_VALIDATOR_IDLE_BLOCKS, {201: 1.0})
-    got = S.top_miners(fresh + [idle, at_limit])
+    fresh = [V.ValidatorView(uid, 1000.0 - uid, 0, {100 + uid: 1.0}) for uid in range(10)]
+    idle = V.ValidatorView(50, 5000.0, constants.TOP_MINER_MAX_VALIDATOR_IDLE_BLOCKS + 1, {200: 1.0})
+    at_limit = V.ValidatorView(51, 4000.0, constants.TOP_MINER_MAX_VALIDATOR_IDLE_BLOCKS, {201: 1.0})
+    got = V.top_miners(fresh + [idle, at_limit])
     # idle (largest stake) is cut but still takes one of the 10 slots: the smallest fresh one is out
     assert 200 not in got and 201 in got
     assert got == sorted([201] + [100 + uid for uid in range(8)])
 
 
 def test_top_validators_by_stake_ties_go_to_the_higher_uid():
-    vals = [S.ValidatorView(uid, 1.0, 0, {100 + uid: 1.0}) for uid in range(12)]
-    assert S.top_miners(vals) == [100 + uid for uid in range(2, 12)]
+    vals = [V.ValidatorView(uid, 1.0, 0, {100 + uid: 1.0}) for uid in range(12)]
+    assert V.top_miners(vals) == [100 + uid for uid in range(2, 12)]
 
 
 def test_validators_from_metagraph_keeps_permit_holders_with_their_idle_blocks():
     meta = Metagraph(block=5000, block_hash="0x", uids=[0, 1, 2], hotkeys=["a", "b", "c"], coldkeys=["", "", ""],
                      stake=[10.0, 20.0, 30.0], incentive=[0, 0, 0], validator_permit=[True, False, True],
                      last_update=[4000, 4999, 3000], weights={0: {1: 1.0}})
-    got = S.validators_from_metagraph(meta)
+    got = V.validators_from_metagraph(meta)
     assert [(v.uid, v.stake, v.idle_blocks, dict(v.weights)) for v in got] == [(0, 10.0, 1000, {1: 1.0}),
                                                                               (2, 30.0, 2000, {})]
-    assert S.top_miners(got) == [1]
+    assert V.top_miners(got) == [1]
 
 
 # --- priorities and the step pick ----------------------------------------------------------------
@@ -203,7 +204,7 @@ def test_a_top_miner_is_revisited_after_24h_and_a_fresh_one_is_not():
     held = {7: c(7), 8: c(8)}
     last = {7: WALL - constants.TOP_MODEL_RETRY_INTERVAL_S - 1, 8: WALL - 3600}
     st = S.SelectionState({"c00": S.CompetitionState()}, held, last, force_eval_until_uid_last=78)
-    vals = [S.ValidatorView(15, 1.0, 0, {7: 0.5, 8: 0.5})]
+    vals = [V.ValidatorView(15, 1.0, 0, {7: 0.5, 8: 0.5})]
     up = update(st, {7: c(7), 8: c(8)}, validators=vals, competitions=["c00"])
     assert up.rounds[0] == S.VisitRound(80, [7, 8], constants.TOP_MODEL_RETRY_INTERVAL_S)
     assert 7 not in up.rounds[1].uids and 8 not in up.rounds[1].uids  # top miners skip the new-model round

@@ -10,8 +10,9 @@ import pytest
 
 from tests.factories import make_model
 from validator.scoring import engine
-from validator.scoring import streaming
+from validator.scoring import stream_plan, streaming
 from validator.scoring.engine import ScoringError
+from validator.scoring.model_load import load_model
 
 VOCAB = 300
 TOKEN_BUDGET = 64
@@ -23,7 +24,7 @@ def _tokens(n: int = 40, seed: int = 0) -> list:
     return out + [None, [7]]  # a failed sample (inf) and one with nothing to predict (0)
 
 
-def _shape(model_dir: Path) -> streaming.Shape:
+def _shape(model_dir: Path) -> stream_plan.Shape:
     """The model's sizes as the planner sees them (from a run under an ample cap)."""
     _, info = streaming.streamed_losses(model_dir, [[1, 2, 3]], "cpu", max_device_bytes=10**10,
                                         token_budget=TOKEN_BUDGET)
@@ -32,7 +33,7 @@ def _shape(model_dir: Path) -> streaming.Shape:
     cfg = json.loads((model_dir / "config.json").read_text())
     hidden = cfg.get("hidden_size") or cfg.get("n_embd")
     inter = cfg.get("intermediate_size") or cfg.get("ffn_dim") or 4 * hidden
-    return streaming.Shape(hidden, inter, VOCAB, 4, info.resident_bytes, info.layer_bytes)
+    return stream_plan.Shape(hidden, inter, VOCAB, 4, info.resident_bytes, info.layer_bytes)
 
 
 def _cap_for_groups(model_dir: Path, tokens: list, at_least: int) -> int:
@@ -47,7 +48,7 @@ def _cap_for_groups(model_dir: Path, tokens: list, at_least: int) -> int:
     for _ in range(60):
         mid = (lo + hi) // 2
         try:
-            _, _, groups = streaming.plan(lengths, shape, mid, TOKEN_BUDGET, chunk)
+            _, _, groups = stream_plan.plan(lengths, shape, mid, TOKEN_BUDGET, chunk)
         except MemoryError:
             lo = mid + 1
             continue
@@ -67,7 +68,7 @@ ARCHS = [("llama", {}), ("phi3", {}), ("llama", {"tie_word_embeddings": True}), 
 def test_streamed_losses_equal_the_resident_engine(tmp_path, arch, extra):
     model_dir = make_model(tmp_path / arch, arch, vocab_size=VOCAB, layers=3, **extra)
     tokens = _tokens()
-    resident = engine.engine_losses(engine.load_model(model_dir, "cpu"), tokens, "cpu")
+    resident = engine.engine_losses(load_model(model_dir, "cpu"), tokens, "cpu")
     cap = _cap_for_groups(model_dir, tokens, at_least=3)
     streamed, info = streaming.streamed_losses(model_dir, tokens, "cpu", max_device_bytes=cap,
                                                token_budget=TOKEN_BUDGET)
@@ -106,23 +107,23 @@ def test_a_crash_mid_stream_returns_nothing(tmp_path):
 
 def test_an_architecture_whose_checkpoint_names_differ_falls_back_with_a_reason(tmp_path):
     model_dir = make_model(tmp_path / "m", "gpt_neox", vocab_size=VOCAB, layers=2)
-    with pytest.raises(streaming.Unsupported) as err:
+    with pytest.raises(stream_plan.Unsupported) as err:
         streaming.streamed_losses(model_dir, _tokens(5), "cpu", max_device_bytes=10**9)
     assert "lm_head" in str(err.value)
 
 
 def test_should_stream_follows_the_cap(tmp_path):
     model_dir = make_model(tmp_path / "m", "llama", vocab_size=VOCAB, layers=2)
-    size = streaming.model_bytes(model_dir)
-    assert streaming.should_stream(model_dir, "cpu", None) is None  # no cap on CPU: resident
-    assert streaming.should_stream(model_dir, "cpu", size * 10) is None  # fits with room to spare
-    assert streaming.should_stream(model_dir, "cpu", size // 2) == size // 2
+    size = stream_plan.model_bytes(model_dir)
+    assert stream_plan.should_stream(model_dir, "cpu", None) is None  # no cap on CPU: resident
+    assert stream_plan.should_stream(model_dir, "cpu", size * 10) is None  # fits with room to spare
+    assert stream_plan.should_stream(model_dir, "cpu", size // 2) == size // 2
 
 
 def test_the_cost_model_takes_the_slower_of_copies_and_compute():
-    info = streaming.StreamInfo(groups=3, layers=10, layer_bytes=1000)
-    assert streaming.predicted_seconds(info, copy_bandwidth=1000.0, flops=10.0, achieved_flops=1.0) == 30.0
-    assert streaming.predicted_seconds(info, copy_bandwidth=1000.0, flops=100.0, achieved_flops=1.0) == 100.0
+    info = stream_plan.StreamInfo(groups=3, layers=10, layer_bytes=1000)
+    assert stream_plan.predicted_seconds(info, copy_bandwidth=1000.0, flops=10.0, achieved_flops=1.0) == 30.0
+    assert stream_plan.predicted_seconds(info, copy_bandwidth=1000.0, flops=100.0, achieved_flops=1.0) == 100.0
 
 
 def test_a_model_over_the_cap_is_scored_streamed_through_the_scoring_job(tmp_path):
@@ -139,7 +140,7 @@ def test_a_model_over_the_cap_is_scored_streamed_through_the_scoring_job(tmp_pat
                        dataset="x", tokenizer=str(tok)).model_dump(mode="json")
     samples = [[f"s{i}", "the model of the chain " * (1 + i % 5)] for i in range(12)]
     resident = score_model_job(str(model_dir), samples, comp, tokenizer_path=str(tok))
-    cap = streaming.model_bytes(model_dir)  # the weights do not fit with room to spare: streamed
+    cap = stream_plan.model_bytes(model_dir)  # the weights do not fit with room to spare: streamed
     streamed = score_model_job(str(model_dir), samples, comp, tokenizer_path=str(tok), max_device_bytes=cap)
     assert resident["failure"] is None and streamed["failure"] is None
     assert streamed["engine"].startswith("streamed (") and not resident["engine"].startswith("streamed")
@@ -157,7 +158,7 @@ def test_a_validator_step_under_a_device_cap_reports_the_model_streamed(tmp_path
     from validator.adapters.chain.local import LocalChain
     from validator.core.competitions import parse_competitions
     from validator.core.identity import ModelId
-    from validator.step.loop import Settings, Validator
+    from validator.step.validator import Settings, Validator
     from validator.scoring.dispatch import make_score_fn
 
     tok = tmp_path / "tok"
@@ -176,7 +177,8 @@ def test_a_validator_step_under_a_device_cap_reports_the_model_streamed(tmp_path
         def sample(self, seed: int, n: int):
             return [(f"s{i}", "the model of the chain " * (1 + i % 5)) for i in range(min(n, 12))]
 
-    score = make_score_fn("cpu", tmp_path / "tokcache", isolate=False, max_device_bytes=streaming.model_bytes(model_dir))
+    score = make_score_fn("cpu", tmp_path / "tokcache", isolate=False,
+                          max_device_bytes=stream_plan.model_bytes(model_dir))
     v = Validator(chain, lambda: comps, lambda mid, hk, comp, deadline=None: (model_dir, "content"), score,
                   lambda name, **kw: Texts(), Settings(state_dir=tmp_path / "state", eval_samples=12, offline=True),
                   hotkey="5Val")

@@ -68,7 +68,7 @@ def test_publish_commit_and_validator_download_reproduce_the_hash(model_src, com
     assert mid.hash == secure_hash(files_hash(model_src, DOWNLOADED), HOTKEY)
     assert (repo / "README.md").is_file() and (repo / ".gitattributes").is_file()  # published, not hashed
     # a validator's fresh download at that commit verifies
-    from validator.core.competitions import load_competitions
+    from validator.adapters.competitions_source import load_competitions
 
     comp = load_competitions(str(competitions_file))["c00"]
     path = ensure_model(mid, HOTKEY, comp, tmp_path / "validator", endpoint=olah_hub.endpoint, progress=False)
@@ -166,7 +166,7 @@ def test_commitment_not_read_back_is_a_failure(model_src, competitions_file, ola
         def sync(self):
             return None, {HOTKEY: Commitment("someone:else:" + "0" * 40 + ":x:c00", 1)}
 
-    from validator.core.competitions import load_competitions
+    from validator.adapters.competitions_source import load_competitions
 
     comp = load_competitions(str(competitions_file))["c00"]
     with pytest.raises(upload_model.UploadError) as err:
@@ -323,7 +323,7 @@ def publish_to_fake_hf(fake: FakeHub, model_src, competitions_file, monkeypatch)
     import huggingface_hub
 
     from validator.adapters import hub
-    from validator.core.competitions import load_competitions
+    from validator.adapters.competitions_source import load_competitions
 
     monkeypatch.setattr(huggingface_hub, "HfApi", fake.api_class())
     def download_snapshot(repo_id, commit, *_args, **_kwargs) -> Path:

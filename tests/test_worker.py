@@ -10,7 +10,8 @@ import time
 import pytest
 
 from tests.factories import gone_or_zombie
-from validator.scoring.worker import WorkerResult, classify_exception, run_isolated
+from validator.scoring.worker import WorkerResult, run_isolated
+from validator.scoring.worker_child import classify_exception
 
 JOBS = "tests.worker_jobs"
 GIB = 1024**3

@@ -196,14 +196,14 @@ def test_scorer_on_two_cpu_devices_equals_scoring_in_process(field, tmp_path):
         again = scorer(*jobs[0][:3], step_samples=jobs[0][3])  # one at a time, on a warm spare
     finally:
         scorer.close()
-    assert [sorted(g["losses"]) for g in got] == [sorted(s for s, _ in j[1]) for j in jobs]  # job order
+    assert [sorted(g.losses) for g in got] == [sorted(s for s, _ in j[1]) for j in jobs]  # job order
     for g, e in zip(got + [again], expected + expected[:1]):
-        assert g["failure"] is None, g["failure"]
-        assert g["losses"] == pytest.approx(e["losses"], rel=1e-6)
-        assert g["n_tokens"] == e["n_tokens"]
+        assert g.failure is None, g.failure
+        assert g.losses == pytest.approx(e.losses, rel=1e-6)
+        assert g.n_tokens == e.n_tokens
     # an independent check that the losses are real: a random init predicts about uniformly, so the
     # summed loss per token is near ln(vocab size 300)
-    per_token = [g["losses"][s] / g["n_tokens"][s] for g in got for s in g["losses"]]
+    per_token = [g.losses[s] / g.n_tokens[s] for g in got for s in g.losses]
     assert all(0.8 * math.log(300) < v < 1.2 * math.log(300) for v in per_token), per_token
 
 
@@ -215,7 +215,7 @@ def test_scorer_cold_path_is_unchanged(field, tmp_path):
     assert cold._pool is None  # today's path: run_isolated per model
     direct = make_score_fn("cpu", tmp_path / "tok2", isolate=False)(model, samples, comp)
     res = cold(model, samples, comp)
-    assert res["failure"] is None and res["losses"] == pytest.approx(direct["losses"], rel=1e-6)
+    assert res.failure is None and res.losses == pytest.approx(direct.losses, rel=1e-6)
     with pytest.raises(ValueError, match="devices"):
         make_score_fn("cpu", tmp_path, devices="cpu")
 

@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from validator.adapters.evalcache import EvalCache
-from validator.step.loop import ValidatorState
+from validator.step.state import ValidatorState
 from validator.core.selection import Commit, CompetitionState, SelectionState
 from validator.adapters.files import KILL_AT_ENV, atomic_write_json, read_json, remove_stale_temps
 

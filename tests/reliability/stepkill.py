@@ -31,7 +31,9 @@ import validator.adapters.files as state_mod
 from tests.reliability.world import COMPS, VAL, Clock, Source, fake_commitment
 from validator.adapters.chain.local import LocalChain, local_block_hash
 from validator.adapters.evalcache import EvalCache
-from validator.step.loop import Settings, Validator, ValidatorState
+from validator.core.scores import ScoreResult
+from validator.step.state import ValidatorState
+from validator.step.validator import Settings, Validator
 
 STEPS = 3
 FIRST = {"m1": 1.0, "m2": 0.9, "m3": 0.95}
@@ -146,9 +148,9 @@ def validator(root: Path) -> Validator:
         point(f"fetch {hotkey}")
         return out
 
-    def score(path: Path, samples, comp, step_samples=None) -> dict:
-        out = {"losses": {sid: _loss(path.name, sid, t) for sid, t in samples},
-               "n_tokens": {sid: len(t.split()) for sid, t in samples}, "failure": None}
+    def score(path: Path, samples, comp, step_samples=None) -> ScoreResult:
+        out = ScoreResult({sid: _loss(path.name, sid, t) for sid, t in samples},
+                          {sid: len(t.split()) for sid, t in samples}, None, 0.0)
         point(f"score {path.name}")
         return out
 
@@ -175,9 +177,9 @@ def _patch_saves() -> None:
         point("state mid-write")
         state_save(self, path)
 
-    def v_finish(self, report, t0, stages):
+    def v_finish(self, report, timer):
         point("report")
-        return finish(self, report, t0, stages)
+        return finish(self, report, timer)
 
     Validator.save, ValidatorState.save, Validator._finish = v_save, s_save, v_finish
 

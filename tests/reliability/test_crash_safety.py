@@ -20,7 +20,7 @@ from tests.reliability.stepkill import POINTS
 from tests.reliability.world import VAL, publish_and_commit, run_args, tree_snapshot
 from validator.adapters.chain.local import LocalChain
 from validator.adapters.evalcache import EvalCache
-from validator.step.loop import ValidatorState
+from validator.step.state import ValidatorState
 from validator.adapters.files import KILL_AT_ENV
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -192,11 +192,13 @@ def hub_field(real_field, real_hub, tmp_path):
 
 
 def _real_validator(real_field, tmp_path, endpoint, *extra):
-    from validator.cli.main import build_parser, build_validator
+    from validator.app import build_validator
+    from validator.cli.main import build_parser
+    from validator.cli.run import config_from_args
 
     args = build_parser().parse_args(run_args(real_field, tmp_path / "state", tmp_path / "chain.sqlite", endpoint,
                                               "--no-isolation", *extra))
-    v = build_validator(args)
+    v = build_validator(config_from_args(args))
     v.progress = None
     v.clock = Clock()  # chain updates and weight sets when the test moves it
     v.retry_after = lambda reason, attempts: 0.0  # retry at the next step (the backoff is tested in test_hub)

@@ -102,7 +102,7 @@ def test_hostile_commitments(texts):
 @given(bench=json_values, hof=json_values, comps=json_values,
        bench_text=st.one_of(st.none(), st.text(max_size=40)))
 def test_hostile_benchmark_hall_of_fame_and_competitions_files(bench, hof, comps, bench_text):
-    from validator.core.competitions import CompetitionsConfig
+    from validator.adapters.competitions_source import CompetitionsConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -219,7 +219,9 @@ def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard, monk
     import constants
 
     from validator.adapters.chain.local import LocalChain
-    from validator.cli.main import build_parser, build_validator
+    from validator.app import build_validator
+    from validator.cli.main import build_parser
+    from validator.cli.run import config_from_args
     from validator.adapters.hub import model_dir_hash, publish_local
     from validator.core.identity import dir_hash, secure_hash
 
@@ -322,7 +324,7 @@ def test_hostile_model_repos(real_field, real_hub, tmp_path, outside_guard, monk
     args = build_parser().parse_args(run_args(field, state_dir, tmp_path / "chain.sqlite", real_hub.endpoint,
                                               "--no-isolation"))
     outside = tree_snapshot(tmp_path, exclude=(state_dir,))
-    v = build_validator(args)
+    v = build_validator(config_from_args(args))
     v.progress = None
     # path tricks in repo names never reach the hub
     v.chain = FaultyChain(v.chain)

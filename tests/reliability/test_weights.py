@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from tests.reliability import tally
 from tests.reliability.world import VAL, FakeField, assert_weights_sane, rows
+from validator.core.scores import ScoreResult
 
 EXAMPLES = itertools.count()
 step_faults = st.fixed_dictionaries({
@@ -38,11 +39,11 @@ def test_weights_under_random_faults(plan):
             name = path.name
             if name in step["broken"]:
                 tally.fault_fired("scoring crashed in a weights step")  # this call failed
-                return {"losses": {}, "n_tokens": {}, "failure": "crashed: killed by SIGSEGV"}
+                return ScoreResult({}, {}, "crashed: killed by SIGSEGV", 0.0)
             out = score(path, samples, comp, step_samples=step_samples)
             if name in step["nan"]:  # reaches ranking: the stage that must survive it
                 tally.bad_input_reached("NaN/inf losses", (example, step_no, name))
-                out["losses"] = {sid: (math.nan if i % 2 else math.inf) for i, sid in enumerate(out["losses"])}
+                out.losses = {sid: (math.nan if i % 2 else math.inf) for i, sid in enumerate(out.losses)}
             return out
 
         v.score = faulty_score

@@ -23,7 +23,8 @@ from validator.core.chain import ChainError, Commitment
 from validator.adapters.chain.local import LocalChain
 from validator.core.competitions import parse_competitions
 from validator.core.identity import ModelId, dir_hash, secure_hash
-from validator.step.loop import Settings, Validator
+from validator.core.scores import ScoreResult
+from validator.step.validator import Settings, Validator
 
 VAL = "5Val"
 
@@ -161,10 +162,10 @@ class FakeField:
         self.calls.append((path.name, len(samples)))
         if path.name in self.score_faults:
             tally.fault_fired(f"scoring {self.score_faults[path.name].split(':')[0]}")  # this call failed
-            return {"losses": {}, "n_tokens": {}, "failure": self.score_faults[path.name]}
+            return ScoreResult({}, {}, self.score_faults[path.name], 0.0)
         q = self.qualities[path.name]
-        return {"losses": {sid: q * len(t) + (hash((path.name, sid)) % 7) * 1e-3 for sid, t in samples},
-                "n_tokens": {sid: len(t.split()) for sid, t in samples}, "failure": None}
+        return ScoreResult({sid: q * len(t) + (hash((path.name, sid)) % 7) * 1e-3 for sid, t in samples},
+                           {sid: len(t.split()) for sid, t in samples}, None, 0.0)
 
     def validator(self, state_dir: Path | None = None, **settings) -> Validator:
         s = Settings(state_dir=state_dir or self.root / "state", eval_samples=30, step_interval_s=0, **settings)

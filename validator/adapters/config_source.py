@@ -325,10 +325,6 @@ class SourceBacked:
         return self.source.maybe_refresh(now)
 
     @property
-    def loaded(self) -> bool:
-        return self.source.value is not None
-
-    @property
     def last_error(self) -> Optional[str]:
         return self.source.last_error
 

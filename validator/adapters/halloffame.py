@@ -1,9 +1,9 @@
-"""hall_of_fame.json: where it comes from (the source only; parsing is validator.core.ranking's).
+"""hall_of_fame.json: where it comes from (the source only; parsing is validator.core.halloffame's).
 
 As live (`neurons/validator.py:update_dynamic_config`): fetched from constants.HALL_OF_FAME_URL
 every 15 minutes, a failed fetch keeps the copy in force. Here an explicit location (file or
 URL) replaces the URL, the last good copy is also kept in the state dir for a restart or
-`--offline`, and a document `validator.core.ranking.parse_hall_of_fame` refuses as a whole (a top
+`--offline`, and a document `validator.core.halloffame.parse_hall_of_fame` refuses as a whole (a top
 level that is not an object) is a failed fetch; the entries it skips are in `problems()`.
 Live has no per-validator hall_of_fame-<uid>.json, so none is tried.
 """
@@ -15,20 +15,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 import constants
-from validator.core import ranking
+from validator.core import halloffame
 from validator.adapters.config_source import ConfigSource, SourceBacked
 
 
 @dataclass(frozen=True)
 class HallOfFameDoc:
-    entries: Any  # what ranking.parse_hall_of_fame returns
+    entries: Any  # what halloffame.parse_hall_of_fame returns
     problems: tuple[str, ...]  # the entries it skipped, and why
 
 
 def parse_document(data: Any) -> HallOfFameDoc:
     """A decoded hall_of_fame.json; ValueError (HallOfFameError) only when it is unusable as a whole."""
     problems: list[str] = []
-    entries = ranking.parse_hall_of_fame(data, problems)
+    entries = halloffame.parse_hall_of_fame(data, problems)
     return HallOfFameDoc(entries, tuple(problems))
 
 
@@ -48,9 +48,9 @@ class HallOfFameSource(SourceBacked):
 
     @property
     def hall_of_fame(self) -> Any:
-        """What `ranking.parse_hall_of_fame` made of the copy in force; of `{}` before any."""
+        """What `halloffame.parse_hall_of_fame` made of the copy in force; of `{}` before any."""
         value = self.source.value
-        return ranking.parse_hall_of_fame({}) if value is None else value.entries
+        return halloffame.parse_hall_of_fame({}) if value is None else value.entries
 
     def problems(self) -> list[str]:
         """Fetch failures (and what stays in force), then the entries the copy in force skips."""

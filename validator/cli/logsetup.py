@@ -16,7 +16,10 @@ import os
 import re
 import sys
 import time
-from typing import Callable, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
+
+if TYPE_CHECKING:
+    import argparse
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 HTTP_LOGGERS = ("httpx", "httpcore", "urllib3", "huggingface_hub", "filelock", "websockets", "asyncio")
@@ -35,6 +38,13 @@ def log_level(value: str) -> str:
     if upper not in LEVELS:
         raise argparse.ArgumentTypeError(f"{value!r} is not a log level; valid: {', '.join(LEVELS)}")
     return upper
+
+
+def add_log_level(p: "argparse.ArgumentParser", default: str | None) -> None:
+    """--log-level on a command's parser; `default` None: by terminal (see the module doc)."""
+    p.add_argument("--log-level", type=log_level, default=default, metavar="LEVEL",
+                   help=f"{', '.join(LEVELS)} (default: "
+                        + (default if default else "INFO on a terminal, WARNING when stderr is not one") + ")")
 
 
 def default_level(stream: TextIO | None = None) -> str:

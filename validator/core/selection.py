@@ -9,7 +9,7 @@ Per competition a uid is in the `pool` (kept from the last step, priority 100) o
 miners 80, new commitments 40 + r, a wall-clock slice of revisits 20 + r); a successful visit
 puts the uid into its competition's pending list and takes it out of every other competition.
 A step evaluates the pool and the best pending uids, then keeps the next pool the win rule
-chose (`ranking.competition_step`).
+chose (`winrule.competition_step`).
 
 Deliberate differences from the live validator (tests/data/live-compat/README.md section 5):
 - A pool or pending uid whose commitment changed is visited (downloaded) in the new-commitment
@@ -17,7 +17,7 @@ Deliberate differences from the live validator (tests/data/live-compat/README.md
   metadata, so its new model is never downloaded and it fails evaluation until it leaves the
   pool (README case S08).
 - Ties in win rate at the pool cut keep the evaluation order (a stable sort, in
-  `ranking.competition_step`); live's numpy sort reorders them on AVX-512 machines.
+  `winrule.competition_step`); live's numpy sort reorders them on AVX-512 machines.
 - Every competition of the config gets a state before the visits (live creates it at the
   first step, so a visit before that places nobody), and a competition no longer in the
   config is dropped (live keeps its uids "active", so they are never visited again).
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable, Mapping, Protocol, Sequence
 
 import constants
-from validator.core.chain import Metagraph
+from validator.core.visits import ValidatorView, revisit_slice, top_miners
 
 
 class SelectionError(ValueError):
@@ -54,16 +54,6 @@ class Commit:
     key: str
     competition: str
     block: int | None = None
-
-
-@dataclass(frozen=True)
-class ValidatorView:
-    """A validator-permit holder as `top_miners` needs it."""
-
-    uid: int
-    stake: float
-    idle_blocks: int  # block_now - its last weight update
-    weights: Mapping[int, float]  # miner uid -> weight (any scale: the cut is relative)
 
 
 @dataclass
@@ -173,59 +163,6 @@ def _number(v: Any, where: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise SelectionError(f"selection state: {where}: expected a finite number, got {v!r}")
     return v
-
-
-# --- top miners ---------------------------------------------------------------------------------
-
-
-def validators_from_metagraph(meta: Metagraph) -> list[ValidatorView]:
-    """The validator-permit holders of a metagraph, with their idle time and weights."""
-    return [ValidatorView(uid, float(meta.stake[i]), int(meta.block) - int(meta.last_update[i]),
-                          meta.weights.get(uid, {}))
-            for i, uid in enumerate(meta.uids) if meta.validator_permit[i]]
-
-
-def top_miners(validators: Iterable[ValidatorView], *, n_validators: int = constants.TOP_MINER_VALIDATORS,
-               max_idle_blocks: int = constants.TOP_MINER_MAX_VALIDATOR_IDLE_BLOCKS,
-               fraction: float = constants.TOP_MINER_FRACTION) -> list[int]:
-    """Miners other validators favour, ascending.
-
-    The `n_validators` permit holders with the largest stake (ties: the higher uid first); one
-    whose last weight update is more than `max_idle_blocks` old is skipped (its slot is not
-    refilled). Of each, every miner holding more than `fraction` of its total weight."""
-    ranked = sorted(validators, key=lambda v: (v.stake, v.uid), reverse=True)[:n_validators]
-    out: set[int] = set()
-    for v in ranked:
-        if v.idle_blocks > max_idle_blocks:
-            continue
-        positive = [(u, w) for u, w in v.weights.items() if w > 0]
-        threshold = fraction * sum(w for _, w in positive)
-        out.update(u for u, w in positive if w > threshold)
-    return sorted(out)
-
-
-# --- the revisit slice --------------------------------------------------------------------------
-
-
-def revisit_slice(wall_clock: float, last_until: int | None, *, n_slots: int = constants.SUBNET_UIDS,
-                  period_s: int = constants.REVISIT_SLICE_PERIOD_S,
-                  max_n: int = constants.REVISIT_SLICE_MAX_UIDS) -> tuple[list[int], int]:
-    """(uids to revisit, the slice end to keep for next time).
-
-    The wall clock picks `until = int((int(t) % period) / period * n_slots)`, the same on every
-    validator. The slice runs from the last end (first time: `until - max_n`, mod n_slots) up
-    to `until`, wrapping past the last slot (a last end equal to `until` wraps a full turn),
-    and keeps its last `max_n` uids."""
-    until = int((int(wall_clock) % period_s) / period_s * n_slots)
-    start = (until - max_n) % n_slots if last_until is None else last_until
-    uids = list(range(start, until)) if start < until else list(range(start, n_slots)) + list(range(until))
-    return uids[-max_n:], until
-
-
-def chain_update_due(last_update: float | None, wall_clock: float,
-                     interval_s: float = constants.CHAIN_UPDATE_INTERVAL_S) -> bool:
-    """Whether a chain update runs now (live: at start, then every 16 minutes)."""
-    return last_update is None or wall_clock - last_update >= interval_s
 
 
 # --- the chain update ---------------------------------------------------------------------------
@@ -403,7 +340,7 @@ def pick_step(cs: CompetitionState, *, pool_size: int, pend_size: int,
 
 
 class StepOutcome(Protocol):
-    """What `finish_step` reads of `ranking.competition_step`'s result (indices into evaluated)."""
+    """What `finish_step` reads of `winrule.competition_step`'s result (indices into evaluated)."""
 
     weights: Any  # sequence aligned with evaluated, or None: nothing computed, keep the previous weights
     next_pool: Sequence[int]

@@ -37,10 +37,10 @@ def demo_competitions(corpus: Path, tokenizer: Path) -> dict:
 
 def build_demo(root: Path, console: Console, endpoint: str, mirror: Path) -> dict:
     """Field, competitions.json, chain with commitments, benchmark.json under `root`."""
-    from scripts.upload_model import publish_and_commit
     from validator.adapters.chain.local import LocalChain
-    from validator.core.competitions import load_competitions
+    from validator.adapters.competitions_source import load_competitions
     from validator.demo.field import build_field
+    from validator.publish import publish_and_commit
 
     console.print("[bold]building the field[/bold]: corpus, tokenizer, models "
                   f"(steps {', '.join(map(str, MINER_STEPS + (CANDIDATE_STEPS,)))})")
@@ -78,7 +78,7 @@ def run_demo(root: Path, steps: int = 2, eval_samples: int = 200) -> int:
     (the `with` blocks unwind); the status is then 128 + the signal's number."""
     import shutil
 
-    from validator.cli.main import build_parser, build_validator
+    from validator.app import RunConfig, build_validator
     from validator.adapters.leaderboard import make_console, print_report
     from validator.adapters.localhub import LocalHub
     from validator.cli.preflight import SetupError
@@ -97,14 +97,12 @@ def run_demo(root: Path, steps: int = 2, eval_samples: int = 200) -> int:
         with LocalHub(mirror) as hub:
             console.print(f"local hub (olah) at {hub.endpoint}, serving {mirror}")
             built = build_demo(root, console, hub.endpoint, mirror)
-            args = build_parser().parse_args([
-                "run", "--network", "local", "--chain-db", str(built["chain"]), "--hotkey", VALIDATOR_HOTKEY,
-                "--competitions", str(built["competitions"]), "--benchmark", str(built["benchmark"]),
-                "--state-dir", str(root / "state"), "--hf-endpoint", hub.endpoint, "--device", "cpu",
-                "--eval-samples", str(eval_samples), "--offline", "--step-interval", "0",
-                "--save-step-json", str(root / "last_step.json"),
-            ])
-            validator = build_validator(args, console)
+            config = RunConfig(network="local", chain_db=built["chain"], hotkey=VALIDATOR_HOTKEY,
+                               competitions=str(built["competitions"]), benchmark=built["benchmark"],
+                               state_dir=root / "state", endpoint=hub.endpoint, device="cpu",
+                               eval_samples=eval_samples, offline=True, step_interval_s=0,
+                               save_step_json=root / "last_step.json")
+            validator = build_validator(config, console)
             stop = graceful_loop_stop(validator)
             for report in validator.run(steps):
                 validator.progress.stop()

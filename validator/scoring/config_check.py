@@ -10,11 +10,13 @@ limit after importing the job's module, so the limit bounds the build, not the l
 """
 from __future__ import annotations
 
-import torch  # noqa: F401 - imported before the worker's memory limit applies
-import transformers  # noqa: F401 - likewise
+import importlib
 
-from validator.core.failures import FetchError
 from validator.adapters import hub
+from validator.core.failures import FetchError
+
+for _library in ("torch", "transformers"):  # imported before the worker's memory limit applies
+    importlib.import_module(_library)
 
 
 def count_parameters_job(cfg: dict, what: str) -> dict:

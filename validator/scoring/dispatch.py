@@ -14,7 +14,6 @@ box for the model's own tokenizer (TOKENIZE_TIME_SHARE of timeout_s).
 """
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from pathlib import Path
@@ -22,35 +21,10 @@ from typing import Callable, Sequence
 
 import constants
 from validator.core.competitions import Competition
-from validator.core.scores import decode_float
+from validator.core.scores import ScoreResult, decode_float
+from validator.scoring.worker_limits import default_memory_limit, worker_limits
 
 JOB = "validator.scoring.job:score_model_job"
-
-
-def default_memory_limit() -> int | None:
-    """SCORE_MEMORY_FRACTION of the host's (or the cgroup's) memory; None when it is unknown."""
-    from validator.scoring.worker import host_memory_bytes
-
-    total = host_memory_bytes()
-    return int(total * constants.SCORE_MEMORY_FRACTION) if total else None
-
-
-# glibc maps up to 8 x cores malloc arenas of 64 MiB of address space (threads allocating at once):
-# reserved, not used, but RLIMIT_AS counts it
-_MALLOC_ARENA_BYTES = 64 * 1024**2
-
-
-def worker_limits(device: str, memory_limit_bytes: int | None) -> dict:
-    """run_isolated's memory arguments: the resident limit on every device; on CPU also an
-    address-space limit with headroom for what torch reserves. Not on CUDA: the driver maps far
-    more address space than it uses, and RLIMIT_AS makes CUDA initialisation fail."""
-    if not memory_limit_bytes:
-        return {}
-    limits = {"rss_limit_bytes": int(memory_limit_bytes)}
-    if not str(device).startswith("cuda"):
-        limits["memory_limit_bytes"] = (int(memory_limit_bytes) + constants.SCORE_ADDRESS_SPACE_HEADROOM_BYTES
-                                        + _MALLOC_ARENA_BYTES * 8 * (os.cpu_count() or 1))
-    return limits
 
 
 # What a warm spare imports before its job (validator.scoring.workerpool): the bulk of a job's start-up
@@ -60,7 +34,8 @@ def worker_limits(device: str, memory_limit_bytes: int | None) -> dict:
 PRELOAD = ("numpy", "torch", "tokenizers", "transformers", "transformers.modeling_utils",
            "transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto",
            "transformers.models.llama.modeling_llama", "transformers.models.phi3.modeling_phi3",
-           "validator.scoring.job", "validator.scoring.tokens", "validator.scoring.packing", "validator.adapters.files", "validator.adapters.hub")
+           "validator.scoring.job", "validator.scoring.tokens", "validator.scoring.packing", "validator.adapters.files",
+           "validator.adapters.hub")
 
 # one model to score: (model_path, samples, competition, step_samples)
 ScoreJob = tuple[Path, list[tuple[str, str]], Competition, "list[tuple[str, str]] | None"]
@@ -77,7 +52,7 @@ def job_cost(model_path: Path, n_samples: int) -> int:
     return size * max(1, n_samples)
 
 
-def decode_value(value: dict) -> dict:
+def decode_value(value: dict) -> ScoreResult:
     """The job's JSON value as the loop's score result."""
     failure = value.get("failure")
     detail = value.get("detail")
@@ -86,11 +61,12 @@ def decode_value(value: dict) -> dict:
         failure = (detail if detail.startswith(f"{failure}:") else f"{failure}: {detail}")[:300]
     # tokenizer: "model" | "competition" (whose tokenizer the ids came from), tokenizer_reason: why;
     # notes: not the model's fault, for the operator (e.g. "token cache not saved: ...")
-    return {"losses": {k: decode_float(v) for k, v in value["losses"].items()},
-            "n_tokens": {k: int(v) for k, v in value["n_tokens"].items()},
-            "failure": failure, "tokenizer": value.get("tokenizer"),
-            "tokenizer_reason": value.get("tokenizer_reason"), "notes": list(value.get("notes") or []),
-            "engine": value.get("engine")}  # "engine (...)", "reference: ...", "streamed (N groups)"
+    return ScoreResult(losses={k: decode_float(v) for k, v in value["losses"].items()},
+                       n_tokens={k: int(v) for k, v in value["n_tokens"].items()},
+                       failure=failure, seconds=float(value.get("seconds") or 0.0), detail=detail,
+                       tokenizer=value.get("tokenizer"), tokenizer_reason=value.get("tokenizer_reason"),
+                       notes=list(value.get("notes") or []),
+                       engine=value.get("engine"))  # "engine (...)", "reference: ...", "streamed (N groups)"
 
 
 class Scorer:
@@ -154,7 +130,7 @@ class Scorer:
         return job_for
 
     def __call__(self, model_path: Path, samples: list[tuple[str, str]], comp: Competition,
-                 step_samples: list[tuple[str, str]] | None = None) -> dict:
+                 step_samples: list[tuple[str, str]] | None = None) -> ScoreResult:
         res = self.score_many([(model_path, samples, comp, step_samples)])[0]
         assert res is not None  # nothing stops a single model but an exception
         return res
@@ -178,7 +154,7 @@ class Scorer:
             try:
                 runnable.append((i, self._tokenizer_for(comp)))
             except Exception as e:  # noqa: BLE001 - reported per model, the step goes on
-                done(i, {"losses": {}, "n_tokens": {}, "failure": f"tokenizer: cannot fetch {comp.tokenizer!r}: {e}"})
+                done(i, ScoreResult({}, {}, f"tokenizer: cannot fetch {comp.tokenizer!r}: {e}", 0.0))
         runnable.sort(key=lambda it: -job_cost(jobs[it[0]][0], len(jobs[it[0]][1])))
         if self._pool is not None:
             job_fors = [self._worker_job(lambda device, i=i, tok=tok: self._kwargs(jobs[i], tok, device))
@@ -202,9 +178,9 @@ class Scorer:
         return results
 
     @staticmethod
-    def _decode(res) -> dict:
+    def _decode(res) -> ScoreResult:
         if not res.ok:
-            return {"losses": {}, "n_tokens": {}, "failure": res.describe()[:300]}
+            return ScoreResult({}, {}, res.describe()[:300], 0.0)
         return decode_value(res.value)
 
 

@@ -13,9 +13,10 @@ the job later, so a "spare" has imported torch and transformers before its job a
 The child's stdout and stderr (its logging included) go to a log file whose tail is kept
 in `WorkerResult.detail`.
 
-The child gets a scrubbed environment (`child_environment`): only what Python, torch, the
-tokenizers and the accelerator read; tokens, wallet and other secrets never reach a job, which
-runs a miner's model. It runs offline (HF_HUB_OFFLINE=1): a job never reaches the network.
+The child gets a scrubbed environment (validator.scoring.worker_limits.child_environment): only
+what Python, torch, the tokenizers and the accelerator read; tokens, wallet and other secrets
+never reach a job, which runs a miner's model. It runs offline (HF_HUB_OFFLINE=1): a job never
+reaches the network. The child's side of the protocol is validator.scoring.worker_child.
 
 Reasons a job fails (`WorkerResult.reason`):
   "timeout"  ran past timeout_s; the whole process group was killed
@@ -30,29 +31,28 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+from validator.scoring.worker_limits import child_environment, group_rss_bytes
 
 logger = logging.getLogger(__name__)
 
 REASONS = ("timeout", "crashed", "oom", "cuda", "error")
 DETAIL_TAIL_CHARS = 4000  # the last characters of the child's output kept in `detail`
-TRACEBACK_TAIL_LINES = 12
 _RESULT_FILE = "result.json"
 _LOG_FILE = "output.log"
 _READY_FILE = "ready"  # written by a worker with preloads once they are imported
 READY_POLL_S = 0.05
 # The most a job waits for its worker's preloads (our libraries, not the model: not its time)
 READY_LIMIT_S = 300.0
-_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # the dir holding validator/
 RSS_POLL_S = 0.5  # how often the parent reads the job's resident memory (rss_limit_bytes)
 
 
@@ -70,105 +70,6 @@ class WorkerResult:
             return f"ok in {self.seconds:.1f}s"
         first = self.detail.strip().splitlines()[0] if self.detail.strip() else ""
         return f"{self.reason}: {first}" if first else str(self.reason)
-
-
-# --- classification (pure, used in the child) ----------------------------------------------
-
-_CUDA_MARKERS = ("cuda error", "cublas_status", "cudnn_status", "cudnn error", "nccl error",
-                 "device-side assert", "illegal memory access", "cuda driver", "no cuda gpus")
-_OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory",
-                "defaultcpuallocator: not enough memory")
-
-
-def classify_exception(exc: BaseException) -> str:
-    """Map an exception raised by a job to "oom", "cuda" or "error".
-
-    Matches on class names and messages rather than importing torch, so the child never
-    pays for (or depends on) torch just to report a failure.
-    """
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    message = str(exc).lower()
-    if "MemoryError" in names or "OutOfMemoryError" in names:
-        return "oom"
-    if any(m in message for m in _OOM_MARKERS):
-        return "oom"  # e.g. RuntimeError from torch's CPU allocator, or CUDA OOM from older torch
-    if "AcceleratorError" in names or "CudaError" in names or any(m in message for m in _CUDA_MARKERS):
-        return "cuda"
-    return "error"
-
-
-def _format_exception(exc: BaseException) -> str:
-    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    tail = "".join(lines).rstrip().splitlines()[-TRACEBACK_TAIL_LINES:]
-    return f"{type(exc).__name__}: {exc}\n" + "\n".join(tail)
-
-
-# --- the child's environment (pure) -----------------------------------------------------------
-
-# What a job may read from the environment: the interpreter, locale, temp dir, thread pools,
-# the accelerator's driver and libraries, logging verbosity. Everything else is dropped.
-_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TZ", "LANG", "LANGUAGE", "TMPDIR",
-                        "TMP", "TEMP", "LD_LIBRARY_PATH", "TOKENIZERS_PARALLELISM", "TRANSFORMERS_VERBOSITY",
-                        "SAFETENSORS_FAST_GPU", "CUBLAS_WORKSPACE_CONFIG"})
-_ENV_PREFIXES = ("LC_", "PYTHON", "CUDA_", "NVIDIA_", "ROCR_", "HIP_", "HSA_", "ROCM_", "OMP_", "KMP_", "MKL_",
-                 "OPENBLAS_", "GOTO_", "NUMEXPR_", "PYTORCH_", "TORCH_", "TORCHINDUCTOR_", "TRITON_", "NCCL_")
-# Dropped even when allowed above: a name with one of these words (split at "_") is a secret.
-_SECRET_WORDS = re.compile(r"(^|_)(TOKEN|TOKENS|SECRET|SECRETS|PASSWORD|PASSWD|PASS|KEY|KEYS|APIKEY|CREDENTIAL|"
-                           r"CREDENTIALS|AUTH|MNEMONIC|SEED|WALLET|COLDKEY|HOTKEY|PRIVATE)(_|$)")
-# Forced in the child: no job reaches the network, whatever the parent's environment says.
-_ENV_FORCED = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
-    """The environment a job runs with: the allowed names of `parent`, minus anything that
-    looks like a secret (HF_TOKEN, BT_*, WALLET*, *_KEY, ...), plus the offline switches."""
-    env = {}
-    for name, value in parent.items():
-        upper = name.upper()
-        if upper.startswith(("BT_", "BITTENSOR", "WALLET", "HF_", "HUGGING")) or _SECRET_WORDS.search(upper):
-            continue
-        if upper in _ENV_NAMES or upper.startswith(_ENV_PREFIXES):
-            env[name] = value
-    env.update(_ENV_FORCED)
-    return env
-
-
-# --- memory of a process group (Linux /proc; elsewhere the watchdog sees nothing) -----------
-
-def host_memory_bytes() -> int | None:
-    """Physical memory, or the cgroup's memory limit when smaller (a container); None if unknown."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        total = None
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            raw = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if raw.isdigit() and int(raw) > 0:
-            total = int(raw) if total is None else min(total, int(raw))
-    return total
-
-
-def group_rss_bytes(pgid: int) -> int:
-    """Resident memory of every process in process group `pgid` (0 where /proc is missing)."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = 0
-    try:
-        pids = [d for d in os.listdir("/proc") if d.isdigit()]
-    except OSError:
-        return 0
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:  # field 5: the process group
-                continue
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
-        except (OSError, ValueError, IndexError):
-            continue  # the process ended between listing and reading: it holds nothing now
-    return total
 
 
 # --- the parent side ---------------------------------------------------------------------
@@ -428,99 +329,10 @@ def _read_result(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-# --- the child side ----------------------------------------------------------------------
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Linux: get SIGKILL if the parent dies, so an orphaned job never runs on unseen."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    PR_SET_PDEATHSIG = 1
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)  # the parent never sees a half-written result
-
-
-def _write_result(path: str, payload: dict) -> None:
-    _write_text(path, json.dumps(payload))
-
-
-def _preload(modules: list[str]) -> None:
-    """A spare imports what its job will need while it waits for it. A module that fails to
-    import is only logged: the job imports it again and reports the failure as its own."""
-    import importlib
-
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as e:  # noqa: BLE001 - the job itself reports it, with its traceback
-            logging.getLogger(__name__).warning("preload of %s failed: %s: %s", name, type(e).__name__, e)
-
-
-def _child_main() -> None:
-    setup = json.loads(sys.stdin.readline())
-    _die_with_parent(setup["parent_pid"])
-    for p in reversed(setup["sys_path"]):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    logging.basicConfig(level=setup.get("log_level", logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _preload(setup.get("preload") or [])
-    if setup.get("ready_path"):
-        _write_text(setup["ready_path"], "ready")
-    text = sys.stdin.read()  # blocks until the parent hands over the job (a spare waits here)
-    if not text:
-        return  # the parent closed our stdin without a job: a spare no longer needed
-    job = json.loads(text)
-    result_path = job["result_path"]
-    fn_path = job["fn"]
-    try:
-        import importlib
-
-        module_name, _, func_name = fn_path.partition(":")
-        fn = getattr(importlib.import_module(module_name), func_name)
-        kwargs = json.loads(job["kwargs_json"])
-        if job.get("memory_limit_bytes"):
-            import resource
-
-            soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-            limit = job["memory_limit_bytes"]
-            if hard != resource.RLIM_INFINITY:
-                limit = min(limit, hard)
-            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-        value = fn(**kwargs)
-    except BaseException as e:  # noqa: BLE001 - every failure of the job is reported, typed
-        reason = classify_exception(e)
-        if reason == "oom" and job.get("memory_limit_bytes"):
-            detail = f"{_format_exception(e)}\n(memory limit {job['memory_limit_bytes']} bytes)"
-        else:
-            detail = _format_exception(e)
-        del e  # drop the traceback's frames (and the memory they hold) before writing
-        _write_result(result_path, {"ok": False, "reason": reason, "detail": detail})
-        return
-    try:
-        payload = json.dumps({"ok": True, "value": value})
-    except (TypeError, ValueError) as e:
-        _write_result(result_path, {
-            "ok": False, "reason": "error",
-            "detail": f"return value of {fn_path} is not JSON-able: {type(value).__name__} ({e})",
-        })
-        return
-    _write_text(result_path, payload)
-
-
 if __name__ == "__main__":
-    _child_main()
+    from validator.scoring.worker_child import child_main
+
+    child_main()
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: a job's threads or CUDA context must not hang or crash the

@@ -24,7 +24,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from validator.scoring.worker import Spawned, WorkerResult, _kill_group, _start_failure, check_job, run_spawned, spawn_worker
+from validator.scoring.worker import (Spawned, WorkerResult, _kill_group, _start_failure, check_job, run_spawned,
+                                      spawn_worker)
 
 logger = logging.getLogger(__name__)
 

@@ -14,16 +14,24 @@ SDK surface used (bittensor 11.3):
   snapshot.block_info(block).hash                 the block hash
   client.execute(bittensor.SetWeights(...), wallet)          weights (plain or commit-reveal)
   client.submit_call(bittensor.calls.Commitments.set_commitment(...), wallet, signer="hotkey")
+
+Every SDK call runs under a time box (`timeout_s`, default constants.CHAIN_TIMEOUT_S): a
+stalled node must not hang a validator step. Past it the call is left behind on a daemon
+thread, ChainError is raised, and a client this adapter built is dropped (the next call
+connects again) rather than shared with the stalled call.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+import threading
+from typing import Any, Callable, Sequence, TypeVar
 
 import constants
 from validator.core.chain import ChainError, Commitment, Metagraph
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A Raw<N> field of the Commitments pallet holds at most 128 bytes. A commitment is one such
 # field, and only the first field of a CommitmentOf is read, as the live validator reads it
@@ -138,11 +146,37 @@ class SubtensorChain:
         wallet: Any = None,
         *,
         client: Any = None,
+        timeout_s: float = constants.CHAIN_TIMEOUT_S,
     ) -> None:
         self.network = network
         self.netuid = int(netuid)
         self.wallet = wallet
+        self.timeout_s = float(timeout_s)
         self._client = client
+        self._owns_client = client is None
+
+    def _timed(self, what: str, call: Callable[[], T]) -> T:
+        """call() within timeout_s; its own exception re-raised, ChainError when it stalls."""
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box["value"] = call()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"subtensor {what}", daemon=True).start()
+        if not done.wait(self.timeout_s):
+            if self._owns_client:
+                self._client = None  # a connection with a call stuck in it is not reused
+            raise ChainError(f"subtensor {self.network}: {what} timed out after {self.timeout_s:g} s "
+                             "(the node does not answer)")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     @property
     def hotkey(self) -> str | None:
@@ -170,7 +204,7 @@ class SubtensorChain:
     @property
     def block(self) -> int:
         try:
-            return int(self.client.block)
+            return int(self._timed("block", lambda: self.client.block))
         except ChainError:
             raise
         except Exception as exc:
@@ -178,7 +212,9 @@ class SubtensorChain:
 
     def block_hash(self, block: int) -> str:
         try:
-            info = self.client.block_info(block)
+            info = self._timed(f"block {block}", lambda: self.client.block_info(block))
+        except ChainError:
+            raise
         except Exception as exc:
             raise ChainError(f"subtensor {self.network}: cannot read block {block} ({_describe(exc)})") from exc
         if info is None or not info.hash:
@@ -188,13 +224,15 @@ class SubtensorChain:
     def sync(self) -> tuple[Metagraph, dict[str, Commitment]]:
         # Three reads pinned to one block: the metagraph (with every commitment, one runtime
         # call plus two map reads), the weight matrix (one map read), the block hash.
-        try:
+        def read() -> tuple[Any, Any, Any]:
             view = self.client.at()
             record = view.subnets.metagraph(self.netuid)
             if record is None:
                 raise ChainError(f"subtensor {self.network}: subnet {self.netuid} does not exist")
-            weights = view.weights.weights(self.netuid)
-            info = view.block_info(view.block)
+            return record, view.weights.weights(self.netuid), view.block_info(view.block)
+
+        try:
+            record, weights, info = self._timed(f"sync of netuid {self.netuid}", read)
         except ChainError:
             raise
         except Exception as exc:
@@ -211,7 +249,7 @@ class SubtensorChain:
             import bittensor
 
             call = bittensor.calls.Commitments.set_commitment(netuid=self.netuid, info=info)
-            result = self.client.submit_call(call, signer, signer="hotkey")
+            result = self._timed("commit", lambda: self.client.submit_call(call, signer, signer="hotkey"))
             result.raise_for_failure()
         except ChainError:
             raise
@@ -230,7 +268,7 @@ class SubtensorChain:
             intent = bittensor.SetWeights(
                 netuid=self.netuid, uids=uids, weights=weights, version_key=int(version_key)
             )
-            result = self.client.execute(intent, self.wallet)
+            result = self._timed("set_weights", lambda: self.client.execute(intent, self.wallet))
             result.raise_for_failure()
         except ChainError:
             raise
@@ -243,7 +281,9 @@ class SubtensorChain:
         """Close the connection (optional; the SDK also cleans up at exit)."""
         if self._client is not None and hasattr(self._client, "close"):
             try:
-                self._client.close()
+                self._timed("close", self._client.close)
+            except ChainError:
+                raise
             except Exception as exc:
                 raise ChainError(f"subtensor {self.network}: close failed ({_describe(exc)})") from exc
 

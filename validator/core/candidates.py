@@ -1,4 +1,4 @@
-"""benchmark.json: local candidate models a miner injects into the evaluation.
+"""benchmark.json's schema: local candidate models a miner injects into the evaluation.
 
 Two forms, per entry:
 - ours: `{ "<id>": {"competition": "c00", "path": "/models/mine", "label": "my v2", "block": 123?} }`
@@ -8,7 +8,7 @@ Two forms, per entry:
 `block` absent (or live's 2**31) stays None here: no advantage, evaluated last, which is
 what live's 2**31 amounts to; `BenchmarkEntry.live_block` gives live's number.
 Keys starting with `_` are comments. A bad entry is reported (its id and why) and skipped;
-the rest run.
+the rest run. The schema only: the file is read by validator.adapters.candidates.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import constants
-from validator.core.jsonread import SourceError, decode_json
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _UID = re.compile(r"^[0-9]{1,5}$")  # live: int(key)
@@ -107,28 +106,3 @@ def parse_benchmark(data: object, source: str = "benchmark.json",
             entry = entry.model_copy(update={"label": entry.path.name if live_uid is not None else key})
         entries[key] = entry
     return entries, errors
-
-
-def load_benchmark(path: str | Path) -> tuple[dict[str, BenchmarkEntry], dict[str, str]]:
-    """Read benchmark.json; a missing file means no entries (the validator runs without)."""
-    path = Path(path)
-    try:
-        if not path.exists():
-            return {}, {}
-        # bounded: size checked before reading, nesting and value count before parsing;
-        # utf-8 as JSON requires (an editor's BOM tolerated), not the locale's encoding
-        if path.stat().st_size > constants.BENCHMARK_MAX_BYTES:
-            raise BenchmarkError(f"{path}: cannot read benchmark.json: more than "
-                                 f"{constants.BENCHMARK_MAX_BYTES} bytes")
-        with open(path, "rb") as f:
-            raw = f.read(constants.BENCHMARK_MAX_BYTES + 1)
-        if len(raw) > constants.BENCHMARK_MAX_BYTES:
-            raise BenchmarkError(f"{path}: cannot read benchmark.json: more than "
-                                 f"{constants.BENCHMARK_MAX_BYTES} bytes")
-        data = decode_json(raw, str(path))
-    except OSError as e:
-        raise BenchmarkError(f"{path}: cannot read benchmark.json: {e}") from e
-    except SourceError as e:
-        reason = str(e).removeprefix(f"{path}: ")
-        raise BenchmarkError(f"{path}: cannot read benchmark.json: {reason}") from e
-    return parse_benchmark(data, str(path))
