@@ -170,8 +170,9 @@ def score_model_job(model_path: str, samples: list, competition: dict, device: s
 
     samples: [[sample_id, text], ...]; competition: Competition.model_dump(mode="json") (or a dict
     of its scoring keys: see sample_tokens.as_competition). Returns result_to_json(score_model(...)):
-    losses keyed by sample id with inf encoded as the string "inf", n_tokens, failure, seconds, detail, engine,
-    tokenizer ("model" | "competition" | None when no tokenizer was chosen), tokenizer_reason.
+    losses keyed by sample id with inf encoded as the string "inf", n_tokens, failure, seconds,
+    detail, engine, tokenizer ("model" | "competition" | None when no tokenizer was chosen),
+    tokenizer_reason.
     token_cache_path: a TokenCache file loaded before and saved after (a failed save is a note,
     see save_token_cache). step_samples: [[sample_id, text], ...], the step's whole evaluation
     set (see score_model). tokenize_timeout_s: the model's own tokenizer's time box.
