@@ -97,7 +97,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "normalizer.json", "entity_vocab.json", "vocab-src.json", "vocab-tgt.json", "prophetnet.tokenizer",
                    "word_shape.json", "word_pronunciation.json", "artists.json", "lyrics.json", "genres.json")
 
-# --- hub (validator/adapters/hub.py, validator/adapters/localhub.py, scripts/upload_model.py) --------------
+# --- hub (validator/adapters/hub/, scripts/upload_model.py) --------------
 MODEL_LOCK_TIMEOUT_S = 1_800  # wait this long for another process downloading the same model
 LOCAL_HUB_STARTUP_S = 30  # olah must answer on loopback within this
 HUB_METADATA_RETRIES = 2  # extra tries of a metadata call that failed on the connection
@@ -190,7 +190,7 @@ BENCHMARK_NO_BLOCK = 2**31  # live's block of a benchmark entry without one (no 
 MIN_WEIGHT_SET_INTERVAL_S = 35 * 60  # live HEAD: never set weights more often than this (wall clock)
 HALL_OF_FAME_IV_FACTOR = 1 / (1 - HALL_OF_FAME_DECAY)  # ~200: an award's share at its block is reward / this
 
-# --- hub: which files count, commitments (validator/adapters/hub.py, validator/core/live_repo.py, identity, chain) ---
+# --- hub: which files count, commitments (validator/adapters/hub/checks.py, validator/core/live_repo.py, identity, chain) ---
 COMMITMENT_MAX_BYTES = 128  # one Raw field of the Commitments pallet; a longer commitment is refused
 HUB_SMALL_FILE_MAX_BYTES = 16 * 1024**2  # config / tokenizer_config / safetensors index read before the weights
 HUB_DOWNLOAD_WORKERS = 8  # files of one model fetched in parallel (huggingface_hub's snapshot default)
@@ -198,7 +198,7 @@ HUB_DOWNLOAD_WORKERS = 8  # files of one model fetched in parallel (huggingface_
 # --- tokenization as the live validator under transformers 4.44 (validator/scoring/tokens.py) ---------
 TOKENIZER_JSON_MAX_BYTES = 64 * 1024**2  # a larger tokenizer.json is refused (common ones are 2-35 MB)
 
-# --- hub: hostile repos (validator/adapters/hub.py) ---------------------------------------------------
+# --- hub: hostile repos (validator/adapters/hub/) ---------------------------------------------------
 HUB_MAX_REPO_FILES = 1000  # a repo listing more files is refused (bad_repo) before any download
 HUB_MAX_NAME_BYTES = 255  # a path component of a file to download longer than this is refused (NAME_MAX)
 
@@ -227,7 +227,7 @@ PROBLEM_MAX_CHARS = 2_000  # a step problem is cut to this many characters (afte
 # (or of --max-device-memory): the rest holds activations, the loss chunk and allocator slack.
 STREAM_FREE_MEMORY_SHARE = 0.8
 
-# --- hub: bounded repo JSON and the isolated config check (validator/adapters/hub.py, config_check.py) ---
+# --- hub: bounded repo JSON and the isolated config check (validator/adapters/hub/checks.py, config_check.py) ---
 HUB_JSON_MAX_DEPTH = 32  # nesting of a repo's JSON files (config.json nests 3 deep; tokenizer_config 3)
 HUB_JSON_MAX_ELEMENTS = 500_000  # JSON values of one repo file (an index of 100k tensors, 60k added tokens fit)
 CONFIG_CHECK_TIMEOUT_S = 180  # the config build + meta-device model build, in its worker (about 5 s: imports)

@@ -18,7 +18,7 @@ Fixtures:
   endpoint. huggingface_hub reads HF_ENDPOINT once at import, so code should still pass
   `endpoint=` explicitly (our functions read the variable at call time).
 
-olah quirks (see validator/adapters/localhub.py): always pass a revision; model_info sizes are None
+olah quirks (see validator/adapters/hub/localhub.py): always pass a revision; model_info sizes are None
 (use list_repo_tree or HEAD); no HTTP Range on mirrored files.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from validator.adapters.hub import publish_local
-from validator.adapters.localhub import LocalHub
+from validator.adapters.hub.localhub import LocalHub
 
 
 def publish(mirror_dir: str | Path, namespace: str, name: str, model_dir: str | Path) -> str:

@@ -453,7 +453,7 @@ def test_a_candidate_that_cannot_be_scored_is_shown_failed(world, tmp_path):
 def test_field_from_local_chain_and_hub(world, tmp_path):
     """Top --top uids by incentive from a LocalChain, fetched and verified through olah."""
     from validator.publish import publish_and_commit
-    from validator.adapters.localhub import LocalHub
+    from validator.adapters.hub.localhub import LocalHub
     from validator.adapters.chain.local import LocalChain
     from validator.adapters.competitions_source import load_competitions
 

@@ -21,7 +21,8 @@ from validator.adapters import hub
 from validator.core.competitions import Competition
 from validator.adapters.hub import ModelStore, ensure_model, snapshot_path
 from validator.core.identity import ModelId, dir_hash, files_hash, secure_hash
-from validator.adapters.localhub import LocalHub
+from validator.adapters.hub.localhub import LocalHub
+from validator.adapters.hub.publish import _git
 
 HOTKEY = "5GoodHotkeyAAAA"
 # What a live validator downloads from `src` (written out here, not derived from the rule):
@@ -100,24 +101,26 @@ def assert_clean(model_dir: Path) -> None:
     assert left == []
 
 
+class Downloads(list):
+    """A Downloader for ensure_model(download=...) that records the repo of each weight
+    download (the small JSON files the download set depends on are fetched separately,
+    before) and then downloads for real."""
+
+    def __call__(self, *args, **kwargs):
+        self.append(args[0])
+        return hub.download_files(*args, **kwargs)
+
+
 @pytest.fixture
-def count_downloads(monkeypatch):
-    """Counts weight downloads (the small JSON files the download set depends on are fetched
-    separately, before)."""
-    calls = []
-    real = hub._download_snapshot
-
-    def wrapped(*args, **kwargs):
-        calls.append(args[0])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(hub, "_download_snapshot", wrapped)
-    return calls
+def count_downloads() -> Downloads:
+    return Downloads()
 
 
 def test_good_model_downloads_and_verifies(src, comp, olah_mirror, olah_hub, tmp_path, count_downloads):
     mid = commit_of(olah_mirror, "good", src)
-    path = ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
+    path, content_hash = ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False,
+                                      download=count_downloads)
+    assert content_hash == files_hash(src, DOWNLOADED)
     assert path == snapshot_path(tmp_path, HOTKEY, mid)
     assert path == tmp_path / "models" / HOTKEY / "models--alice--good" / "snapshots" / mid.commit
     # real files, byte for byte the published ones; only what a live validator downloads
@@ -139,7 +142,7 @@ def test_good_model_downloads_and_verifies(src, comp, olah_mirror, olah_hub, tmp
 def test_hf_endpoint_env_is_honoured(src, comp, olah_mirror, hf_endpoint, tmp_path):
     mid = commit_of(olah_mirror, "viaenv", src)
     assert hub.resolve_endpoint() == hf_endpoint
-    path = ensure_model(mid, HOTKEY, comp, tmp_path, progress=False)
+    path = ensure_model(mid, HOTKEY, comp, tmp_path, progress=False).path
     assert secure_hash(dir_hash(path), HOTKEY) == mid.hash
 
 
@@ -201,7 +204,8 @@ def test_bad_repos_refused_before_weights(case, reason, src, comp, olah_mirror, 
     mid = commit_of(olah_mirror, name, model, files=["config.json"])  # refused before any hash
     roomy = comp.model_copy(update={"model_size": comp.model_size + 10_000})  # the index adds bytes
     with pytest.raises(FetchError) as err:
-        ensure_model(mid, HOTKEY, roomy, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
+        ensure_model(mid, HOTKEY, roomy, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False,
+                     download=count_downloads)
     assert err.value.reason is reason, err.value.detail
     assert count_downloads == []  # refused before any weight byte was fetched
     assert_clean(tmp_path / "store")
@@ -234,7 +238,7 @@ def test_files_the_live_validator_ignores_are_no_reason_to_refuse(case, src, com
         (model / rel).write_bytes(data)
     big = comp.model_copy(update={"model_size": comp.model_size + 10_000})
     mid = commit_of(olah_mirror, case.replace("_", "-"), model)
-    path = ensure_model(mid, HOTKEY, big, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
+    path = ensure_model(mid, HOTKEY, big, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False).path
     assert sorted(p.name for p in path.iterdir()) == DOWNLOADED
     hub.check_model_constraints(model, big)
     assert hub.model_dir_hash(model) == files_hash(model, DOWNLOADED) == hub.verified_dir_hash(path)
@@ -244,7 +248,7 @@ def test_oversized_repo_refused_before_download(src, comp, olah_mirror, olah_hub
     mid = commit_of(olah_mirror, "big", src)
     small = comp.model_copy(update={"model_size": (src / "model.safetensors").stat().st_size})
     with pytest.raises(FetchError) as err:
-        ensure_model(mid, HOTKEY, small, tmp_path, endpoint=olah_hub.endpoint, progress=False)
+        ensure_model(mid, HOTKEY, small, tmp_path, endpoint=olah_hub.endpoint, progress=False, download=count_downloads)
     assert err.value.reason is FailureReason.too_large
     total = sum(f.stat().st_size for f in src.iterdir())  # sizes came through olah (HEAD / tree)
     assert str(total) in err.value.detail
@@ -256,26 +260,25 @@ def test_not_enough_disk_is_disk_full(src, comp, olah_mirror, olah_hub, tmp_path
     mid = commit_of(olah_mirror, "nodisk", src)
     monkeypatch.setattr(constants, "DISK_MARGIN_BYTES", 1 << 62)
     with pytest.raises(FetchError) as err:
-        ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
+        ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False, download=count_downloads)
     assert err.value.reason is FailureReason.disk_full and err.value.transient
     assert count_downloads == []
     assert_clean(tmp_path)
 
 
-def test_symlink_escaping_the_snapshot_is_refused(src, comp, olah_mirror, olah_hub, tmp_path, monkeypatch):
+def test_symlink_escaping_the_snapshot_is_refused(src, comp, olah_mirror, olah_hub, tmp_path):
     mid = commit_of(olah_mirror, "symlink", src)
     secret = tmp_path / "secret.txt"
     secret.write_text("not part of any model")
-    real = hub._download_snapshot
 
     def planting(*args, **kwargs):  # a hub (or cache) handing back a link out of the download
-        snap = real(*args, **kwargs)
+        snap = hub.download_files(*args, **kwargs)
         os.symlink(secret, snap / "extra.json")
         return snap
 
-    monkeypatch.setattr(hub, "_download_snapshot", planting)
     with pytest.raises(FetchError) as err:
-        ensure_model(mid, HOTKEY, comp, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
+        ensure_model(mid, HOTKEY, comp, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False,
+                     download=planting)
     assert err.value.reason is FailureReason.unsafe_format
     assert "extra.json" in err.value.detail
     assert secret.read_text() == "not part of any model"
@@ -288,13 +291,13 @@ def test_git_symlink_is_served_as_text_not_followed(src, comp, olah_mirror, olah
     repo = olah_mirror / "models" / "alice" / "gitlink"
     (repo / "tokenizer.json").unlink()
     os.symlink("../../../../../../etc/hostname", repo / "tokenizer.json")  # a real git link, downloaded
-    hub._git(["add", "-A"], repo)
-    hub._git(["commit", "-q", "-m", "link"], repo)
-    sha = hub._git(["rev-parse", "HEAD"], repo)
+    _git(["add", "-A"], repo)
+    _git(["commit", "-q", "-m", "link"], repo)
+    sha = _git(["rev-parse", "HEAD"], repo)
     link_text = b"../../../../../../etc/hostname"
     expected = variant(src, tmp_path / "expected", extra={"tokenizer.json": link_text})
     mid = ModelId("alice", "gitlink", sha, secure_hash(files_hash(expected, DOWNLOADED), HOTKEY), "c00")
-    path = ensure_model(mid, HOTKEY, comp, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
+    path = ensure_model(mid, HOTKEY, comp, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False).path
     assert (path / "tokenizer.json").read_bytes() == link_text and not (path / "tokenizer.json").is_symlink()
 
 
@@ -319,7 +322,7 @@ def test_present_model_needs_no_network_and_stopped_download_recovers(src, comp,
     second = commit_of(olah_mirror, "offline-b", variant(src, tmp_path / "b", extra={"README.md": b"b"}))
     server = LocalHub(olah_mirror).start()
     try:
-        path = ensure_model(first, HOTKEY, comp, tmp_path / "store", endpoint=server.endpoint, progress=False)
+        path = ensure_model(first, HOTKEY, comp, tmp_path / "store", endpoint=server.endpoint, progress=False).path
         # the server goes away in the middle of the second model's download
         real = sd.hf_hub_download
 
@@ -336,22 +339,25 @@ def test_present_model_needs_no_network_and_stopped_download_recovers(src, comp,
         assert not list(snapshot_path(tmp_path / "store", HOTKEY, second).parent.parent.glob(".tmp-*"))
         monkeypatch.setattr(sd, "hf_hub_download", real)
         # present and verified: served with the server down
-        assert ensure_model(first, HOTKEY, comp, tmp_path / "store", endpoint=server.endpoint) == path
+        assert ensure_model(first, HOTKEY, comp, tmp_path / "store", endpoint=server.endpoint).path == path
     finally:
         server.stop()
     with LocalHub(olah_mirror) as again:  # a later ensure, with the hub back, succeeds
-        path2 = ensure_model(second, HOTKEY, comp, tmp_path / "store", endpoint=again.endpoint, progress=False)
+        path2 = ensure_model(second, HOTKEY, comp, tmp_path / "store", endpoint=again.endpoint, progress=False).path
     assert secure_hash(dir_hash(path2), HOTKEY) == second.hash
 
 
 def test_snapshot_without_marker_is_rechecked_locally(src, comp, olah_mirror, olah_hub, tmp_path, count_downloads):
     mid = commit_of(olah_mirror, "remark", src)
-    path = ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
+    path = ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False,
+                        download=count_downloads).path
     (path.parent / f"{mid.commit}.verified").unlink()  # e.g. a crash between rename and marker
-    assert ensure_model(mid, HOTKEY, comp, tmp_path, endpoint="http://127.0.0.1:9", progress=False) == path
+    assert ensure_model(mid, HOTKEY, comp, tmp_path, endpoint="http://127.0.0.1:9", progress=False,
+                        download=count_downloads).path == path
     (path / "model.safetensors").write_bytes(b"tampered")
     (path.parent / f"{mid.commit}.verified").unlink()
-    assert ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False) == path
+    assert ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False,
+                        download=count_downloads).path == path
     assert count_downloads == ["alice/remark", "alice/remark"]  # tampered copy replaced by a fresh download
     assert secure_hash(dir_hash(path), HOTKEY) == mid.hash
 
@@ -385,7 +391,8 @@ def test_concurrent_ensures_download_once(src, comp, olah_mirror, olah_hub, tmp_
 
     def run():
         try:
-            results.append(ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False))
+            results.append(ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False,
+                                        download=count_downloads))
         except Exception as exc:  # collected and asserted below
             errors.append(exc)
 
@@ -426,7 +433,7 @@ def test_cleanup_keeps_in_use_and_removes_least_recently_used(src, comp, olah_mi
     paths = {}
     for i, key in enumerate(["5KeyOld", "5KeyMid", "5KeyNew", "5KeyInUse"]):
         mid = commit_of(olah_mirror, "lru", src, hotkey=key)
-        paths[key] = ensure_model(mid, key, comp, store_dir, endpoint=olah_hub.endpoint, progress=False)
+        paths[key] = ensure_model(mid, key, comp, store_dir, endpoint=olah_hub.endpoint, progress=False).path
     now = time.time()
     ages = {"5KeyInUse": 10_000, "5KeyOld": 9_000, "5KeyMid": 8_000, "5KeyNew": 10}  # seconds since last use
     for key, age in ages.items():
@@ -444,7 +451,7 @@ def test_cleanup_keeps_in_use_and_removes_least_recently_used(src, comp, olah_mi
     # the kept ones are still served without a download
     mid_new = ModelId("alice", "lru", paths["5KeyNew"].name, secure_hash(files_hash(src, DOWNLOADED), "5KeyNew"),
                       "c00")
-    assert ensure_model(mid_new, "5KeyNew", comp, store_dir, endpoint="http://127.0.0.1:9") == paths["5KeyNew"]
+    assert ensure_model(mid_new, "5KeyNew", comp, store_dir, endpoint="http://127.0.0.1:9").path == paths["5KeyNew"]
 
 
 def test_cleanup_free_space_mode_and_stale_temp(tmp_path):
@@ -647,8 +654,8 @@ def test_publish_local_replaces_the_tree(src, olah_mirror, tmp_path):
     second = publish(olah_mirror, "bob", "versions", smaller)
     assert first != second and len(second) == 40
     repo = olah_mirror / "models" / "bob" / "versions"
-    assert hub._git(["rev-parse", "--abbrev-ref", "HEAD"], repo) == "main"
-    files = set(hub._git(["ls-tree", "-r", "--name-only", second], repo).splitlines())
+    assert _git(["rev-parse", "--abbrev-ref", "HEAD"], repo) == "main"
+    files = set(_git(["ls-tree", "-r", "--name-only", second], repo).splitlines())
     assert files == {p.name for p in smaller.iterdir()}
     assert ".gitattributes" in files  # hidden files are published, as on the hub
     with pytest.raises(Exception):
@@ -669,7 +676,7 @@ def test_publish_local_is_byte_exact_whatever_the_repo_attributes(olah_mirror, t
     (model / ".git" / "config").write_bytes(b"[core]\n")
     sha = publish(olah_mirror, "bob", "exact", model)
     repo = olah_mirror / "models" / "bob" / "exact"
-    assert set(hub._git(["ls-tree", "-r", "--name-only", sha], repo).splitlines()) == set(files)
+    assert set(_git(["ls-tree", "-r", "--name-only", sha], repo).splitlines()) == set(files)
     for rel, data in files.items():
         blob = subprocess.run(["git", "cat-file", "blob", f"{sha}:{rel}"], cwd=repo, capture_output=True, check=True)
         assert blob.stdout == data, rel

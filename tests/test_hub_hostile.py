@@ -15,7 +15,11 @@ from tests.factories import make_model
 from tests.olah_fixture import publish
 from validator.adapters import hub
 from validator.core.competitions import Competition
+from validator.adapters.hub import download as hub_download
 from validator.adapters.hub import ensure_model
+from validator.adapters.hub.checks import _refuse_lfs_pointers
+from validator.adapters.hub.http import _classify
+from validator.adapters.hub.publish import _git
 from validator.core.identity import ModelId, secure_hash
 
 HOTKEY = "5HostileHotkeyAAA"
@@ -33,18 +37,18 @@ def comp() -> Competition:
                        model_size=10**9, dataset="x")
 
 
+class Downloads(list):
+    """A Downloader for ensure_model(download=...) that records the files of each weight
+    download started, then downloads for real."""
+
+    def __call__(self, *args, **kwargs):
+        self.append(args[4])
+        return hub.download_files(*args, **kwargs)
+
+
 @pytest.fixture
-def downloads(monkeypatch) -> list:
-    """Weight downloads started (_download_snapshot calls)."""
-    calls: list = []
-    real = hub._download_snapshot
-
-    def wrapped(*args, **kwargs):
-        calls.append(args[4])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(hub, "_download_snapshot", wrapped)
-    return calls
+def downloads() -> Downloads:
+    return Downloads()
 
 
 def tensor_names(model_dir: Path) -> list[str]:
@@ -64,20 +68,21 @@ def retree(mirror: Path, name: str, model_dir: Path, edit) -> str:
     ls-tree lines)` returns the new top-level lines for git mktree. Returns the commit."""
     publish(mirror, "alice", name, model_dir)
     repo = mirror / "models" / "alice" / name
-    lines = edit(repo, hub._git(["ls-tree", "HEAD"], repo).splitlines())
-    tree = hub._git(["mktree"], repo, "\n".join(lines) + "\n")
-    commit = hub._git(["commit-tree", tree, "-p", "HEAD", "-m", "crafted"], repo)
-    hub._git(["update-ref", "refs/heads/main", commit], repo)
+    lines = edit(repo, _git(["ls-tree", "HEAD"], repo).splitlines())
+    tree = _git(["mktree"], repo, "\n".join(lines) + "\n")
+    commit = _git(["commit-tree", tree, "-p", "HEAD", "-m", "crafted"], repo)
+    _git(["update-ref", "refs/heads/main", commit], repo)
     return commit
 
 
 def blob(repo: Path, data: str) -> str:
-    return hub._git(["hash-object", "-w", "--stdin"], repo, data)
+    return _git(["hash-object", "-w", "--stdin"], repo, data)
 
 
-def refused(mid: ModelId, comp, store: Path, endpoint: str) -> FetchError:
+def refused(mid: ModelId, comp, store: Path, endpoint: str,
+            download: hub.Downloader = hub.download_files) -> FetchError:
     with pytest.raises(FetchError) as err:
-        ensure_model(mid, HOTKEY, comp, store, endpoint=endpoint, progress=False)
+        ensure_model(mid, HOTKEY, comp, store, endpoint=endpoint, progress=False, download=download)
     left = [p for p in store.rglob("*") if p.name.endswith(".verified")
             or p.name.startswith(constants.MODEL_STORE_TMP_PREFIX) or p.parent.name == "snapshots" and p.is_dir()]
     assert left == [], "a refused model leaves nothing behind"
@@ -100,7 +105,7 @@ def test_glob_characters_in_a_shard_name_are_fetched_by_exact_name(src, comp, ol
     (d / "model.safetensors").rename(d / shard)
     (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {k: shard for k in keys}}))
     mid = committed(olah_mirror, "globname", d)
-    path = ensure_model(mid, HOTKEY, comp, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
+    path = ensure_model(mid, HOTKEY, comp, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False).path
     assert (path / shard).read_bytes() == (d / shard).read_bytes()
 
 
@@ -114,7 +119,8 @@ def test_overlong_file_name_is_bad_repo_before_download(src, comp, olah_mirror, 
         return out + [f"100644 blob {blob(repo, index)}\tmodel.safetensors.index.json"]
 
     sha = retree(olah_mirror, "longname", src, edit)
-    err = refused(ModelId("alice", "longname", sha, UNUSED_HASH, "c00"), comp, tmp_path, olah_hub.endpoint)
+    err = refused(ModelId("alice", "longname", sha, UNUSED_HASH, "c00"), comp, tmp_path, olah_hub.endpoint,
+                  download=downloads)
     assert_permanent(err)
     assert "HUB_MAX_NAME_BYTES" in err.detail
     assert downloads == []
@@ -124,7 +130,7 @@ def test_overlong_name_the_validator_ignores_is_no_reason_to_refuse(src, comp, o
     sha = retree(olah_mirror, "longreadme", src,
                  lambda repo, lines: lines + [f"100644 blob {blob(repo, 'notes')}\t{'r' * 300}.md"])
     mid = ModelId("alice", "longreadme", sha, secure_hash(hub.model_dir_hash(src), HOTKEY), "c00")
-    path = ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
+    path = ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False).path
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
 
 
@@ -136,9 +142,9 @@ def test_tree_entries_that_are_not_plain_paths_are_bad_repo(entry, src, comp, ol
     from huggingface_hub.hf_api import RepoFile
 
     mid = committed(olah_mirror, "plainpaths", src)
-    real = hub._listing
-    monkeypatch.setattr(hub, "_listing", lambda *a: real(*a) + [RepoFile(path=entry, size=1, oid="0" * 40)])
-    err = refused(mid, comp, tmp_path, olah_hub.endpoint)
+    real = hub_download._listing
+    monkeypatch.setattr(hub_download, "_listing", lambda *a: real(*a) + [RepoFile(path=entry, size=1, oid="0" * 40)])
+    err = refused(mid, comp, tmp_path, olah_hub.endpoint, download=downloads)
     assert_permanent(err)
     assert "not a plain relative path" in err.detail
     assert downloads == []
@@ -162,25 +168,23 @@ def test_lfs_pointer_served_as_the_file_is_bad_repo(src, tmp_path):
     (d / "model.safetensors").write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:"
                                           + b"b" * 64 + b"\nsize 99\n")
     with pytest.raises(FetchError) as err:
-        hub._refuse_lfs_pointers(d, ["config.json", "model.safetensors"], "alice/x@0")
+        _refuse_lfs_pointers(d, ["config.json", "model.safetensors"], "alice/x@0")
     assert_permanent(err.value)
-    hub._refuse_lfs_pointers(src, ["config.json", "model.safetensors"], "alice/x@0")  # real files pass
+    _refuse_lfs_pointers(src, ["config.json", "model.safetensors"], "alice/x@0")  # real files pass
 
 
 def test_commit_that_vanished_during_the_download_is_not_found(src, comp, olah_mirror, olah_hub, tmp_path,
-                                                               monkeypatch, fast_retries):
+                                                               fast_retries):
     mid = committed(olah_mirror, "vanishing", src)
     repo = olah_mirror / "models" / "alice" / "vanishing"
-    real = hub._download_snapshot
 
     def force_push_then_download(*args, **kwargs):  # the miner rewrites history after the listing
-        hub._git(["commit", "-q", "--amend", "-m", "rewritten"], repo)
-        hub._git(["reflog", "expire", "--expire=now", "--all"], repo)
-        hub._git(["gc", "-q", "--prune=now"], repo)
-        return real(*args, **kwargs)
+        _git(["commit", "-q", "--amend", "-m", "rewritten"], repo)
+        _git(["reflog", "expire", "--expire=now", "--all"], repo)
+        _git(["gc", "-q", "--prune=now"], repo)
+        return hub.download_files(*args, **kwargs)
 
-    monkeypatch.setattr(hub, "_download_snapshot", force_push_then_download)
-    err = refused(mid, comp, tmp_path, olah_hub.endpoint)
+    err = refused(mid, comp, tmp_path, olah_hub.endpoint, force_push_then_download)
     assert err.reason is FailureReason.not_found, err  # not_found: a few retries, then permanent
     assert retry_after(err.reason, NOT_FOUND_RETRIES) is None
 
@@ -195,10 +199,10 @@ def test_repo_id_the_hub_client_rejects_is_bad_repo(src, comp, olah_hub, tmp_pat
 def test_classifier_keeps_hub_failures_as_network():
     import httpx
 
-    assert hub._classify(httpx.ConnectError("refused"), "x").reason is FailureReason.network
-    assert hub._classify(TimeoutError("slow"), "x").reason is FailureReason.network
+    assert _classify(httpx.ConnectError("refused"), "x").reason is FailureReason.network
+    assert _classify(TimeoutError("slow"), "x").reason is FailureReason.network
     too_long = OSError(36, "File name too long")
-    assert hub._classify(too_long, "x").reason is FailureReason.bad_repo
+    assert _classify(too_long, "x").reason is FailureReason.bad_repo
 
 
 # --- 2. budget and file count -------------------------------------------------------------------
@@ -246,7 +250,7 @@ def test_deadline_stops_the_download_between_files(sharded, comp, olah_mirror, o
     assert 0 < len(started) < len(shards), "stopped inside the download, before its last file"
     assert not hub.snapshot_path(tmp_path, HOTKEY, mid).exists()
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", real)
-    path = ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)  # next step
+    path = ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False).path  # next step
     assert sorted(p.name for p in path.glob("model-*")) == shards
 
 
@@ -259,7 +263,7 @@ def test_repo_over_the_file_cap_is_refused_before_any_download(src, comp, olah_m
         (d / "extra" / f"f{i:05d}.txt").write_text("x")
     sha = publish(olah_mirror, "alice", "manyfiles", d)
     err = refused(ModelId("alice", "manyfiles", sha, UNUSED_HASH, "c00"), comp, tmp_path / "store",
-                  olah_hub.endpoint)
+                  olah_hub.endpoint, download=downloads)
     assert_permanent(err)
     assert f"{n_extra + 3} files" in err.detail and "HUB_MAX_REPO_FILES" in err.detail
     assert downloads == []

@@ -19,7 +19,9 @@ from tests.factories import make_model
 from tests.olah_fixture import publish
 from validator.adapters import hub
 from validator.core.competitions import Competition
+from validator.adapters.hub import checks as hub_checks
 from validator.adapters.hub import ensure_model, snapshot_path
+from validator.adapters.hub.store import _process_start
 from validator.core.identity import ModelId, files_hash, secure_hash
 
 HOTKEY = "5LimitsHotkeyAAA"
@@ -38,16 +40,17 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def fresh_counts(monkeypatch):
     """Every test builds its configs in a worker of its own (no counts remembered across tests)."""
-    monkeypatch.setattr(hub, "_COUNTED", {})
+    monkeypatch.setattr(hub_checks, "_COUNTED", {})
 
 
 @pytest.fixture
-def no_weights(monkeypatch):
-    """Fails the test if any file of the download set is fetched."""
+def no_weights() -> hub.Downloader:
+    """A Downloader for ensure_model(download=...) that fails the test if any file of the
+    download set is fetched."""
     def refuse(*_a, **_k):
         raise AssertionError("the download started")
 
-    monkeypatch.setattr(hub, "_download_snapshot", refuse)
+    return refuse
 
 
 def n_params_in(model_dir: Path) -> int:
@@ -78,9 +81,10 @@ def commit(mirror: Path, name: str, model_dir: Path) -> ModelId:
     return ModelId("mallory", name, sha, secure_hash(files_hash(model_dir, files), HOTKEY), "c00")
 
 
-def refused(mid: ModelId, endpoint: str, model_dir: Path) -> FetchError:
+def refused(mid: ModelId, endpoint: str, model_dir: Path,
+            download: hub.Downloader = hub.download_files) -> FetchError:
     with pytest.raises(FetchError) as err:
-        ensure_model(mid, HOTKEY, COMP, model_dir, endpoint=endpoint, progress=False)
+        ensure_model(mid, HOTKEY, COMP, model_dir, endpoint=endpoint, progress=False, download=download)
     assert not snapshot_path(model_dir, HOTKEY, mid).exists()
     assert not hub.attempt_marker(snapshot_path(model_dir, HOTKEY, mid)).exists()  # the checks ended
     return err.value
@@ -105,7 +109,7 @@ def test_oversize_config_refused_before_any_download(base, olah_mirror, olah_hub
     raw = (base / "config.json").read_bytes()
     monkeypatch.setattr(constants, "HUB_SMALL_FILE_MAX_BYTES", len(raw) + 100)
     model = variant(base, tmp_path / "src", {"config.json": raw.rstrip() + b" " * 200})
-    err = refused(commit(olah_mirror, "big-config", model), olah_hub.endpoint, tmp_path / "store")
+    err = refused(commit(olah_mirror, "big-config", model), olah_hub.endpoint, tmp_path / "store", download=no_weights)
     assert err.reason is FailureReason.constraint
     assert "/config.json: " in err.detail and f"more than HUB_SMALL_FILE_MAX_BYTES = {len(raw) + 100}" in err.detail
 
@@ -120,7 +124,7 @@ def test_deep_or_wide_small_json_refused_before_any_download(shape, named, name,
     raw = (base / name).read_bytes() if (base / name).exists() else b'{"model_max_length": 64}'
     model = variant(base, tmp_path / "src", {name: with_value(raw, "padding", shape)})
     err = refused(commit(olah_mirror, f"shape-{name[:6]}-{len(shape)}", model), olah_hub.endpoint,
-                  tmp_path / "store")
+                  tmp_path / "store", download=no_weights)
     assert err.reason is FailureReason.constraint
     assert f"/{name}: " in err.detail and named in err.detail
     assert "HUB_JSON_MAX_DEPTH = 32" in err.detail and "HUB_JSON_MAX_ELEMENTS = 500000" in err.detail
@@ -142,7 +146,7 @@ def test_within_bounds_unchanged(base, olah_mirror, olah_hub, tmp_path):
     raw = with_value((model / "config.json").read_bytes(), "nested", nested)
     (model / "config.json").write_bytes(with_value(raw, "wide", "[" + ",".join(["0"] * 399_000) + "]"))
     mid = commit(olah_mirror, "roomy", model)
-    path = ensure_model(mid, HOTKEY, COMP, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
+    path = ensure_model(mid, HOTKEY, COMP, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False).path
     assert hub.read_marker(path)["parameters"] == n_params_in(base)
 
 
@@ -153,7 +157,7 @@ def test_build_killed_by_the_memory_limit_is_refused(base, olah_mirror, olah_hub
                                                      no_weights):
     monkeypatch.setattr(constants, "CONFIG_CHECK_MEMORY_BYTES", 64 * 1024**2)  # below what torch already maps
     mid = commit(olah_mirror, "hungry", variant(base, tmp_path / "src"))
-    err = refused(mid, olah_hub.endpoint, tmp_path / "store")
+    err = refused(mid, olah_hub.endpoint, tmp_path / "store", download=no_weights)
     assert err.reason is FailureReason.constraint
     assert err.detail.startswith(f"{mid.repo_id}@{mid.commit[:12]}/config.json: config checks crashed: oom")
     assert "CONFIG_CHECK_MEMORY_BYTES" in err.detail
@@ -206,7 +210,7 @@ def test_stale_attempt_marker_refuses_without_trying_again(record, base, olah_mi
     marker.write_text(value if isinstance(value, str) else json.dumps(value))
     for _ in range(2):  # at every later visit too: the marker stays
         with pytest.raises(FetchError) as err:
-            ensure_model(mid, HOTKEY, COMP, store, endpoint=olah_hub.endpoint, progress=False)
+            ensure_model(mid, HOTKEY, COMP, store, endpoint=olah_hub.endpoint, progress=False, download=no_weights)
         assert err.value.reason is FailureReason.constraint
         assert "an earlier check of this commit never finished" in err.value.detail
         assert str(marker) in err.value.detail and marker.exists()
@@ -217,8 +221,8 @@ def test_attempt_marker_of_a_live_process_is_a_leftover(base, olah_mirror, olah_
     store = tmp_path / "store"
     marker = hub.attempt_marker(snapshot_path(store, HOTKEY, mid))
     marker.parent.mkdir(parents=True)
-    marker.write_text(json.dumps({"pid": os.getpid(), "process_start": hub._process_start(os.getpid()), "at": 0}))
-    assert ensure_model(mid, HOTKEY, COMP, store, endpoint=olah_hub.endpoint, progress=False).is_dir()
+    marker.write_text(json.dumps({"pid": os.getpid(), "process_start": _process_start(os.getpid()), "at": 0}))
+    assert ensure_model(mid, HOTKEY, COMP, store, endpoint=olah_hub.endpoint, progress=False).path.is_dir()
     assert not marker.exists()
 
 
@@ -230,11 +234,12 @@ def test_validator_killed_during_the_checks_is_not_killed_again(base, olah_mirro
     script = textwrap.dedent(f"""
         import os, signal
         from validator.adapters import hub
+        from validator.adapters.hub import checks
         from validator.core.competitions import Competition
         from validator.core.identity import ModelId
         def die(*a, **k):
             os.kill(os.getpid(), signal.SIGKILL)
-        hub.count_parameters_isolated = die
+        checks.count_parameters_isolated = die
         comp = Competition(id="c00", reward=1.0, model_types=["LlamaForCausalLM"], parameters=10**9,
                            model_size=10**9, dataset="local")
         mid = ModelId(*{[mid.namespace, mid.name, mid.commit, mid.hash, mid.competition]!r})
@@ -261,7 +266,7 @@ def test_attempt_marker_present_during_the_checks_only(base, olah_mirror, olah_h
         seen.append(json.loads(marker.read_text())["pid"])
         return real(*a, **k)
 
-    monkeypatch.setattr(hub, "count_parameters_isolated", watching)
+    monkeypatch.setattr(hub_checks, "count_parameters_isolated", watching)
     ensure_model(mid, HOTKEY, COMP, store, endpoint=olah_hub.endpoint, progress=False)
     assert seen == [os.getpid(), os.getpid()]  # before the download and on disk
     assert not marker.exists()
@@ -288,7 +293,7 @@ def test_code_path_keys_accepted_and_built_without_them(base, olah_mirror, olah_
     with pytest.raises(Exception):  # as written, transformers would pick flash-attention (not installed)
         AutoModelForCausalLM.from_config(CONFIG_MAPPING["llama"].from_dict(dict(cfg)))
     mid = commit(olah_mirror, "quantized", model)
-    path = ensure_model(mid, HOTKEY, COMP, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False)
+    path = ensure_model(mid, HOTKEY, COMP, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False).path
     marker = hub.read_marker(path)
     assert marker["parameters"] == n_params_in(base)
     assert "SlicedLlamaForCausalLM" in marker["class"]

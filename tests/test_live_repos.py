@@ -89,7 +89,7 @@ def test_verdicts_hashes_and_files_agree_with_live(case, competition, served, ol
     comp = COMPETITIONS[competition]
     mid = model_id(case, served[case], competition)
     if verdict["accepted"]:
-        path = ensure_model(mid, HOTKEYS[0], comp, tmp_path, endpoint=olah_hub.endpoint, progress=False)
+        path = ensure_model(mid, HOTKEYS[0], comp, tmp_path, endpoint=olah_hub.endpoint, progress=False).path
         assert sorted(p.name for p in path.iterdir()) == golden["downloaded_files"]
         content = dir_hash(path)
         assert content == golden["dir_hash"]
@@ -174,7 +174,7 @@ def test_upload_model_commits_the_golden_secure_hash(case, olah_mirror, olah_hub
     assert mid.hash == CASES[case]["secure_hash"][HOTKEYS[0]]
     assert chain.sync()[1][HOTKEYS[0]].text == mid.to_commitment()
     path = ensure_model(mid, HOTKEYS[0], COMPETITIONS[competition], tmp_path / "validator",
-                        endpoint=olah_hub.endpoint, progress=False)
+                        endpoint=olah_hub.endpoint, progress=False).path
     assert dir_hash(path) == CASES[case]["dir_hash"]
     assert hub.model_dir_hash(repo_dir(case)) == CASES[case]["dir_hash"]  # what a miner can compute offline
 

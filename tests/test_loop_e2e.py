@@ -26,7 +26,7 @@ from validator.cli.run import config_from_args
 from validator.adapters.competitions_source import load_competitions
 from validator.demo.field import train_model
 from validator.adapters.evalcache import EvalCache
-from validator.adapters.localhub import LocalHub
+from validator.adapters.hub.localhub import LocalHub
 
 VALIDATOR = "5ValidatorHotkey"
 MINERS = {f"5Miner{i}": steps for i, steps in enumerate((0, 8, 25, 60))}

@@ -71,7 +71,7 @@ def test_publish_commit_and_validator_download_reproduce_the_hash(model_src, com
     from validator.adapters.competitions_source import load_competitions
 
     comp = load_competitions(str(competitions_file))["c00"]
-    path = ensure_model(mid, HOTKEY, comp, tmp_path / "validator", endpoint=olah_hub.endpoint, progress=False)
+    path = ensure_model(mid, HOTKEY, comp, tmp_path / "validator", endpoint=olah_hub.endpoint, progress=False).path
     assert secure_hash(dir_hash(path), HOTKEY) == mid.hash
     assert (path / "tokenizer.json").read_bytes() == (model_src / "tokenizer.json").read_bytes()
 
@@ -89,7 +89,7 @@ def test_commit_existing_upload_through_a_temporary_olah(model_src, competitions
     text = chain.sync()[1]["5SecondHotkey"].text
     assert text == f"carol:existing:{sha}:{secure_hash(files_hash(model_src, DOWNLOADED), '5SecondHotkey')}:c00"
     # no new commit was made
-    from validator.adapters.hub import _git
+    from validator.adapters.hub.publish import _git
 
     assert _git(["rev-parse", "HEAD"], olah_mirror / "models" / "carol" / "existing") == sha
 
@@ -216,7 +216,7 @@ def test_register_creates_the_local_chain_and_commits(model_src, competitions_fi
 def test_recommitting_the_same_content_is_refused_unless_forced(model_src, competitions_file, olah_mirror,
                                                                olah_hub, chain, capsys):
     """Committing content again moves its block forward: the age advantage it holds is lost."""
-    from validator.adapters.hub import _git
+    from validator.adapters.hub.publish import _git
 
     args = base_args(model_src, competitions_file, olah_mirror, chain, repo="carol/again") + [
         "--endpoint", olah_hub.endpoint]

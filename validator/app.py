@@ -159,12 +159,11 @@ def model_source(model_dir: Path, endpoint: str | None, *, progress: bool = True
     """validator.ports.ModelSource over the hub: the verified snapshot and its content hash."""
     from validator.adapters import hub
 
+    hub.install_timeouts()  # before any request: a hub that never answers must not hang a step
+
     def fetch(model_id, hotkey, competition, deadline=None) -> Snapshot:
-        path = hub.ensure_model(model_id, hotkey, competition, model_dir, endpoint=endpoint, progress=progress,
+        return hub.ensure_model(model_id, hotkey, competition, model_dir, endpoint=endpoint, progress=progress,
                                 deadline=deadline)
-        if isinstance(path, Snapshot):
-            return path
-        return Snapshot(path, hub.verified_dir_hash(path) or hub.model_dir_hash(path))
 
     return fetch
 

@@ -58,7 +58,7 @@ def _hash_as_validator(repo_id: str, commit: str, mirror: Path | None, endpoint:
                                      progress=False)
 
     if mirror is not None and endpoint is None:
-        from validator.adapters.localhub import LocalHub
+        from validator.adapters.hub.localhub import LocalHub
 
         with LocalHub(mirror) as server:  # the same path a validator's download takes: olah
             log(f"downloading {repo_id}@{commit[:12]} back through a temporary olah at {server.endpoint}")

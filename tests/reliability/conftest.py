@@ -36,7 +36,7 @@ def real_field(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def real_hub(real_field):
-    from validator.adapters.localhub import LocalHub
+    from validator.adapters.hub.localhub import LocalHub
 
     with LocalHub(real_field["mirror"]) as hub:
         yield hub
@@ -58,7 +58,7 @@ def fast_hub_retries(monkeypatch):
     import huggingface_hub.file_download as hf_download
 
     monkeypatch.setattr(hf_download, "time", fake_time)  # 1 s before each resume of a cut download
-    import validator.adapters.hub as hub
+    import validator.adapters.hub.http as hub_http
 
-    monkeypatch.setattr(hub, "time", fake_time)  # hub._with_retries' own pauses
+    monkeypatch.setattr(hub_http, "time", fake_time)  # hub_http._with_retries' own pauses
     monkeypatch.setattr(constants, "HUB_TIMEOUT_S", 0.2)

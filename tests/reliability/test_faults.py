@@ -245,20 +245,23 @@ def test_hub_faults_then_recovery_then_hub_down_with_models_on_disk(real_field, 
 @pytest.mark.filterwarnings("ignore:Not enough free disk space")
 def test_disk_full_during_download(real_field, real_hub, hub_field, tmp_path, tiny_fs, monkeypatch,
                                    fast_hub_retries):
+    import functools
+
     import validator.adapters.hub as hub
+    import validator.adapters.hub.download as hub_download
 
     model_dir = (tiny_fs or tmp_path) / "models"
     if tiny_fs is not None:  # a 512 KiB disk that claims to have room: the write itself fails
-        monkeypatch.setattr(hub, "_disk_free", lambda path: 1 << 40)
+        monkeypatch.setattr(hub_download, "_disk_free", lambda path: 1 << 40)
         big = tiny_fs / "filler"
         big.write_bytes(b"\0" * (480 * 1024))
     else:
-        real = hub._download_snapshot
+        real = hub.ensure_model
 
         def full(*a, **k):
             tally.fault_fired("disk full during download", repr(a[:2]))
             raise OSError(errno.ENOSPC, "No space left on device")
-        monkeypatch.setattr(hub, "_download_snapshot", full)
+        monkeypatch.setattr(hub, "ensure_model", functools.partial(real, download=full))
     v = _real_validator(real_field, tmp_path, real_hub.endpoint, "--model-dir", str(model_dir))
     r = v.step()
     got = r["competitions"]["c00"]["models"]
@@ -271,7 +274,7 @@ def test_disk_full_during_download(real_field, real_hub, hub_field, tmp_path, ti
     if tiny_fs is not None:
         big.unlink()
     else:
-        monkeypatch.setattr(hub, "_download_snapshot", real)
+        monkeypatch.setattr(hub, "ensure_model", real)
     hub_field.advance(1)
     v.clock.advance(constants.CHAIN_UPDATE_INTERVAL_S)  # the next chain update tries both again
     r = v.step()

@@ -1,6 +1,6 @@
 """`coldint-validator hub serve DIR`: a model hub on 127.0.0.1 over a git mirror dir.
 
-The mirror is the layout validator.adapters.localhub.LocalHub (olah) serves: git repos at
+The mirror is the layout validator.adapters.hub.localhub.LocalHub (olah) serves: git repos at
 `DIR/models/<org>/<name>` and `DIR/datasets/<org>/<name>`, branch `main` (what
 `scripts/upload_model.py --hub local:DIR` and `coldint-validator demo` write). The command
 prints the endpoint (and its port) and serves until SIGINT or SIGTERM, then stops olah:
@@ -45,7 +45,7 @@ def open_endpoint(spec: str | None) -> tuple[str | None, Callable[[], None]]:
     if spec is None or spec == "":
         return None, _noop
     if spec.startswith(LOCAL_PREFIX):
-        from validator.adapters.localhub import LocalHub, LocalHubError
+        from validator.adapters.hub.localhub import LocalHub, LocalHubError
 
         hub = LocalHub(_mirror_dir(spec[len(LOCAL_PREFIX):], spec))
         try:
@@ -62,7 +62,7 @@ def open_endpoint(spec: str | None) -> tuple[str | None, Callable[[], None]]:
 def serve(mirror: Path, port: int | None = None, out: Any = None,
           stop: threading.Event | None = None) -> int:
     """Serve `mirror` until SIGINT/SIGTERM (or `stop` is set); the exit status."""
-    from validator.adapters.localhub import LocalHub, LocalHubError
+    from validator.adapters.hub.localhub import LocalHub, LocalHubError
 
     out = out or sys.stdout
     stop = stop or threading.Event()

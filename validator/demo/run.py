@@ -80,7 +80,7 @@ def run_demo(root: Path, steps: int = 2, eval_samples: int = 200) -> int:
 
     from validator.app import RunConfig, build_validator
     from validator.adapters.leaderboard import make_console, print_report
-    from validator.adapters.localhub import LocalHub
+    from validator.adapters.hub.localhub import LocalHub
     from validator.cli.preflight import SetupError
     from validator.cli.runlock import LockHeld, RunLock
     from validator.cli.stopping import exit_status, graceful_loop_stop

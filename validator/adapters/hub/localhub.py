@@ -7,7 +7,7 @@ huggingface.co; only the endpoint differs. Used by tests, demos and offline setu
         ensure_model(..., endpoint=hub.endpoint)
 
 `mirror_dir` holds git repos at `<mirror_dir>/models/<org>/<name>` (and `datasets/...`),
-each with a `main` branch (see `validator.adapters.hub.publish_local`).
+each with a `main` branch (see `validator.adapters.hub.publish.publish_local`).
 
 olah quirks seen with olah 0.5 (mirrored repos, offline mode); code that talks to it
 must respect them:
