@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 import constants
-from benchmark import report as breport
 from benchmark import stats as bstats
 from benchmark.field import EXIT_NOT_JUDGED, CompetitionField, ScoredModel, compare_field, exit_status
 from benchmark.refusals import entry_kind, refused_entries
 from benchmark.render import print_report
 from validator import app
+from validator.adapters.htmlreport import write_report
 from validator.adapters.leaderboard import make_console
 from validator.core.failures import retry_after
 
@@ -279,7 +279,7 @@ def _run_judged(args: argparse.Namespace, parts: app.BenchmarkParts, console: Co
         "forward_samples": forwards, "problems": problems, "warnings": warnings})
     print_report(report, console)
     if args.out:
-        written = breport.write_report(report, Path(args.out))
+        written = write_report(report, Path(args.out))
         console.print(f"report: {written['html']} (and report.json, {len(written) - 2} PNG plots) "
                       f"in {Path(args.out)}", highlight=False)
     status = exit_status(report)

@@ -20,6 +20,7 @@ import numpy as np
 import constants
 from benchmark import report as breport
 from benchmark import stats as bstats
+from validator.adapters.htmlreport import to_jsonable
 from validator.core import winrule
 
 EXIT_BEATS = 0  # at least one candidate beats the leader of its competition
@@ -101,7 +102,7 @@ def live_grouping(matrices: list[np.ndarray], group: int, seed: int) -> list[np.
 
 def compare_competition(cf: CompetitionField, block_now: int, *, seed: int = constants.BENCH_SEED,
                         n_boot: int = bstats.BOOTSTRAP_RESAMPLES) -> dict:
-    """One competition's report section (benchmark.report format, plus candidate details).
+    """One competition's report section (validator.adapters.htmlreport's format, plus candidate details).
 
     Every field model can take weight (chain uids and local incumbents alike); candidates
     walk last, as if committed now. Samples are grouped like the live validator groups them
@@ -159,13 +160,13 @@ def compare_competition(cf: CompetitionField, block_now: int, *, seed: int = con
                   "advantage": float(adv[lead]), "required_ratio": 1.0 - float(adv[lead])}
     section.update(block_now=int(block_now), n_field=f, n_samples=n, group_samples=cf.group_samples,
                    sample_ids=ids, leader=leader, failed=list(cf.failed), warnings=list(cf.warnings))
-    return breport.to_jsonable(section)
+    return to_jsonable(section)
 
 
 def compare_field(competitions: dict[str, CompetitionField], block_now: int, *, seed: int = constants.BENCH_SEED,
                   n_boot: int = bstats.BOOTSTRAP_RESAMPLES, title: str | None = None,
                   extra: dict | None = None) -> dict:
-    """The whole report dict (benchmark.report's format): one section per competition.
+    """The whole report dict (validator.adapters.htmlreport's format): one section per competition.
 
     Pure: the same inputs and seed give the same dict (but for "generated")."""
     if n_boot < bstats.BOOTSTRAP_MIN_RESAMPLES:
@@ -176,4 +177,4 @@ def compare_field(competitions: dict[str, CompetitionField], block_now: int, *, 
               "competitions": {cid: compare_competition(cf, block_now, seed=seed, n_boot=n_boot)
                                for cid, cf in competitions.items()}}
     report.update(extra or {})
-    return breport.to_jsonable(report)
+    return to_jsonable(report)

@@ -399,12 +399,7 @@ def test_validator_has_no_static_import_of_benchmark_or_scripts():
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in ("benchmark", "scripts")]
-    assert [f for f in found if f not in IMPORTS_PENDING] == []
-
-
-# the leaderboard's HTML report: benchmark.report.write_report until the generic report moves to
-# validator/adapters/htmlreport.py (another change); then this list must be emptied
-IMPORTS_PENDING = ("validator/cli/main.py: benchmark.report",)
+    assert found == []
 
 
 def argparse_help_types():

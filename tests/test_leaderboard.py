@@ -4,6 +4,7 @@ import io
 from rich.console import Console
 
 from validator.adapters import leaderboard as L
+from validator.adapters.step_report import step_to_report
 
 CONSENSUS = {
     "block": 4321, "vtrust": 0.412, "vtrust_if_set": 0.43, "l1_to_consensus": 1.176, "agreement": 0.35,
@@ -71,11 +72,11 @@ def test_step_to_report_carries_consensus_with_the_chain_win_rates_of_the_table(
     # uid 8's win rate over every entry (a benchmark candidate beat it) is not what its weight comes from
     step = {"step": 2, "block": 4321, "consensus": CONSENSUS, "competitions": {"c00": {"models": [
         {"label": "uid 8", "uid": 8, "status": "scored", "win_rate": 0.25, "chain_win_rate": 0.9}]}}}
-    out = L.step_to_report(step)["consensus"]
+    out = step_to_report(step)["consensus"]
     assert [d["win_rate"] for d in out["top_differences"]] == [None, 0.9, None]
     assert out["vtrust"] == CONSENSUS["vtrust"] and CONSENSUS["top_differences"][1]["win_rate"] == 0.812  # a copy
     assert "0.900" in rows(text_of(L.render(step)))["8"]
-    assert "consensus" not in L.step_to_report({"step": 2, "block": 1, "competitions": {}})
+    assert "consensus" not in step_to_report({"step": 2, "block": 1, "competitions": {}})
 
 
 # --- the competition table: one set of numbers, every model, a legend ------------------------------

@@ -8,6 +8,9 @@ from matplotlib.image import imread
 from validator.core.failures import FetchError
 import constants
 from benchmark import report as rep
+from validator.adapters import htmlreport
+from validator.adapters import report_plots as plots
+from validator.adapters.step_report import step_to_report
 from benchmark import stats as S
 
 
@@ -54,7 +57,7 @@ def written(section, tmp_path_factory):
                     "weight": 1.0}],
         "win_matrix": [[float("nan")]]}}}
     out = tmp_path_factory.mktemp("report")
-    return report, out, rep.write_report(report, out)
+    return report, out, htmlreport.write_report(report, out)
 
 
 def test_section_numbers(section, data):
@@ -106,12 +109,12 @@ def test_pngs_are_valid_images(written):
 
 
 def test_bad_report_is_named(tmp_path):
-    with pytest.raises(rep.ReportError, match="competitions"):
-        rep.write_report({}, tmp_path)
-    with pytest.raises(rep.ReportError, match="'c00' model #1"):
-        rep.write_report({"competitions": {"c00": {"models": [{"label": "a"}, {"uid": 3}]}}}, tmp_path)
-    with pytest.raises(rep.ReportError, match="'c00'.*shape"):
-        rep.write_report({"competitions": {"c00": {"models": [{"label": "a"}], "win_matrix": [[0, 1]]}}}, tmp_path)
+    with pytest.raises(htmlreport.ReportError, match="competitions"):
+        htmlreport.write_report({}, tmp_path)
+    with pytest.raises(htmlreport.ReportError, match="'c00' model #1"):
+        htmlreport.write_report({"competitions": {"c00": {"models": [{"label": "a"}, {"uid": 3}]}}}, tmp_path)
+    with pytest.raises(htmlreport.ReportError, match="'c00'.*shape"):
+        htmlreport.write_report({"competitions": {"c00": {"models": [{"label": "a"}], "win_matrix": [[0, 1]]}}}, tmp_path)
 
 
 # --- `leaderboard --out`: the win matrix of a saved step ------------------------------------------
@@ -128,7 +131,6 @@ def _model(label: str, uid) -> dict:
 
 @pytest.mark.parametrize("group_samples,columns", [(3, 2), (None, 7)])  # None: saved before it was recorded
 def test_step_win_matrix_is_a_fraction_of_groups(group_samples, columns):
-    from validator.adapters.leaderboard import step_to_report
 
     # 7 samples in groups of 3 -> 2 groups: live drops the sample that does not fill a third
     comp = {"n_samples": 7, "models": [_model("a", 1), _model("b", 2)],
@@ -140,7 +142,6 @@ def test_step_win_matrix_is_a_fraction_of_groups(group_samples, columns):
 
 
 def test_step_win_matrix_uses_the_recorded_number_of_groups():
-    from validator.adapters.leaderboard import step_to_report
 
     comp = {"n_samples": 9, "group_samples": 3, "n_groups": 4, "models": [_model("a", 1), _model("b", 2)],
             "win_matrix": {"labels": ["a", "b"], "adv_wins": [[0, 3], [1, 0]]}}
@@ -177,7 +178,6 @@ def test_step_from_rank_competition_with_groups_matches_a_count_by_hand():
     from validator.step.report import competition_table
     from validator.core.competitions import parse_competitions
     from validator.adapters.evalcache import EvalCache
-    from validator.adapters.leaderboard import step_to_report
 
     group, seed, block_now = 5, 11, 2000
     comp = parse_competitions({"c00": {"reward": 1.0, "model_types": ["X"], "parameters": 1, "model_size": 1,
@@ -234,10 +234,9 @@ def _consensus_step(tmp_path):
 
 
 def test_consensus_plot_and_tables_in_the_html(tmp_path):
-    from validator.adapters.leaderboard import step_to_report
 
     step = _consensus_step(tmp_path)
-    files = rep.write_report(step_to_report(step), tmp_path / "out")
+    files = htmlreport.write_report(step_to_report(step), tmp_path / "out")
     assert "consensus" in files
     img = imread(files["consensus"])
     assert img.ndim == 3 and img.shape[1] > 300 and img.std() > 0.01
@@ -254,19 +253,19 @@ def test_consensus_plot_and_tables_in_the_html(tmp_path):
 def test_consensus_plot_bars_are_the_report_numbers(tmp_path):
     cons = _consensus_step(tmp_path)["consensus"]
     # the bars: every uid with our weight or consensus above the display threshold, in uid order
-    assert rep._consensus_uids(cons) == [5, 6, 7, 8]
-    path = rep.plot_consensus(cons, tmp_path / "c.png")
+    assert plots._consensus_uids(cons) == [5, 6, 7, 8]
+    path = plots.plot_consensus(cons, tmp_path / "c.png")
     assert path.exists() and imread(path).std() > 0.01
     # no weights at all: still a (labelled) plot, never a crash
-    assert rep.plot_consensus({"ours": {}, "consensus_weights": {}}, tmp_path / "empty.png").exists()
+    assert plots.plot_consensus({"ours": {}, "consensus_weights": {}}, tmp_path / "empty.png").exists()
 
 
 def test_bad_consensus_section_is_named(tmp_path):
     comps = {"c00": {"models": []}}
-    with pytest.raises(rep.ReportError, match="'consensus' must be an object"):
-        rep.write_report({"competitions": comps, "consensus": {"ours": []}}, tmp_path)
-    with pytest.raises(rep.ReportError, match="consensus 'ours'.*'x'"):
-        rep.write_report({"competitions": comps, "consensus": {"ours": {"x": 1.0}, "consensus_weights": {}}}, tmp_path)
+    with pytest.raises(htmlreport.ReportError, match="'consensus' must be an object"):
+        htmlreport.write_report({"competitions": comps, "consensus": {"ours": []}}, tmp_path)
+    with pytest.raises(htmlreport.ReportError, match="consensus 'ours'.*'x'"):
+        htmlreport.write_report({"competitions": comps, "consensus": {"ours": {"x": 1.0}, "consensus_weights": {}}}, tmp_path)
 
 
 # --- a validator step as HTML: every model with its state, the console's numbers, escaped -----------
@@ -370,7 +369,7 @@ def test_step_html_holds_the_console_leaderboard_cell_for_cell(steps, tmp_path):
     from validator.adapters import leaderboard as L
 
     normal, _ = steps
-    files = rep.write_report(L.step_to_report(normal, generated="2026-01-02T03:04:05+00:00"), tmp_path)
+    files = htmlreport.write_report(step_to_report(normal, generated="2026-01-02T03:04:05+00:00"), tmp_path)
     page = parse_html(files["html"].read_text())
     header = [c for c, _ in L.GLOSSARY]
     table = next(t for t in page.tables if t and t[0] == header)
@@ -405,8 +404,8 @@ def test_step_in_which_every_model_failed_still_lists_every_model_with_its_reaso
     _, failed = steps
     models = failed["competitions"]["c00"]["models"]
     assert len(models) == 3 and all(m["status"] == "failed" for m in models)
-    report = L.step_to_report({**failed, "problems": [f"uid 9: invalid commitment: {HOSTILE}"]})
-    files = rep.write_report(report, tmp_path)
+    report = step_to_report({**failed, "problems": [f"uid 9: invalid commitment: {HOSTILE}"]})
+    files = htmlreport.write_report(report, tmp_path)
     assert not any(p.suffix == ".png" and "c00" in p.name for p in files.values())  # nothing to plot
     text = files["html"].read_text()
     page = parse_html(text)
@@ -421,9 +420,9 @@ def test_step_in_which_every_model_failed_still_lists_every_model_with_its_reaso
 
 def test_a_malformed_step_table_is_named(tmp_path):
     table = {"columns": ["a", "b"], "rows": [["1", "2"], ["3"]]}
-    with pytest.raises(rep.ReportError, match="'c00' table row #1: expected 2 strings"):
-        rep.write_report({"competitions": {"c00": {"models": [], "table": table}}}, tmp_path)
-    with pytest.raises(rep.ReportError, match="'problems' must be a list of strings"):
-        rep.write_report({"competitions": {}, "problems": "boom"}, tmp_path)
-    with pytest.raises(rep.ReportError, match="'summary' must be a list of"):
-        rep.write_report({"competitions": {}, "summary": [["only one"]]}, tmp_path)
+    with pytest.raises(htmlreport.ReportError, match="'c00' table row #1: expected 2 strings"):
+        htmlreport.write_report({"competitions": {"c00": {"models": [], "table": table}}}, tmp_path)
+    with pytest.raises(htmlreport.ReportError, match="'problems' must be a list of strings"):
+        htmlreport.write_report({"competitions": {}, "problems": "boom"}, tmp_path)
+    with pytest.raises(htmlreport.ReportError, match="'summary' must be a list of"):
+        htmlreport.write_report({"competitions": {}, "summary": [["only one"]]}, tmp_path)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from benchmark import report as rep
+from validator.adapters import htmlreport
+from validator.adapters.step_report import step_to_report
 from tests.test_report import HOSTILE, parse_html, real_steps
 from validator.adapters import leaderboard as L
 
@@ -33,7 +34,7 @@ def chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProce
 def pages(tmp_path_factory) -> dict[str, tuple[dict, Path]]:
     base = tmp_path_factory.mktemp("browser")
     normal, failed = real_steps(base / "steps")
-    return {name: (step, rep.write_report(L.step_to_report(step), base / name)["html"])
+    return {name: (step, htmlreport.write_report(step_to_report(step), base / name)["html"])
             for name, step in (("normal", normal), ("failed", failed))}
 
 

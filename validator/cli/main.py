@@ -33,8 +33,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         return 1
     print_report(step)
     if args.out:
-        from benchmark.report import write_report
-        from validator.adapters.leaderboard import step_to_report
+        from validator.adapters.htmlreport import write_report
+        from validator.adapters.step_report import step_to_report
 
         written = write_report(step_to_report(step), args.out)
         print(f"report: {written['html']} (and report.json, {len(written) - 2} PNG plots)")
