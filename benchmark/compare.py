@@ -110,7 +110,7 @@ def run_benchmark(args: argparse.Namespace, console: Console | None = None) -> i
     from validator.adapters.competitions_source import load_competitions
     from validator.core.competitions import CompetitionsError
     from validator.cli.hub import EndpointError, open_endpoint
-    from validator.cli.preflight import SetupError
+    from validator.preflight import SetupError
 
     console = console or make_console()
 
@@ -313,7 +313,7 @@ def config_from_args(args: argparse.Namespace) -> app.RunConfig:
 
 def register_benchmark_command(subparsers: Any) -> argparse.ArgumentParser:
     """Add `benchmark` to a `coldint-validator` subparsers object; returns its parser."""
-    from validator.cli.preflight import non_negative_float
+    from validator.cli.argtypes import non_negative_float
 
     p = subparsers.add_parser(
         "benchmark", help="would my candidate win? candidates of benchmark.json vs the field",

@@ -207,7 +207,7 @@ STATE_MAX_BYTES = 512 * 1024**2  # validator_state.json, an eval cache file: lar
 STATE_MAX_DEPTH = 64  # JSON nesting of a state file (the eval cache nests 4 deep)
 STATE_MAX_ELEMENTS = 40_000_000  # JSON values; 256 models x 20k samples x 3 fit
 
-# --- scoring workers: limits and what a miner may not choose (validator/scoring/worker.py, scorer.py, scoring.py) ---
+# --- scoring workers: limits and what a miner may not choose (validator/scoring/worker.py, worker_limits.py, dispatch.py, job.py) ---
 SCORE_MEMORY_FRACTION = 0.8  # a scoring worker's resident memory limit: this share of the host's (or cgroup's) RAM
 SCORE_ADDRESS_SPACE_HEADROOM_BYTES = 16 * 1024**3  # on CPU, RLIMIT_AS = that limit + this (torch, arenas, stacks)
 TOKENIZE_TIME_SHARE = 0.25  # of the model's time limit (TTL_MODEL_EVAL_S): its own tokenizer's time box

@@ -85,3 +85,51 @@ def gone_or_zombie(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def train_field(root: str | Path, tok, train_texts: list[str], leader_steps: int = 12,
+                better_steps: int = 40) -> dict[str, Path]:
+    """Tiny llamas of known quality from one training run on `train_texts`: "old" (untrained),
+    "leader" (its snapshot at `leader_steps`), "better" (at `better_steps`) and "worse" (the
+    leader with noise on every matrix). Trained on one torch thread (a shared small box)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    root = Path(root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(tiny_config("llama", vocab_size=len(tok)))
+        models = {"old": root / "old"}
+        model.save_pretrained(models["old"])
+        ids = [tok(t)["input_ids"] for t in train_texts]
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        rng = random.Random(0)
+        for step in range(1, better_steps + 1):
+            batch = rng.sample(ids, 8)
+            width = max(map(len, batch))
+            x = torch.zeros((len(batch), width), dtype=torch.long)
+            labels = torch.full((len(batch), width), -100)
+            for i, b in enumerate(batch):
+                x[i, :len(b)] = labels[i, :len(b)] = torch.tensor(b)
+            loss = model(input_ids=x, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step == leader_steps:
+                models["leader"] = root / "leader"
+                model.save_pretrained(models["leader"])
+        models["better"] = root / "better"
+        model.save_pretrained(models["better"])
+        worse = AutoModelForCausalLM.from_pretrained(models["leader"])
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in worse.parameters():
+                if p.ndim == 2:
+                    p.add_(torch.randn(p.shape, generator=gen) * p.std())
+        models["worse"] = root / "worse"
+        worse.save_pretrained(models["worse"])
+    finally:
+        torch.set_num_threads(threads)
+    return models

@@ -21,7 +21,7 @@ from validator.cli import main as cli
 from validator.cli import run as runcmd
 from validator.adapters.chain.local import LocalChain
 from validator.cli.logsetup import RetryOnce, setup_logging
-from validator.cli.preflight import SetupError, check_device, check_registration
+from validator.preflight import SetupError, check_device, check_registration
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "team:m:" + "a" * 40 + ":" + "b" * 43 + "=:c00"

@@ -11,7 +11,6 @@ import argparse
 import io
 import json
 import math
-import random
 import re
 import shutil
 from pathlib import Path
@@ -23,7 +22,7 @@ from rich.console import Console
 from benchmark import compare as C
 from benchmark import field as F
 from benchmark import render as R
-from tests.factories import make_texts, make_tokenizer, tiny_config
+from tests.factories import make_texts, make_tokenizer, train_field
 from validator.core import winrule
 
 N_SAMPLES = 120
@@ -56,47 +55,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _save(model, out: Path) -> Path:
-    model.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, one_thread):
-    import torch
-    from transformers import AutoModelForCausalLM
-
     root = tmp_path_factory.mktemp("bench")
     train_texts = make_texts(300, seed=1, max_words=30)
     eval_texts = make_texts(150, seed=2, max_words=30)
     tok = make_tokenizer(root / "tokenizer", train_texts + eval_texts)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config("llama", vocab_size=len(tok)))
-    models = {"old": _save(model, root / "old")}
-    ids = [tok(t)["input_ids"] for t in train_texts]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    rng = random.Random(0)
-    for step in range(1, BETTER_STEPS + 1):
-        batch = rng.sample(ids, 8)
-        width = max(map(len, batch))
-        x = torch.zeros((len(batch), width), dtype=torch.long)
-        labels = torch.full((len(batch), width), -100)
-        for i, b in enumerate(batch):
-            x[i, :len(b)] = labels[i, :len(b)] = torch.tensor(b)
-        loss = model(input_ids=x, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step == LEADER_STEPS:
-            models["leader"] = _save(model, root / "leader")
-    models["better"] = _save(model, root / "better")
-    worse = AutoModelForCausalLM.from_pretrained(models["leader"])
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in worse.parameters():
-            if p.ndim == 2:
-                p.add_(torch.randn(p.shape, generator=gen) * p.std())
-    models["worse"] = _save(worse, root / "worse")
+    models = train_field(root, tok, train_texts, LEADER_STEPS, BETTER_STEPS)
     models["copy"] = Path(shutil.copytree(models["leader"], root / "leader_copy"))
 
     data = root / "eval.jsonl"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import make_model, make_texts, make_tokenizer, tiny_config
+from tests.factories import make_model, make_texts, make_tokenizer, train_field
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TEXTS = 60
@@ -39,46 +38,11 @@ def cli(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    import torch
-    from transformers import AutoModelForCausalLM
-
     root = tmp_path_factory.mktemp("miner")
     train_texts = make_texts(300, seed=1, max_words=30)
     eval_texts = make_texts(N_TEXTS, seed=2, max_words=30)
     tok = make_tokenizer(root / "tokenizer", train_texts + eval_texts)
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = AutoModelForCausalLM.from_config(tiny_config("llama", vocab_size=len(tok)))
-    ids = [tok(t)["input_ids"] for t in train_texts]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    rng = random.Random(0)
-    models = {}
-    for step in range(1, 41):
-        batch = rng.sample(ids, 8)
-        width = max(map(len, batch))
-        x = torch.zeros((len(batch), width), dtype=torch.long)
-        labels = torch.full((len(batch), width), -100)
-        for i, b in enumerate(batch):
-            x[i, :len(b)] = labels[i, :len(b)] = torch.tensor(b)
-        loss = model(input_ids=x, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step == 12:
-            model.save_pretrained(root / "leader")
-            models["leader"] = root / "leader"
-    model.save_pretrained(root / "better")
-    models["better"] = root / "better"
-    worse = AutoModelForCausalLM.from_pretrained(models["leader"])
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in worse.parameters():
-            if p.ndim == 2:
-                p.add_(torch.randn(p.shape, generator=gen) * p.std())
-    worse.save_pretrained(root / "worse")
-    models["worse"] = root / "worse"
-    torch.set_num_threads(threads)
+    models = train_field(root, tok, train_texts)
 
     data = root / "eval.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in eval_texts))

@@ -296,15 +296,3 @@ def test_parse_hall_of_fame_skips_bad_entries_as_live_and_names_them():
     assert halloffame.parse_hall_of_fame({"_comment": "ignored"}) == {}
     with pytest.raises(halloffame.HallOfFameError, match="expected an object"):
         halloffame.parse_hall_of_fame([HOF])
-
-
-# --- pool -------------------------------------------------------------------------------------
-
-def test_select_pool_keeps_best_and_some_newcomers():
-    wr = {"a": 0.1, "b": 0.5, "c": 0.3, "d": 0.3, "e": float("nan")}
-    sel = weights.select_pool(wr, pool_size=3, pend_size=2, pending=["x", "b", "y", "z"],
-                        blocks={"c": 20, "d": 10})
-    assert sel.pool == ["b", "d", "c"]  # tie c/d -> older block first
-    assert sel.pending == ["x", "y"]  # "b" is evaluated, not a newcomer
-    assert sel.dropped == ["a", "e"]
-    assert sel.pool + sel.pending == ["b", "d", "c", "x", "y"]

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import constants
-from validator.cli.preflight import (SetupError, check_device, check_offline_endpoint, default_device,
-                                     device_memory_bytes)
+from validator.preflight import (SetupError, check_device, check_offline_endpoint, default_device,
+                                 device_memory_bytes)
 from validator.core.failures import retry_after
 from validator.ports import Chain, ModelSource, SampleSource, Snapshot
 

@@ -21,7 +21,7 @@ from validator.core.chain import ChainError
 from validator.adapters.chain.local import LocalChain
 from validator.core.identity import InvalidCommitment, ModelId
 from validator.adapters.leaderboard import make_console
-from validator.cli.preflight import int_at_least, non_negative_float
+from validator.cli.argtypes import int_at_least, non_negative_float
 
 
 def register_commands(subparsers: Any) -> argparse.ArgumentParser:

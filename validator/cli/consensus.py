@@ -19,7 +19,7 @@ from rich.console import Console
 
 import constants
 from validator.core.chain import ChainError
-from validator.cli.preflight import int_at_least
+from validator.cli.argtypes import int_at_least
 
 
 def register_consensus_command(subparsers: Any) -> argparse.ArgumentParser:

@@ -14,7 +14,8 @@ from typing import Any
 
 from validator import app
 from validator.cli.logsetup import add_log_level, setup_logging
-from validator.cli.preflight import SetupError, check_writable_dir, int_at_least
+from validator.preflight import SetupError, check_writable_dir
+from validator.cli.argtypes import int_at_least
 
 # entry points in this group are callables `register(subparsers)` adding one command
 COMMANDS_GROUP = "coldint_validator.commands"
@@ -42,7 +43,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from validator.demo.run import run_demo
+    from validator.cli.demo import run_demo
 
     check_writable_dir(args.dir, "--dir")
     return run_demo(args.dir, steps=args.steps, eval_samples=args.eval_samples)

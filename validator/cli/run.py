@@ -17,9 +17,9 @@ import constants
 from validator import app
 from validator.app import RunConfig
 from validator.cli.logsetup import add_log_level
-from validator.cli.preflight import (SetupError, check_device, check_registration, check_wallet, check_writable_dir,
-                                     default_device, existing_file, file_or_url, finite_float, int_at_least,
-                                     non_negative_float)
+from validator.preflight import (SetupError, check_device, check_registration, check_wallet, check_writable_dir,
+                                 default_device)
+from validator.cli.argtypes import existing_file, file_or_url, finite_float, int_at_least, non_negative_float
 
 OFFLINE_HELP = ("no network at all: the chain is a LocalChain file (--network local; any other network is refused "
                 "before work), the hub only a local mirror (local:DIR or an endpoint on this machine; without one, "

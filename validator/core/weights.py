@@ -1,6 +1,6 @@
 """The weights the validator sets: win rates -> weights, competition mixing, EMA, the
-float32 weight vector (live ``update_weights``), its u16 form for the chain, and the pool
-of models kept per competition (pure numpy).
+float32 weight vector (live ``update_weights``) and its u16 form for the chain (pure numpy).
+Which models a competition keeps evaluating is validator.core.selection's.
 
 The live rules are the subnet-29 validator's; tests/data/live-compat/README.md section 4
 pins them. The hall-of-fame shares mixed in come from `validator.core.halloffame`.
@@ -9,9 +9,8 @@ pins them. The hall-of-fame shares mixed in come from `validator.core.halloffame
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Hashable, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +18,6 @@ import constants
 from validator.core.halloffame import HallOfFameRewards
 from validator.core.numeric import f32_sum, is_int, is_number
 
-K = TypeVar("K", bound=Hashable)
 U16_MAX = 65_535
 MIN_WEIGHT_SUM = 1e-5  # live: a weight vector summing to less is not set
 
@@ -184,46 +182,3 @@ def u16_weights(vector: Any, n_uids: int) -> tuple[list[int], list[int]]:
             uids.append(uid)
             values.append(q)
     return uids, values
-
-
-# --- the pool -------------------------------------------------------------------------------
-
-@dataclass
-class PoolSelection:
-    """Models a competition keeps evaluating: the best ``pool`` plus ``pending`` newcomers."""
-
-    pool: list = field(default_factory=list)
-    pending: list = field(default_factory=list)
-    dropped: list = field(default_factory=list)
-
-
-def select_pool(win_rates: Mapping[K, float], pool_size: int = constants.POOL_SIZE,
-                pend_size: int = constants.PEND_SIZE, pending: Sequence[K] = (),
-                blocks: Mapping[K, float] | None = None) -> PoolSelection:
-    """Pick which models to evaluate next step.
-
-    * ``pool``: the ``pool_size`` evaluated models with the highest win rate (ties: the older
-      commitment block first, then the given order; nan win rate ranks last).
-    * ``pending``: up to ``pend_size`` newcomers not yet evaluated, in the order given (the
-      caller's priority, e.g. oldest commitment first). A key that already has a win rate is
-      not a newcomer and is ignored here.
-    * ``dropped``: evaluated models that fell out of the pool.
-    """
-    if pool_size < 0 or pend_size < 0:
-        raise ValueError(f"pool_size/pend_size: must be >= 0, got {pool_size}/{pend_size}")
-    keys = list(win_rates)
-
-    def sort_key(item: tuple[int, K]) -> tuple[float, float, int]:
-        pos, k = item
-        wr = float(win_rates[k])
-        blk = float(blocks.get(k, math.nan)) if blocks is not None else math.nan
-        return (-wr if not math.isnan(wr) else math.inf, blk if not math.isnan(blk) else math.inf, pos)
-
-    ranked = [k for _, k in sorted(enumerate(keys), key=sort_key)]
-    seen: set = set()
-    newcomers = []
-    for k in pending:
-        if k not in win_rates and k not in seen:
-            seen.add(k)
-            newcomers.append(k)
-    return PoolSelection(pool=ranked[:pool_size], pending=newcomers[:pend_size], dropped=ranked[pool_size:])

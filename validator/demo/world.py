@@ -1,4 +1,5 @@
-"""`coldint-validator demo`: a complete local field, then validator steps on it.
+"""The demo's world: a complete local field, published and committed (`coldint-validator demo`
+builds it, then runs validator steps on it: validator.cli.demo).
 
 Nothing comes from the network: text from the standard library's docstrings, a tokenizer
 trained on it, tiny Llama models trained for different numbers of steps (so their losses
@@ -67,47 +68,3 @@ def build_demo(root: Path, console: Console, endpoint: str, mirror: Path) -> dic
         "competition": "c00", "path": str(field["models"][CANDIDATE_STEPS]),
         "label": f"candidate ({CANDIDATE_STEPS} steps)"}}, indent=1))
     return {"competitions": comps_path, "chain": chain_path, "benchmark": bench_path, "field": field}
-
-
-def run_demo(root: Path, steps: int = 2, eval_samples: int = 200) -> int:
-    """Build the local field in `root` (a finished field there is reused) and run `steps`
-    validator steps on it from a fresh validator state; weights are not set.
-
-    One demo per dir (its state is wiped at start). Ctrl-C or SIGTERM: the first stops after
-    the model in flight, a second at once; olah and any scoring worker are stopped either way
-    (the `with` blocks unwind); the status is then 128 + the signal's number."""
-    import shutil
-
-    from validator.app import RunConfig, build_validator
-    from validator.adapters.leaderboard import make_console, print_report
-    from validator.adapters.hub.localhub import LocalHub
-    from validator.cli.preflight import SetupError
-    from validator.cli.runlock import LockHeld, RunLock
-    from validator.cli.stopping import exit_status, graceful_loop_stop
-
-    console = make_console()
-    root = Path(root).resolve()
-    try:
-        lock = RunLock(root).acquire()
-    except LockHeld as e:
-        raise SetupError(str(e)) from None
-    with lock:
-        mirror = root / "mirror"
-        shutil.rmtree(root / "state", ignore_errors=True)
-        with LocalHub(mirror) as hub:
-            console.print(f"local hub (olah) at {hub.endpoint}, serving {mirror}")
-            built = build_demo(root, console, hub.endpoint, mirror)
-            config = RunConfig(network="local", chain_db=built["chain"], hotkey=VALIDATOR_HOTKEY,
-                               competitions=str(built["competitions"]), benchmark=built["benchmark"],
-                               state_dir=root / "state", endpoint=hub.endpoint, device="cpu",
-                               eval_samples=eval_samples, offline=True, step_interval_s=0,
-                               save_step_json=root / "last_step.json")
-            validator = build_validator(config, console)
-            stop = graceful_loop_stop(validator)
-            for report in validator.run(steps):
-                validator.progress.stop()
-                print_report(report, console)
-    if stop.first is not None:
-        return exit_status(stop.first)
-    console.print(f"\nre-render the last step with: coldint-validator leaderboard --state-dir {root / 'state'}")
-    return 0

@@ -3,72 +3,22 @@
 A validator that starts with a typo in --device would fail every model with `load` for
 days; one whose hotkey is not registered would score for an hour and then fail to set
 weights. These checks run first and raise SetupError (the command exits with status 2).
-The argparse `type=` helpers here make a bad flag fail while the command line is parsed.
+They are the composition root's (validator.app) and the CLI's; the flag types are
+validator.cli.argtypes'.
 """
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 
 class SetupError(Exception):
     """The setup cannot work; the message names the flag or file and the reason."""
 
-
-# -- argparse types ---------------------------------------------------------------------------
-
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} must be >= {minimum}")
-        return value
-    parse.__name__ = f"int >= {minimum}"
-    return parse
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-
-
-def finite_float(text: str) -> float:
-    value = _number(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _number(text)
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
-    return value
-
-
-def existing_file(text: str) -> Path:
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text}: no such file" if not path.exists() else f"{text}: not a file")
-    return path
-
-
-def file_or_url(text: str) -> str:
-    """An http(s) URL as is, else a file that exists."""
-    if urlparse(text).scheme in ("http", "https"):
-        return text
-    return str(existing_file(text))
 
 
 # -- devices ----------------------------------------------------------------------------------
