@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 import constants
+from benchmark import intervals
 from benchmark import stats as bstats
 from benchmark.field import EXIT_NOT_JUDGED, CompetitionField, ScoredModel, compare_field, exit_status
 from benchmark.refusals import entry_kind, refused_entries
@@ -118,8 +119,8 @@ def run_benchmark(args: argparse.Namespace, console: Console | None = None) -> i
         console.print(f"[red]error:[/red] {msg}", highlight=False)
         return code
 
-    if args.bootstrap < bstats.BOOTSTRAP_MIN_RESAMPLES:
-        return fail(f"--bootstrap {args.bootstrap}: at least {bstats.BOOTSTRAP_MIN_RESAMPLES} resamples", 2)
+    if args.bootstrap < intervals.BOOTSTRAP_MIN_RESAMPLES:
+        return fail(f"--bootstrap {args.bootstrap}: at least {intervals.BOOTSTRAP_MIN_RESAMPLES} resamples", 2)
     if args.samples < 1 or args.top < 0:
         return fail(f"--samples must be >= 1 and --top >= 0 (got {args.samples}, {args.top})", 2)
     if args.samples > constants.DB_MAX_SAMPLES:  # the sample db could not hold them all at once
@@ -352,8 +353,8 @@ def register_benchmark_command(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--samples", type=int, default=constants.EVAL_SAMPLES, help="samples per competition")
     g.add_argument("--seed", type=int, default=constants.BENCH_SEED,
                    help="seed of the samples and the bootstrap: same seed, same numbers (change it for fresh text)")
-    g.add_argument("--bootstrap", type=int, default=bstats.BOOTSTRAP_RESAMPLES,
-                   help=f"bootstrap resamples (>= {bstats.BOOTSTRAP_MIN_RESAMPLES})")
+    g.add_argument("--bootstrap", type=int, default=intervals.BOOTSTRAP_RESAMPLES,
+                   help=f"bootstrap resamples (>= {intervals.BOOTSTRAP_MIN_RESAMPLES})")
     g.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda when available)")
     g.add_argument("--max-device-memory", type=non_negative_float, default=None, metavar="GB",
                    help="a model whose weights exceed this is scored layer by layer (same losses; default: "

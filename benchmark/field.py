@@ -19,8 +19,9 @@ import numpy as np
 
 import constants
 from benchmark import report as breport
+from benchmark import intervals
 from benchmark import stats as bstats
-from validator.adapters.htmlreport import to_jsonable
+from validator.core.scores import to_jsonable
 from validator.core import winrule
 
 EXIT_BEATS = 0  # at least one candidate beats the leader of its competition
@@ -101,7 +102,7 @@ def live_grouping(matrices: list[np.ndarray], group: int, seed: int) -> list[np.
 
 
 def compare_competition(cf: CompetitionField, block_now: int, *, seed: int = constants.BENCH_SEED,
-                        n_boot: int = bstats.BOOTSTRAP_RESAMPLES) -> dict:
+                        n_boot: int = intervals.BOOTSTRAP_RESAMPLES) -> dict:
     """One competition's report section (validator.adapters.htmlreport's format, plus candidate details).
 
     Every field model can take weight (chain uids and local incumbents alike); candidates
@@ -164,16 +165,16 @@ def compare_competition(cf: CompetitionField, block_now: int, *, seed: int = con
 
 
 def compare_field(competitions: dict[str, CompetitionField], block_now: int, *, seed: int = constants.BENCH_SEED,
-                  n_boot: int = bstats.BOOTSTRAP_RESAMPLES, title: str | None = None,
+                  n_boot: int = intervals.BOOTSTRAP_RESAMPLES, title: str | None = None,
                   extra: dict | None = None) -> dict:
     """The whole report dict (validator.adapters.htmlreport's format): one section per competition.
 
     Pure: the same inputs and seed give the same dict (but for "generated")."""
-    if n_boot < bstats.BOOTSTRAP_MIN_RESAMPLES:
-        raise ValueError(f"bootstrap resamples: at least {bstats.BOOTSTRAP_MIN_RESAMPLES}, got {n_boot}")
+    if n_boot < intervals.BOOTSTRAP_MIN_RESAMPLES:
+        raise ValueError(f"bootstrap resamples: at least {intervals.BOOTSTRAP_MIN_RESAMPLES}, got {n_boot}")
     report = {"title": title or "coldint benchmark: candidates against the field", "block": int(block_now),
               "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": int(seed),
-              "bootstrap_resamples": int(n_boot), "confidence": bstats.CONFIDENCE,
+              "bootstrap_resamples": int(n_boot), "confidence": intervals.CONFIDENCE,
               "competitions": {cid: compare_competition(cf, block_now, seed=seed, n_boot=n_boot)
                                for cid, cf in competitions.items()}}
     report.update(extra or {})

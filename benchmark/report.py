@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmark import intervals
 from benchmark import stats as bstats
-from validator.adapters.htmlreport import to_jsonable
+from validator.core.scores import to_jsonable
 from validator.core import winrule
 
 
@@ -23,7 +24,7 @@ def competition_section(labels: Sequence[str], uids: Sequence[int | None], block
                         candidate_labels: Sequence[str] = (), candidate_losses: Any = None,
                         candidate_tokens: Any = None, kinds: Sequence[str] | None = None,
                         eligible: Any = None, include_deltas: bool = False,
-                        n_boot: int = bstats.BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+                        n_boot: int = intervals.BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """One competition's report entry from the field's loss matrix (+ optional candidates).
 
     ``losses``/``n_tokens`` are ``[M, S]`` summed losses and token counts of the field

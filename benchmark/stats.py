@@ -18,20 +18,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from statistics import NormalDist
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 import constants
+from benchmark.intervals import (BOOTSTRAP_MIN_RESAMPLES, BOOTSTRAP_RESAMPLES, CONFIDENCE, Interval, bootstrap_means,
+                                 percentiles, resample_chunks, wilson_interval)
 from validator.core import winrule
+from validator.core.scores import to_jsonable
 from validator.core.weights import weights_from_win_rates
-
-BOOTSTRAP_RESAMPLES = constants.BENCH_BOOTSTRAP_RESAMPLES
-BOOTSTRAP_MIN_RESAMPLES = constants.BENCH_BOOTSTRAP_MIN_RESAMPLES
-CONFIDENCE = constants.BENCH_CONFIDENCE
-_CHUNK_ELEMENTS = constants.BENCH_BOOTSTRAP_CHUNK_ELEMENTS
 
 
 @dataclass(frozen=True)
@@ -51,55 +48,6 @@ class WinParams:
             advantage_decay=float(getattr(competition, "advantage_decay", constants.ADVANTAGE_DECAY)),
             weight_skew_factor=float(getattr(competition, "weight_skew_factor", constants.WEIGHT_SKEW_FACTOR)),
         )
-
-
-def _clean(value: Any) -> Any:
-    """JSON-able: numpy -> Python, non-finite floats -> None."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-@dataclass
-class Interval:
-    """A point estimate with its bootstrap confidence interval."""
-
-    value: float
-    low: float
-    high: float
-    confidence: float = CONFIDENCE
-
-    def contains(self, x: float) -> bool:
-        return self.low <= x <= self.high
-
-    def to_dict(self) -> dict:
-        return _clean(asdict(self))
-
-
-def wilson_interval(successes: float, n: int, confidence: float = CONFIDENCE) -> Interval:
-    """Wilson score interval of a proportion ``successes / n``: unlike a bootstrap (or the
-    normal approximation) it keeps a width at 0 % and 100 %, e.g. 10 wins of 10 give a
-    95 % interval of 72-100 %. No samples: nan bounds."""
-    if n < 0 or successes < 0 or successes > n:
-        raise ValueError(f"wilson_interval: need 0 <= successes <= n, got {successes} of {n}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence: must be in (0, 1), got {confidence}")
-    if n == 0:
-        return Interval(math.nan, math.nan, math.nan, confidence)
-    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), confidence)
 
 
 @dataclass
@@ -133,7 +81,7 @@ class CandidateStats:
             out[key] = out[key].to_dict() if out[key] is not None else None
         if include_deltas:
             out["deltas"] = self.deltas
-        return _clean(out)
+        return to_jsonable(out)
 
 
 @dataclass
@@ -146,61 +94,8 @@ class FieldStats:
     leader_index: int | None
 
     def to_dict(self) -> dict:
-        return _clean({"labels": self.labels, "win_rates": [w.to_dict() for w in self.win_rates],
+        return to_jsonable({"labels": self.labels, "win_rates": [w.to_dict() for w in self.win_rates],
                        "weights": self.weights, "leader_index": self.leader_index})
-
-
-# --- bootstrap --------------------------------------------------------------------------------
-
-def _resample_chunks(n_samples: int, n_boot: int, seed: int):
-    """Yield ``[b, n_samples]`` arrays of resampled sample indices, ``n_boot`` rows in all."""
-    rng = np.random.default_rng(seed)
-    per_chunk = max(1, _CHUNK_ELEMENTS // max(n_samples, 1))
-    done = 0
-    while done < n_boot:
-        b = min(per_chunk, n_boot - done)
-        yield rng.integers(0, n_samples, size=(b, n_samples))
-        done += b
-
-
-def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return math.nan, math.nan
-    tail = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(finite, [tail, 1.0 - tail])
-    return float(lo), float(hi)
-
-
-def bootstrap_means(per_sample: dict[str, np.ndarray], weights: dict[str, np.ndarray] | None = None,
-                    n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                    confidence: float = CONFIDENCE) -> dict[str, Interval]:
-    """Percentile bootstrap CIs of ratio estimates ``sum(x[idx]) / sum(w[idx])`` per key.
-
-    All keys share the same resampled indices (one sample-level bootstrap). ``weights``
-    defaults to ones (a plain mean); nan entries of x must have weight 0.
-    """
-    if n_boot < BOOTSTRAP_MIN_RESAMPLES:
-        raise ValueError(f"n_boot: at least {BOOTSTRAP_MIN_RESAMPLES} resamples, got {n_boot}")
-    keys = list(per_sample)
-    n = len(next(iter(per_sample.values()))) if keys else 0
-    weights = weights or {}
-    xs = {k: np.nan_to_num(np.asarray(per_sample[k], dtype=np.float64), nan=0.0) for k in keys}
-    ws = {k: np.asarray(weights.get(k, np.ones(n)), dtype=np.float64) for k in keys}
-    out: dict[str, Interval] = {}
-    if n == 0:
-        return {k: Interval(math.nan, math.nan, math.nan, confidence) for k in keys}
-    boots = {k: [] for k in keys}
-    for idx in _resample_chunks(n, n_boot, seed):
-        for k in keys:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                boots[k].append(xs[k][idx].sum(axis=1) / ws[k][idx].sum(axis=1))
-    for k in keys:
-        wsum = ws[k].sum()
-        point = float(xs[k].sum() / wsum) if wsum > 0 else math.nan
-        lo, hi = _percentiles(np.concatenate(boots[k]), confidence)
-        out[k] = Interval(point, lo, hi, confidence)
-    return out
 
 
 def field_win_rate_intervals(losses: Any, blocks: Any, block_now: float, params: WinParams = WinParams(),
@@ -219,12 +114,12 @@ def field_win_rate_intervals(losses: Any, blocks: Any, block_now: float, params:
     # Column m counts the samples nobody wins; one bincount per chunk with a row offset.
     code = np.where(winners >= 0, winners, m)
     rates = []
-    for idx in _resample_chunks(s, n_boot, seed):
+    for idx in resample_chunks(s, n_boot, seed):
         b = idx.shape[0]
         flat = (code[idx] + (m + 1) * np.arange(b)[:, None]).ravel()
         rates.append(np.bincount(flat, minlength=b * (m + 1)).reshape(b, m + 1)[:, :m] / s)
     rates_all = np.concatenate(rates)
-    return [Interval(float(point[i]), *_percentiles(rates_all[:, i], confidence), confidence) for i in range(m)]
+    return [Interval(float(point[i]), *percentiles(rates_all[:, i], confidence), confidence) for i in range(m)]
 
 
 # --- candidates -------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ DEMO_SEQ_LEN = 128
 DEMO_BATCH = 16
 DEMO_LR = 3e-3
 
-# --- benchmark statistics and report (benchmark/stats.py, validator/adapters/htmlreport.py, report_plots.py) -----------
+# --- benchmark statistics and report (benchmark/stats.py, intervals.py, validator/adapters/htmlreport.py, report_plots.py) -----------
 BENCH_BOOTSTRAP_RESAMPLES = 2_000  # percentile bootstrap over samples, default resamples
 BENCH_BOOTSTRAP_MIN_RESAMPLES = 1_000  # fewer give CIs too noisy to act on; refused
 BENCH_CONFIDENCE = 0.95  # two-sided confidence of every interval in the benchmark

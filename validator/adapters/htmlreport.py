@@ -49,29 +49,11 @@ from typing import Any
 import numpy as np
 
 from validator.adapters.report_plots import plot_consensus, plot_losses, plot_win_matrix, plot_win_rates
+from validator.core.scores import to_jsonable
 
 
 class ReportError(ValueError):
     """The report dict does not have the documented shape."""
-
-
-# --- JSON ---------------------------------------------------------------------------------------
-
-def to_jsonable(value: Any) -> Any:
-    """numpy -> Python, tuples -> lists, non-finite floats -> None (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # --- validation ---------------------------------------------------------------------------------

@@ -3,13 +3,17 @@
 Strict JSON has no infinity: every file and pipe that carries a loss (the worker's reply,
 the eval cache, the step report) writes inf/-inf/nan as the strings "inf"/"-inf"/"nan"
 through `encode_float`, and reads them back (also null, as older files wrote) through
-`decode_float`.
+`decode_float`. A report for people (report.json, the benchmark's JSON) writes them as null
+instead: `finite_or_none`, `to_jsonable`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def encode_float(x: float) -> float | str:
@@ -28,6 +32,23 @@ def finite_or_none(x: Any) -> float | None:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
     return float(x) if math.isfinite(x) else None
+
+
+def to_jsonable(value: Any) -> Any:
+    """numpy -> Python, tuples -> lists, non-finite floats -> None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 @dataclass
