@@ -104,10 +104,12 @@ def _validator(tmp_path, chain, qualities, calls, bench=None, score_hook=None, c
         return ScoreResult({sid: q * len(t) for sid, t in samples}, {sid: len(t.split()) for sid, t in samples},
                            None, 0.0)
 
-    s = Settings(state_dir=tmp_path / "state", eval_samples=40, step_interval_s=0, benchmark_path=bench, **settings)
+    from validator.adapters.candidates import BenchmarkCandidates
+
+    s = Settings(state_dir=tmp_path / "state", eval_samples=40, step_interval_s=0, **settings)
     comps = comps or COMPS
     return Validator(chain, lambda: comps, fetch, score, lambda name, **kw: Source(), s, hotkey=VAL,
-                     clock=clock or time.time)
+                     clock=clock or time.time, candidates=BenchmarkCandidates(bench))
 
 
 def _candidate_files(cand: Path) -> None:

@@ -197,6 +197,7 @@ def build_validator(config: RunConfig, console: Any = None, *, chain: Chain | No
     `chain` and `uid`: already opened by the caller (else from the config; uid read from the
     chain); `say` gets a line for each config source in force."""
     from validator.adapters import hub, sources
+    from validator.adapters.candidates import BenchmarkCandidates
     from validator.adapters.competitions_source import CompetitionsConfig
     from validator.adapters.halloffame import HallOfFameSource
     from validator.adapters.leaderboard import StepProgress
@@ -226,14 +227,14 @@ def build_validator(config: RunConfig, console: Any = None, *, chain: Chain | No
 
     store = hub.ModelStore(config.store_dir, config.store_budget_gb)
     settings = Settings(state_dir=state_dir, offline=config.offline, dont_set_weights=config.dont_set_weights,
-                        benchmark_path=config.benchmark, eval_samples=config.eval_samples,
+                        eval_samples=config.eval_samples,
                         save_step_json=config.save_step_json, step_interval_s=config.step_interval_s)
     shards = state_dir / "fineweb_shards.json"  # row counts of the dumps, kept across restarts
     validator = Validator(chain, competitions, model_source(config.store_dir, endpoint), make_scorer(config),
                           lambda name, **kw: sources.source_for(name, endpoint=endpoint, shard_list_cache=shards, **kw),
                           settings, hotkey=chain.hotkey,  # its own weights must not steer which miners it visits
                           retry_after=retry_after, cleanup=store.cleanup, progress=StepProgress(console),
-                          hall_of_fame=hall_of_fame)
+                          hall_of_fame=hall_of_fame, candidates=BenchmarkCandidates(config.benchmark))
     return validator
 
 

@@ -167,10 +167,13 @@ class FakeField:
         return ScoreResult({sid: q * len(t) + (hash((path.name, sid)) % 7) * 1e-3 for sid, t in samples},
                            {sid: len(t.split()) for sid, t in samples}, None, 0.0)
 
-    def validator(self, state_dir: Path | None = None, **settings) -> Validator:
+    def validator(self, state_dir: Path | None = None, benchmark_path: Path | None = None, **settings) -> Validator:
+        from validator.adapters.candidates import BenchmarkCandidates
+
         s = Settings(state_dir=state_dir or self.root / "state", eval_samples=30, step_interval_s=0, **settings)
         return Validator(self.chain, lambda: COMPS, self.fetch, self.score, lambda name, **kw: self.source, s,
-                         hotkey=VAL, retry_after=lambda reason, attempts: 0.0, clock=self.clock)
+                         hotkey=VAL, retry_after=lambda reason, attempts: 0.0, clock=self.clock,
+                         candidates=BenchmarkCandidates(benchmark_path))
 
 
 def rows(report: dict, comp: str = "c00") -> dict[str, dict]:

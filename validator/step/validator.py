@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import constants
-from validator.adapters.candidates import BenchmarkCandidates
 from validator.core.seeding import seed_from_block_hash
 from validator.adapters.evalcache import EvalCache, cache_file
 from validator.adapters.files import keep_bad_copy, remove_stale_temps
@@ -45,7 +44,6 @@ class Settings:
     state_dir: Path
     offline: bool = False  # no weight setting (and no network chain; the cli picks the chain)
     dont_set_weights: bool = False
-    benchmark_path: Path | None = None
     hall_of_fame_path: Path | None = None  # a file; `hall_of_fame=` of the Validator takes a source
     eval_samples: int | None = None  # None: competitions.json's eval_samples (live), else this
     download_budget_s: float = constants.TTL_DOWNLOADS_S
@@ -53,6 +51,10 @@ class Settings:
     version_key: int = constants.WEIGHTS_VERSION_KEY
     save_step_json: Path | None = None
     step_interval_s: float = constants.STEP_MIN_INTERVAL_S
+
+
+def _no_candidates(competitions: dict[str, Competition]) -> tuple[list[Entry], list[str]]:
+    return [], []
 
 
 class Validator:
@@ -74,7 +76,7 @@ class Validator:
         self.clock = clock  # wall clock: persisted times (visits, retries, weight sets), the revisit slice
         self._monotonic = monotonic  # see monotonic()
         self.saver = saver or Saver()
-        self.candidates = candidates or BenchmarkCandidates(settings.benchmark_path)
+        self.candidates = candidates or _no_candidates  # benchmark.json: adapters.candidates.BenchmarkCandidates
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         # temporary files of a save the last process was killed in (never part of the state)
         for sub in ("", "evalcache", "tokenizers"):
