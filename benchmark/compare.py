@@ -314,7 +314,7 @@ def config_from_args(args: argparse.Namespace) -> app.RunConfig:
 
 def register_benchmark_command(subparsers: Any) -> argparse.ArgumentParser:
     """Add `benchmark` to a `coldint-validator` subparsers object; returns its parser."""
-    from validator.cli.argtypes import non_negative_float
+    from validator.cli.scoring_flags import add_scoring_flags
 
     p = subparsers.add_parser(
         "benchmark", help="would my candidate win? candidates of benchmark.json vs the field",
@@ -355,17 +355,9 @@ def register_benchmark_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="seed of the samples and the bootstrap: same seed, same numbers (change it for fresh text)")
     g.add_argument("--bootstrap", type=int, default=intervals.BOOTSTRAP_RESAMPLES,
                    help=f"bootstrap resamples (>= {intervals.BOOTSTRAP_MIN_RESAMPLES})")
-    g.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda when available)")
-    g.add_argument("--max-device-memory", type=non_negative_float, default=None, metavar="GB",
-                   help="a model whose weights exceed this is scored layer by layer (same losses; default: "
-                        "streamed only when it exceeds the free CUDA memory)")
+    add_scoring_flags(g)
     g.add_argument("--competitions", default=None,
                    help=f"competitions.json: a file or an https URL (default: {constants.COMPETITIONS_URL})")
-    g.add_argument("--hf-endpoint", default=None,
-                   help="hub endpoint URL, or local:DIR to serve a git mirror dir (olah on 127.0.0.1) for this run "
-                        "(default: $HF_ENDPOINT or huggingface.co)")
-    g.add_argument("--no-isolation", action="store_true",
-                   help="score in this process instead of a worker per model (faster start, no time limit)")
     g = p.add_argument_group("storage and output")
     g.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
                    help="loss cache, tokenizers and (default) downloaded models; reruns reuse the losses")

@@ -20,6 +20,7 @@ from validator.cli.logsetup import add_log_level
 from validator.preflight import (SetupError, check_device, check_registration, check_wallet, check_writable_dir,
                                  default_device)
 from validator.cli.argtypes import existing_file, file_or_url, finite_float, int_at_least, non_negative_float
+from validator.cli.scoring_flags import add_scoring_flags
 
 OFFLINE_HELP = ("no network at all: the chain is a LocalChain file (--network local; any other network is refused "
                 "before work), the hub only a local mirror (local:DIR or an endpoint on this machine; without one, "
@@ -41,13 +42,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="subtensor: the hotkey weights are set with; must be registered on --netuid")
     g.add_argument("--wallet.path", dest="wallet_path", default="~/.bittensor/wallets", help="where wallets are")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--device", default=None, help="cuda | cuda:N | cpu (default: cuda when available)")
+    add_scoring_flags(g)
     g.add_argument("--devices", default=None, metavar="DEV,DEV",
                    help="score on several devices at once, one worker per device (e.g. cuda:0,cuda:1; "
                         "cpu,cpu runs two CPU workers); default: --device alone")
-    g.add_argument("--max-device-memory", type=non_negative_float, default=None, metavar="GB",
-                   help="device memory a model may use: a model whose weights exceed it is scored layer by layer "
-                        "(same losses; default: streamed only when it exceeds the free CUDA memory)")
     g.add_argument("--competitions", default=None, type=file_or_url,
                    help=f"competitions.json: a file or an https URL (default: {constants.COMPETITIONS_URL})")
     g.add_argument("--benchmark", type=existing_file, default=None,
@@ -57,11 +55,6 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-samples", type=int_at_least(1), default=None,
                    help="samples per step (default: competitions.json's eval_samples, else "
                         f"{constants.EVAL_SAMPLES})")
-    g.add_argument("--hf-endpoint", default=None,
-                   help="hub endpoint URL, or local:<mirror dir> to serve a git mirror on 127.0.0.1 for this run "
-                        "(default: $HF_ENDPOINT or huggingface.co)")
-    g.add_argument("--no-isolation", action="store_true",
-                   help="score in this process instead of a worker per model (debugging only)")
     g = p.add_argument_group("storage")
     g.add_argument("--state-dir", type=Path, default=app.DEFAULT_STATE_DIR,
                    help="state, eval caches, config copies, the lock file; one validator per dir")
