@@ -101,25 +101,10 @@ def assert_clean(model_dir: Path) -> None:
     assert left == []
 
 
-class Downloads(list):
-    """A Downloader for ensure_model(download=...) that records the repo of each weight
-    download (the small JSON files the download set depends on are fetched separately,
-    before) and then downloads for real."""
-
-    def __call__(self, *args, **kwargs):
-        self.append(args[0])
-        return hub.download_files(*args, **kwargs)
-
-
-@pytest.fixture
-def count_downloads() -> Downloads:
-    return Downloads()
-
-
-def test_good_model_downloads_and_verifies(src, comp, olah_mirror, olah_hub, tmp_path, count_downloads):
+def test_good_model_downloads_and_verifies(src, comp, olah_mirror, olah_hub, tmp_path, downloads):
     mid = commit_of(olah_mirror, "good", src)
     path, content_hash = ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False,
-                                      download=count_downloads)
+                                      download=downloads)
     assert content_hash == files_hash(src, DOWNLOADED)
     assert path == snapshot_path(tmp_path, HOTKEY, mid)
     assert path == tmp_path / "models" / HOTKEY / "models--alice--good" / "snapshots" / mid.commit
@@ -134,7 +119,7 @@ def test_good_model_downloads_and_verifies(src, comp, olah_mirror, olah_hub, tmp
     assert marker["repo_size"] == sum(f.stat().st_size for f in src.iterdir())  # .gitattributes, README included
     assert marker["class"] == "<class 'transformers_llama.modeling_llama.SlicedLlamaForCausalLM'>"
     assert marker["files"] == DOWNLOADED
-    assert count_downloads == ["alice/good"]
+    assert downloads == ["alice/good"]
     assert_no_temp = [p for p in path.parent.parent.iterdir() if p.name.startswith(constants.MODEL_STORE_TMP_PREFIX)]
     assert assert_no_temp == []
 
@@ -175,7 +160,7 @@ def index_for(model: Path, shard: str) -> bytes:
     ("no_model_type", FailureReason.constraint),
 ])
 def test_bad_repos_refused_before_weights(case, reason, src, comp, olah_mirror, olah_hub, tmp_path,
-                                          count_downloads):
+                                          downloads):
     def ten_x(cfg):
         cfg["num_hidden_layers"] = 40
 
@@ -205,9 +190,9 @@ def test_bad_repos_refused_before_weights(case, reason, src, comp, olah_mirror, 
     roomy = comp.model_copy(update={"model_size": comp.model_size + 10_000})  # the index adds bytes
     with pytest.raises(FetchError) as err:
         ensure_model(mid, HOTKEY, roomy, tmp_path / "store", endpoint=olah_hub.endpoint, progress=False,
-                     download=count_downloads)
+                     download=downloads)
     assert err.value.reason is reason, err.value.detail
-    assert count_downloads == []  # refused before any weight byte was fetched
+    assert downloads == []  # refused before any weight byte was fetched
     assert_clean(tmp_path / "store")
     with pytest.raises(FetchError) as local:  # a miner's check of the dir says the same
         hub.check_model_constraints(model, comp.model_copy(update={"model_size": 10**9}))
@@ -244,25 +229,25 @@ def test_files_the_live_validator_ignores_are_no_reason_to_refuse(case, src, com
     assert hub.model_dir_hash(model) == files_hash(model, DOWNLOADED) == hub.verified_dir_hash(path)
 
 
-def test_oversized_repo_refused_before_download(src, comp, olah_mirror, olah_hub, tmp_path, count_downloads):
+def test_oversized_repo_refused_before_download(src, comp, olah_mirror, olah_hub, tmp_path, downloads):
     mid = commit_of(olah_mirror, "big", src)
     small = comp.model_copy(update={"model_size": (src / "model.safetensors").stat().st_size})
     with pytest.raises(FetchError) as err:
-        ensure_model(mid, HOTKEY, small, tmp_path, endpoint=olah_hub.endpoint, progress=False, download=count_downloads)
+        ensure_model(mid, HOTKEY, small, tmp_path, endpoint=olah_hub.endpoint, progress=False, download=downloads)
     assert err.value.reason is FailureReason.too_large
     total = sum(f.stat().st_size for f in src.iterdir())  # sizes came through olah (HEAD / tree)
     assert str(total) in err.value.detail
-    assert count_downloads == []
+    assert downloads == []
     assert_clean(tmp_path)
 
 
-def test_not_enough_disk_is_disk_full(src, comp, olah_mirror, olah_hub, tmp_path, monkeypatch, count_downloads):
+def test_not_enough_disk_is_disk_full(src, comp, olah_mirror, olah_hub, tmp_path, monkeypatch, downloads):
     mid = commit_of(olah_mirror, "nodisk", src)
     monkeypatch.setattr(constants, "DISK_MARGIN_BYTES", 1 << 62)
     with pytest.raises(FetchError) as err:
-        ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False, download=count_downloads)
+        ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False, download=downloads)
     assert err.value.reason is FailureReason.disk_full and err.value.transient
-    assert count_downloads == []
+    assert downloads == []
     assert_clean(tmp_path)
 
 
@@ -347,18 +332,18 @@ def test_present_model_needs_no_network_and_stopped_download_recovers(src, comp,
     assert secure_hash(dir_hash(path2), HOTKEY) == second.hash
 
 
-def test_snapshot_without_marker_is_rechecked_locally(src, comp, olah_mirror, olah_hub, tmp_path, count_downloads):
+def test_snapshot_without_marker_is_rechecked_locally(src, comp, olah_mirror, olah_hub, tmp_path, downloads):
     mid = commit_of(olah_mirror, "remark", src)
     path = ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False,
-                        download=count_downloads).path
+                        download=downloads).path
     (path.parent / f"{mid.commit}.verified").unlink()  # e.g. a crash between rename and marker
     assert ensure_model(mid, HOTKEY, comp, tmp_path, endpoint="http://127.0.0.1:9", progress=False,
-                        download=count_downloads).path == path
+                        download=downloads).path == path
     (path / "model.safetensors").write_bytes(b"tampered")
     (path.parent / f"{mid.commit}.verified").unlink()
     assert ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False,
-                        download=count_downloads).path == path
-    assert count_downloads == ["alice/remark", "alice/remark"]  # tampered copy replaced by a fresh download
+                        download=downloads).path == path
+    assert downloads == ["alice/remark", "alice/remark"]  # tampered copy replaced by a fresh download
     assert secure_hash(dir_hash(path), HOTKEY) == mid.hash
 
 
@@ -385,14 +370,14 @@ def test_limits_tightened_after_verification_apply_without_network(src, comp, ol
     assert err.value.reason is FailureReason.too_large and str(repo_size) in err.value.detail
 
 
-def test_concurrent_ensures_download_once(src, comp, olah_mirror, olah_hub, tmp_path, count_downloads):
+def test_concurrent_ensures_download_once(src, comp, olah_mirror, olah_hub, tmp_path, downloads):
     mid = commit_of(olah_mirror, "concurrent", src)
     results, errors = [], []
 
     def run():
         try:
             results.append(ensure_model(mid, HOTKEY, comp, tmp_path, endpoint=olah_hub.endpoint, progress=False,
-                                        download=count_downloads))
+                                        download=downloads))
         except Exception as exc:  # collected and asserted below
             errors.append(exc)
 
@@ -403,7 +388,7 @@ def test_concurrent_ensures_download_once(src, comp, olah_mirror, olah_hub, tmp_
         t.join()
     assert errors == []
     assert len(set(results)) == 1 and len(results) == 3
-    assert count_downloads == ["alice/concurrent"]
+    assert downloads == ["alice/concurrent"]
 
 
 def test_busy_lock_times_out_with_network_reason(src, comp, olah_mirror, olah_hub, tmp_path):

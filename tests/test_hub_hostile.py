@@ -37,20 +37,6 @@ def comp() -> Competition:
                        model_size=10**9, dataset="x")
 
 
-class Downloads(list):
-    """A Downloader for ensure_model(download=...) that records the files of each weight
-    download started, then downloads for real."""
-
-    def __call__(self, *args, **kwargs):
-        self.append(args[4])
-        return hub.download_files(*args, **kwargs)
-
-
-@pytest.fixture
-def downloads() -> Downloads:
-    return Downloads()
-
-
 def tensor_names(model_dir: Path) -> list[str]:
     from safetensors import safe_open
 
