@@ -25,7 +25,8 @@ setup(
         "python-dotenv>=1.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "ray>=2.30"],
+        "ray": ["ray>=2.30"],
         "report": ["matplotlib>=3.7"],
         "wandb": ["wandb>=0.17"],
     },

@@ -308,7 +308,7 @@ def config_from_args(args: argparse.Namespace) -> app.RunConfig:
         network=None if offline_default else args.network, netuid=args.netuid,
         chain_db=Path(args.chain_db) if args.chain_db else DEFAULT_LOCAL_CHAIN, state_dir=Path(args.state_dir),
         model_dir=args.model_dir, endpoint=args.hf_endpoint, device=args.device,
-        max_device_memory_gb=args.max_device_memory, isolate=not args.no_isolation,
+        max_device_memory_gb=args.max_device_memory, isolate=not args.no_isolation, ray=args.ray,
         competitions=args.competitions, benchmark=Path(args.benchmark), offline=args.offline)
 
 

@@ -57,6 +57,7 @@ class RunConfig:
     devices: tuple[str, ...] | None = None  # one worker per device; None: `device` alone
     max_device_memory_gb: float | None = None
     isolate: bool = True  # a worker process per model
+    ray: str | None = None  # a Ray cluster's address (or "auto"): one actor per GPU scores (validator.scoring.ray_scorer)
     # configs and inputs
     competitions: str | None = None  # a file or URL; None: constants.COMPETITIONS_URL (offline: shipped)
     hall_of_fame: str | None = None
@@ -109,6 +110,10 @@ def check_offline(config: RunConfig, *, chain_needed: bool = True) -> None:
     for what, location in (("--competitions", config.competitions), ("--hall-of-fame", config.hall_of_fame)):
         if location is not None and urlparse(str(location)).scheme.lower() in ("http", "https"):
             raise SetupError(f"--offline {what} {location}: a URL; offline reads configs from files only")
+    if config.ray is not None and config.ray != "auto":
+        host = urlparse(config.ray if "://" in config.ray else f"ray://{config.ray}").hostname
+        if host not in ("127.0.0.1", "localhost", "::1") and not (host or "").startswith("127."):
+            raise SetupError(f"--offline --ray {config.ray}: a cluster on another machine needs the network")
     if config.wandb:
         raise SetupError("--offline --wandb: Weights & Biases needs the network; drop one of them")
 
@@ -172,10 +177,20 @@ def make_scorer(config: RunConfig, *, devices: bool = True):
     """The scoring function the config names (validator.scoring.dispatch.Scorer); cheap, workers start lazily."""
     from validator.scoring.dispatch import make_score_fn
 
-    return make_score_fn(device=config.device or default_device(), cache_dir=Path(config.state_dir) / "tokenizers",
-                         endpoint=config.hub_endpoint, isolate=config.isolate,
-                         max_device_bytes=device_memory_bytes(config.max_device_memory_gb),
-                         devices=[check_device(d) for d in config.devices] if devices and config.devices else None)
+    cache_dir = Path(config.state_dir) / "tokenizers"
+    local = make_score_fn(device=config.device or default_device(), cache_dir=cache_dir,
+                          endpoint=config.hub_endpoint, isolate=config.isolate,
+                          max_device_bytes=device_memory_bytes(config.max_device_memory_gb),
+                          devices=[check_device(d) for d in config.devices] if devices and config.devices else None)
+    if config.ray is None:
+        return local
+    from validator.scoring.ray_scorer import RayScorer, RaySetupError
+
+    try:  # the driver's own scorer stays for models that are not on the hub (benchmark candidates)
+        return RayScorer(config.ray, local, config.store_dir, cache_dir, config.hub_endpoint,
+                         scorer_kw={"max_device_bytes": device_memory_bytes(config.max_device_memory_gb)})
+    except RaySetupError as e:
+        raise SetupError(str(e)) from None
 
 
 def describe_source(source: Any) -> str:

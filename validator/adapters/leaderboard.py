@@ -50,8 +50,8 @@ GLOSSARY: list[tuple[str, str]] = [
                           "steps, all competitions together; the same number as the weights table"),
     ("pool", "kept for evaluation in the next step"),
     ("tokenizer", "which tokenizer scored the model: its own ('model') or the competition's ('competition')"),
-    ("status", "scored (evaluated now), cached (losses reused from an earlier step), failed or skipped "
-               "(not evaluated: the reason follows), pending (waiting its turn)"),
+    ("status", "scored (evaluated now; 'on <node> <GPU type>' on a Ray cluster), cached (losses reused from an "
+               "earlier step), failed or skipped (not evaluated: the reason follows), pending (waiting its turn)"),
 ]
 COLUMN_JUSTIFY = {"model": "left", "hotkey": "left", "pool": "center", "tokenizer": "left", "status": "left"}
 
@@ -68,6 +68,8 @@ def _chain_win_rate(m: dict) -> float | None:
 def status_text(m: dict) -> str:
     """A model's state and why: the status, its reason, and why its own tokenizer was not used."""
     text = m.get("status") or "-"
+    if m.get("scored_on"):  # a Ray cluster's node and GPU type
+        text += f" on {m['scored_on']}"
     if m.get("reason"):
         text += f": {m['reason']}"
     if m.get("tokenizer_reason"):

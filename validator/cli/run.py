@@ -82,7 +82,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         state_dir=args.state_dir, model_dir=args.model_dir, model_store_gb=args.model_store_gb,
         endpoint=args.hf_endpoint, device=args.device,
         devices=tuple(d.strip() for d in args.devices.split(",")) if args.devices else None,
-        max_device_memory_gb=args.max_device_memory, isolate=not args.no_isolation,
+        max_device_memory_gb=args.max_device_memory, isolate=not args.no_isolation, ray=args.ray,
         competitions=args.competitions, hall_of_fame=args.hall_of_fame, benchmark=args.benchmark,
         offline=args.offline, dont_set_weights=args.dont_set_weights, eval_samples=args.eval_samples,
         steps=args.steps, step_interval_s=args.step_interval, save_step_json=args.save_step_json, wandb=args.wandb)

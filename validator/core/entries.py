@@ -36,6 +36,7 @@ class Entry:
     tokenizer_reason: str | None = None  # why the model's own tokenizer was not used
     engine: str | None = None  # how it was scored: "engine (...)", "reference: ...", "streamed (N groups)"
     notes: list[str] = field(default_factory=list)  # around the model, not its fault (token cache not saved)
+    scored_on: str | None = None  # a Ray cluster's "<node> <gpu type>" that scored it this step
 
     @property
     def cache_key(self) -> str:

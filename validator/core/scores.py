@@ -62,6 +62,7 @@ class ScoreResult:
     tokenizer: str | None = None  # "model" | "competition": whose tokenizer the ids came from
     tokenizer_reason: str | None = None  # why that one (validator.scoring.tokens.choose_tokenizer)
     notes: list[str] = field(default_factory=list)  # not the model's fault, e.g. "token cache not saved: ..."
+    placement: str | None = None  # where it was scored on a cluster ("<node> <gpu type>"); None: this machine
 
 
 def result_to_json(result: ScoreResult) -> dict:
@@ -69,7 +70,7 @@ def result_to_json(result: ScoreResult) -> dict:
     return {"losses": {k: encode_float(v) for k, v in result.losses.items()},
             "n_tokens": dict(result.n_tokens), "failure": result.failure, "seconds": result.seconds,
             "detail": result.detail, "engine": result.engine, "tokenizer": result.tokenizer,
-            "tokenizer_reason": result.tokenizer_reason, "notes": list(result.notes)}
+            "tokenizer_reason": result.tokenizer_reason, "notes": list(result.notes), "placement": result.placement}
 
 
 def result_from_json(data: dict) -> ScoreResult:
@@ -77,4 +78,5 @@ def result_from_json(data: dict) -> ScoreResult:
                        n_tokens={k: int(v) for k, v in data["n_tokens"].items()},
                        failure=data.get("failure"), seconds=float(data.get("seconds", 0.0)),
                        detail=data.get("detail"), engine=data.get("engine"), tokenizer=data.get("tokenizer"),
-                       tokenizer_reason=data.get("tokenizer_reason"), notes=list(data.get("notes") or []))
+                       tokenizer_reason=data.get("tokenizer_reason"), notes=list(data.get("notes") or []),
+                       placement=data.get("placement"))

@@ -68,6 +68,7 @@ def score_entries(
         e.tokenizer, e.tokenizer_reason = res.tokenizer, None if why is None else printable(why)
         e.engine = None if res.engine is None else printable(res.engine)
         e.notes = [printable(n) for n in res.notes]
+        e.scored_on = res.placement
         if res.failure:
             e.status, e.reason = "failed", printable(res.failure)
             return None

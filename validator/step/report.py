@@ -27,7 +27,7 @@ def _entry_row(e: Entry, block_now: int) -> dict:
             "reason": _shown(e.reason), "content_hash": _shown(e.content_hash), "commitment": _shown(e.commitment),
             "win_rate": None, "chain_win_rate": None, "weight": None,
             "tokenizer": _shown(e.tokenizer), "tokenizer_reason": _shown(e.tokenizer_reason),
-            "engine": _shown(e.engine), "notes": list(e.notes)}
+            "engine": _shown(e.engine), "notes": list(e.notes), "scored_on": _shown(e.scored_on)}
 
 
 def competition_table(entries: list[Entry], ranked: RankedCompetition) -> dict:
