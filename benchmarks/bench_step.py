@@ -9,7 +9,7 @@ losses are cached). Where the time goes: the same jobs scored in this process (i
 are the work itself; a worker that only imports what a job needs (cold, run_isolated) is the
 start-up a fresh worker pays; a step's time minus the work is what isolation costs.
 
-    python benchmarks/bench_step.py     # 6 models: today's path, warm, warm with 2 spares, warm on 2 lanes
+    python benchmarks/bench_step.py     # 6 models: today's path, spawned spares, forked spares, forked on 2 lanes
 
 Target (issue 18): on 2 CPU cores the incremental step at most 0.5 x today's time.
 Appends a JSON line to benchmarks/results/step.jsonl (unless --no-record).
@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "step.jsonl"
-# warm=False; warm=True on one device; the same with two spares; warm=True on two "cpu" lanes (score_many)
-PATHS = ("today", "warm", "warm_spares2", "warm2")
+# warm=False; spawned warm spares (fork=False) on one device; spares forked from the fork server on one
+# device, and on two "cpu" lanes (score_many)
+PATHS = ("today", "warm", "fork", "fork2")
 
 
 def import_job() -> float:
@@ -101,15 +102,15 @@ def run_path(path: str, jobs: dict[str, list], cache: Path, gap_s: float) -> dic
         scorer = make_score_fn("cpu", cache, isolate=False)
     else:
         scorer = make_score_fn("cpu", cache, warm=path != "today", timeout_s=600,
-                               devices=["cpu", "cpu"] if path == "warm2" else None,
-                               spares=2 if path == "warm_spares2" else 1)
+                               devices=["cpu", "cpu"] if path == "fork2" else None,
+                               fork=path.startswith("fork"))
     out, losses = {}, {}
     try:
         for i, (step, js) in enumerate(jobs.items()):
             if i:
                 time.sleep(gap_s)
             t = time.perf_counter()
-            if path == "warm2":
+            if path == "fork2":
                 res = scorer.score_many(js)
             else:
                 res = [scorer(m, s, c, step_samples=ss) for m, s, c, ss in js]

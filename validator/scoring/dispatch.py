@@ -76,7 +76,8 @@ class Scorer:
 
     def __init__(self, devices: list[str], cache_dir: Path, endpoint: str | None, isolate: bool, warm: bool,
                  timeout_s: float, engine: bool, memory_limit_bytes: int | None,
-                 tokenize_timeout_s: float | None, max_device_bytes: int | None, spares: int = 1) -> None:
+                 tokenize_timeout_s: float | None, max_device_bytes: int | None, spares: int = 1,
+                 fork: bool = True) -> None:
         self.devices = list(devices)
         self.cache_dir, self.endpoint, self.isolate, self.warm = cache_dir, endpoint, isolate, warm
         self.timeout_s, self.engine = timeout_s, engine
@@ -90,7 +91,7 @@ class Scorer:
         if isolate and (warm or len(self.devices) > 1):
             from validator.scoring.workerpool import WorkerPool
 
-            self._pool = WorkerPool(self.devices, preload=PRELOAD, warm=warm, spares=spares)
+            self._pool = WorkerPool(self.devices, preload=PRELOAD, warm=warm, spares=spares, fork=fork)
             # a scorer dropped without close() takes its spares with it (the lanes hold the pool alive)
             weakref.finalize(self, self._pool.close, False)
 
@@ -188,7 +189,8 @@ def make_score_fn(device: str, cache_dir: Path, endpoint: str | None = None, iso
                   timeout_s: float = constants.TTL_MODEL_EVAL_S, engine: bool = True,
                   memory_limit_bytes: int | None = None,
                   tokenize_timeout_s: float | None = None, max_device_bytes: int | None = None,
-                  warm: bool = True, devices: Sequence[str] | None = None, spares: int = 1) -> Scorer:
+                  warm: bool = True, devices: Sequence[str] | None = None, spares: int = 1,
+                  fork: bool = True) -> Scorer:
     """The loop's score(model_path, samples, comp, step_samples=None) -> dict (a `Scorer`).
 
     memory_limit_bytes: None = default_memory_limit(), 0 = none (isolate=False has none either).
@@ -201,10 +203,12 @@ def make_score_fn(device: str, cache_dir: Path, endpoint: str | None = None, iso
     imported torch and transformers before its job arrives. False: a cold worker per model.
     devices: score on each of them at once (`score_many`), e.g. ["cuda:0", "cuda:1"]; None = [device].
     spares: warm workers waiting per device (validator.scoring.workerpool.WorkerPool).
+    fork: warm workers are forked from a fork server that imported PRELOAD once
+    (validator.scoring.forkserver); False: each spare is a fresh interpreter that imports them itself.
     isolate=False scores in this process, one model after another, on devices[0].
     """
     if devices is not None:
         if isinstance(devices, str) or not devices or not all(isinstance(d, str) and d for d in devices):
             raise ValueError(f"devices {devices!r}: expected a non-empty list of device names")
     return Scorer(list(devices) if devices is not None else [device], cache_dir, endpoint, isolate, warm, timeout_s,
-                  engine, memory_limit_bytes, tokenize_timeout_s, max_device_bytes, spares)
+                  engine, memory_limit_bytes, tokenize_timeout_s, max_device_bytes, spares, fork)

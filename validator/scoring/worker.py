@@ -119,6 +119,7 @@ class Spawned:
     def __init__(self, proc: subprocess.Popen, tmp: tempfile.TemporaryDirectory, preloads: bool = False) -> None:
         self.proc = proc
         self.preloads = preloads  # the job's clock starts once the worker has imported them
+        self.forked = False  # forked from validator.scoring.forkserver (its imports were done before)
         self._tmp = tmp
         self.dir = Path(tmp.name)
         self.log_path = self.dir / _LOG_FILE
@@ -140,11 +141,13 @@ class Spawned:
         self._tmp.cleanup()
 
 
-def spawn_worker(preload: tuple[str, ...] = ()) -> Spawned:
+def spawn_worker(preload: tuple[str, ...] = (), *, module: str = "validator.scoring.worker",
+                 pass_fd: int | None = None) -> Spawned:
     """Start `python -m validator.scoring.worker` (own session, scrubbed environment) and send it its
     setup: the parent's pid (it dies with us), sys.path, the log level, and `preload`, modules it
     imports before it waits for its job (a warm spare: torch, transformers, ...). Importing
-    touches no device; the job alone does. Raises OSError when the process cannot start."""
+    touches no device; the job alone does. Raises OSError when the process cannot start.
+    module/pass_fd: the fork server (validator.scoring.forkserver) starts the same way, with its socket."""
     tmp = tempfile.TemporaryDirectory(prefix="coldint-worker-")
     log_path = Path(tmp.name) / _LOG_FILE
     env = child_environment(os.environ)
@@ -152,29 +155,37 @@ def spawn_worker(preload: tuple[str, ...] = ()) -> Spawned:
     try:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "validator.scoring.worker"],
+                [sys.executable, "-m", module],
                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True, close_fds=True,
+                env=env, start_new_session=True, close_fds=True, pass_fds=() if pass_fd is None else (pass_fd,),
             )
     except OSError:
         tmp.cleanup()
         raise
     spawned = Spawned(proc, tmp, preloads=bool(preload))
+    send_setup(spawned, os.getpid(), preload, fd=pass_fd)
+    return spawned
+
+
+def send_setup(spawned: Spawned, parent_pid: int, preload: tuple[str, ...] = (), **extra) -> None:
+    """Write a worker's setup line (validator.scoring.worker_child reads it): the pid it dies with,
+    sys.path, the log level, its preloads and where it says they are imported."""
     setup = {
         # the child imports like the parent does (as multiprocessing's spawn would)
         "sys_path": [p for p in sys.path if isinstance(p, str)],
-        "parent_pid": os.getpid(),
+        "parent_pid": parent_pid,
         "log_level": logging.getLogger().getEffectiveLevel(),
         "preload": list(preload),
         "ready_path": str(spawned.ready_path) if preload else None,
+        **extra,
     }
+    proc = spawned.proc
     assert proc.stdin is not None
     try:
         proc.stdin.write((json.dumps(setup) + "\n").encode())
         proc.stdin.flush()
     except BrokenPipeError:
         logger.debug("worker %d exited before reading its setup", proc.pid)  # dead: run_spawned says why
-    return spawned
 
 
 def check_job(fn_path: str, kwargs: dict, timeout_s: float, memory_limit_bytes: int | None = None,

@@ -83,7 +83,8 @@ def _preload(modules: list[str]) -> None:
             logging.getLogger(__name__).warning("preload of %s failed: %s: %s", name, type(e).__name__, e)
 
 
-def child_main() -> None:
+def _apply_setup() -> dict:
+    """Read the setup line and apply it: die with the parent, its sys.path and log level, the preloads."""
     setup = json.loads(sys.stdin.readline())
     _die_with_parent(setup["parent_pid"])
     for p in reversed(setup["sys_path"]):
@@ -94,6 +95,16 @@ def child_main() -> None:
     _preload(setup.get("preload") or [])
     if setup.get("ready_path"):
         _write_text(setup["ready_path"], "ready")
+    return setup
+
+
+def server_setup() -> int:
+    """The fork server's start (validator.scoring.forkserver): a spare's setup; returns its socket's fd."""
+    return int(_apply_setup()["fd"])
+
+
+def child_main() -> None:
+    _apply_setup()
     text = sys.stdin.read()  # blocks until the parent hands over the job (a spare waits here)
     if not text:
         return  # the parent closed our stdin without a job: a spare no longer needed
