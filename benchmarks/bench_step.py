@@ -7,7 +7,10 @@ Two steps per path, as the loop runs them on one scorer: "cold" (every model sco
 spare finishes its imports), "incremental" (each model scores only --new new samples: most
 losses are cached). Where the time goes: the same jobs scored in this process (isolate=False)
 are the work itself; a worker that only imports what a job needs (cold, run_isolated) is the
-start-up a fresh worker pays; a step's time minus the work is what isolation costs.
+start-up a fresh worker pays; a step's time minus the work is what isolation costs. Each path also
+reports the jobs' own phases summed over the models (tokenize, load, score = forward + loss; in
+process the loss is timed apart) and, on one lane, the time outside the jobs (worker start-up,
+imports, hand-over).
 
     python benchmarks/bench_step.py     # 6 models: today's path, spawned spares, forked spares, forked on 2 lanes
 
@@ -95,6 +98,22 @@ def steps(models, comp, samples, args) -> dict[str, list]:
             "incremental": [(m, new, comp, step2) for m in models]}
 
 
+def _timed_loss(acc: dict):
+    """In this process only: time the engine's loss (chunked_ce_sums) apart from the forward pass."""
+    from validator.scoring import engine
+
+    inner = engine.chunked_ce_sums
+
+    def timed(*a, **kw):
+        t = time.perf_counter()
+        out = inner(*a, **kw)
+        acc["loss"] = acc.get("loss", 0.0) + time.perf_counter() - t
+        return out
+
+    engine.chunked_ce_sums = timed
+    return lambda: setattr(engine, "chunked_ce_sums", inner)
+
+
 def run_path(path: str, jobs: dict[str, list], cache: Path, gap_s: float) -> dict:
     from validator.scoring.dispatch import make_score_fn
 
@@ -104,11 +123,14 @@ def run_path(path: str, jobs: dict[str, list], cache: Path, gap_s: float) -> dic
         scorer = make_score_fn("cpu", cache, warm=path != "today", timeout_s=600,
                                devices=["cpu", "cpu"] if path == "fork2" else None,
                                fork=path.startswith("fork"))
-    out, losses = {}, {}
+    out, losses, phases = {}, {}, {}
+    loss_time: dict = {}
+    restore = _timed_loss(loss_time) if path == "in_process" else (lambda: None)
     try:
         for i, (step, js) in enumerate(jobs.items()):
             if i:
                 time.sleep(gap_s)
+            loss_time.clear()
             t = time.perf_counter()
             if path == "fork2":
                 res = scorer.score_many(js)
@@ -119,9 +141,16 @@ def run_path(path: str, jobs: dict[str, list], cache: Path, gap_s: float) -> dic
             if failed:
                 raise SystemExit(f"{path} {step}: a model failed: {failed[0]}")
             losses[step] = [r.losses for r in res]
+            # where the time went, summed over the models (the job's own clock: validator.scoring.job)
+            ph = {k: round(sum(r.phases.get(k, 0.0) for r in res), 3) for k in ("tokenize", "load", "score")}
+            if "loss" in loss_time:
+                ph["loss"] = round(loss_time["loss"], 3)
+                ph["forward"] = round(ph["score"] - ph["loss"], 3)
+            phases[step] = ph
     finally:
+        restore()
         scorer.close()
-    return {"seconds": out, "losses": losses}
+    return {"seconds": out, "losses": losses, "phases": phases}
 
 
 def startup_seconds(n: int = 2) -> dict:
@@ -170,11 +199,14 @@ def main(argv=None) -> int:
     summary: dict = {"startup": figures["startup"], "equal_to_in_process": equal}
     for step in ("cold", "incremental"):
         work = figures["in_process"]["seconds"][step]
-        row = {"in_process_s": work}
+        row = {"in_process_s": work, "in_process_phases_s": figures["in_process"]["phases"][step]}
         for p in args.paths:
             s = figures[p]["seconds"][step]
             row[f"{p}_s"] = s
             row[f"{p}_isolation_s"] = round(s - work, 3)  # start-up, imports, JSON, process teardown
+            ph = figures[p]["phases"][step]
+            # the step minus the jobs' own work (on one lane): starting workers, imports, hand-over
+            row[f"{p}_phases_s"] = {**ph, "outside_jobs": round(s - sum(ph.values()), 3)} if p != "fork2" else ph
         if "today" in args.paths:
             for p in args.paths:
                 if p != "today":

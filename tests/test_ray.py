@@ -124,12 +124,16 @@ def test_placement_reuse_and_no_torch_in_actors(cluster, field, tmp_path):
         assert all(r.placement for r in first) and len(where) == 2  # both nodes worked
         failed = [r for r in first if r.failure]
         assert len(failed) == 1 and failed[0].failure.startswith("vocab")
-        jobs_before = sum(a["jobs"] for a in ray.get([a.info.remote() for a in scorer.actors]))
+        infos = ray.get([a.info.remote() for a in scorer.actors])
+        jobs_before = sum(a["jobs"] for a in infos)
         assert jobs_before == 4  # the failing model ran once, never again elsewhere
+        # the step's ids were made once on the driver and shipped: each node merged all 6 samples' entries
+        assert [d["tokens_in"] for d in infos] == [6, 6]
         second = scorer.score_many(_jobs(field, samples))
         assert [r.placement for r in second] == [r.placement for r in first]  # each on the node holding it
         assert all(scorer.reused.values()) and len(scorer.reused) == 4  # no second download
         assert [r.losses for r in second] == [r.losses for r in first]
+        assert [d["tokens_in"] for d in ray.get([a.info.remote() for a in scorer.actors])] == [6, 6]  # nothing new
         assert not any(ray.get([a.imported.remote("torch") for a in scorer.actors]))
     finally:
         scorer.close()

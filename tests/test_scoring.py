@@ -96,6 +96,17 @@ def test_losses_equal_independent_cross_entropy(assets, arch, engine):
         assert result.n_tokens[f"s{i}"] == n
 
 
+def test_a_result_says_where_its_time_went_and_survives_the_worker_codec(assets):
+    from validator.core.scores import result_to_json
+    from validator.scoring.dispatch import decode_value
+
+    result = score_model(assets["llama"], samples_of(make_texts(4, seed=2)), COMP, tokenizer_path=assets["tok_dir"])
+    assert set(result.phases) == {"tokenize", "load", "score"}
+    assert all(v >= 0 for v in result.phases.values()) and sum(result.phases.values()) <= result.seconds + 1e-3
+    assert decode_value(result_to_json(result)).phases == result.phases
+    assert result_from_json(result_to_json(result)).phases == result.phases
+
+
 def test_eos_appended_and_text_round_trips(assets):
     tok = load_tokenizer(assets["tok_dir"], role="competition")
     text = make_texts(1, seed=5)[0]
@@ -467,3 +478,61 @@ def test_token_cache_load_does_not_build_python_lists(tmp_path):
         tracemalloc.stop()
     assert peak < 3_000_000, peak
     assert loaded.get("tok", comp, "s42", "text 42").ids == list(range(1042, 3042))
+
+
+# --- one writer of the token cache file (issue 18: workers on several devices no longer race on it) ---
+
+def test_a_job_hands_over_only_what_it_added_and_the_parent_merges_every_delta(tmp_path):
+    from validator.scoring.token_cache import TokenCacheFile
+
+    comp = _tok_comp()
+    main = TokenCacheFile(tmp_path / "tokens.npz")
+    base = TokenCache()
+    base.put("tok", comp, "old", "old text", TokenizedSample("old", [1, 2], None))
+    base.save(main.path)
+    # two jobs start from the same file and each adds its own samples (what two lanes do at once)
+    deltas = []
+    for job in ("a", "b"):
+        cache = TokenCache.load(main.path)
+        cache.put("tok", comp, job, f"{job} text", TokenizedSample(job, [ord(job)], None))
+        share = cache.added()
+        assert len(share) == 1 and share.get("tok", comp, "old", "old text") is None
+        deltas.append(main.delta_path())
+        share.save(deltas[-1])
+    # a delta a killed validator left behind is folded in too
+    left = TokenCache()
+    left.put("tok", comp, "left", "left text", TokenizedSample("left", [9], None))
+    left.save(tmp_path / "tokens-new-0123.npz")
+    assert [main.merge(d) for d in deltas] == [[], []]
+    merged = TokenCache.load(main.path)
+    got = {s: merged.get("tok", comp, s, f"{s} text") for s in ("old", "a", "b", "left")}
+    assert {s: t.ids for s, t in got.items()} == {"old": [1, 2], "a": [97], "b": [98], "left": [9]}
+    assert not list(tmp_path.glob("tokens-new-*"))  # every delta consumed
+
+
+def test_an_unreadable_delta_is_a_note_not_a_lost_cache(tmp_path):
+    from validator.scoring.token_cache import TokenCacheFile
+
+    comp = _tok_comp()
+    main = TokenCacheFile(tmp_path / "tokens.npz")
+    good = TokenCache()
+    good.put("tok", comp, "a", "a text", TokenizedSample("a", [1], None))
+    good.save(d1 := main.delta_path())
+    assert main.merge(d1) == []
+    (d2 := main.delta_path()).write_bytes(b"not a zip")
+    notes = main.merge(d2)
+    assert len(notes) == 1 and "unreadable" in notes[0] and str(d2) in notes[0]
+    assert TokenCache.load(main.path).get("tok", comp, "a", "a text").ids == [1]
+    assert not d2.exists() and main.merge(main.delta_path()) == []  # a job that added nothing
+
+
+def test_merge_keeps_the_newest_within_max_entries():
+    comp = _tok_comp()
+    ours, theirs = TokenCache(max_entries=3), TokenCache()
+    for s in ("a", "b", "c"):
+        ours.put("tok", comp, s, s, TokenizedSample(s, [1], None))
+    for s in ("b", "d"):
+        theirs.put("tok", comp, s, s, TokenizedSample(s, [2], None))
+    ours.merge(theirs)
+    assert [s for s in "abcd" if ours.get("tok", comp, s, s)] == ["b", "c", "d"]  # "a" was the oldest
+    assert ours.get("tok", comp, "b", "b").ids == [2]

@@ -227,3 +227,46 @@ def test_run_many_reports_each_job_as_it_ends_and_stops_starting_new_ones(pool):
     assert res[0].ok and res[0].value["sum"] == 0
     assert res[-1] is None  # never started: the stop came first (one lane: job 1 at most was under way)
     assert seen == [(i, i) for i, r in enumerate(res) if r is not None]  # each reported once, with its own result
+
+
+def test_two_lanes_keep_every_token_id_either_tokenized(field, tmp_path):
+    # both jobs start from the same (empty) token cache at once; before one writer, the later save won
+    from validator.scoring.dispatch import make_score_fn
+    from validator.scoring.token_cache import TokenCache
+
+    comp, samples, models = field["comp"], field["samples"], field["models"]
+    scorer = make_score_fn("cpu", tmp_path / "cache", devices=["cpu", "cpu"], timeout_s=300)
+    try:
+        got = scorer.score_many([(models[0], samples[:3], comp, None), (models[1], samples[3:], comp, None)])
+    finally:
+        scorer.close()
+    assert all(g.failure is None for g in got), [g.failure for g in got]
+    cached = TokenCache.load(tmp_path / "cache" / "tokens.npz")
+    assert {k.rsplit("|", 1)[1] for k in cached._entries} == {s for s, _ in samples}
+    assert not list((tmp_path / "cache").glob("tokens-new-*"))
+
+
+def test_two_lanes_tokenize_the_step_once_before_dispatch(field, tmp_path):
+    from tests.factories import make_model
+    from validator.scoring.dispatch import make_score_fn
+
+    comp, samples = field["comp"], field["samples"]
+    # models without a tokenizer of their own: every one is scored with the competition's
+    models = [make_model(tmp_path / f"bare{i}", "llama", seed=i, hidden=32) for i in range(3)]
+    jobs = [(m, samples[i: i + 2], comp, samples) for i, m in enumerate(models)]
+    expected = make_score_fn("cpu", tmp_path / "ref", isolate=False)
+    want = [expected(*j[:3], step_samples=j[3]) for j in jobs]
+    scorer = make_score_fn("cpu", tmp_path / "cache", devices=["cpu", "cpu"], timeout_s=300)
+    written = []  # for each delta merged: did its job add anything?
+    merge = scorer.token_cache.merge
+    scorer.token_cache.merge = lambda d: (written.append(Path(d).exists()), merge(d))[1]
+    try:
+        got = scorer.score_many(jobs)
+        shipped = scorer.pretokenize(jobs)  # a second time: nothing left to add
+    finally:
+        scorer.close()
+    assert [g.tokenizer for g in got] == ["competition"] * 3, [g.tokenizer_reason for g in got]
+    assert written == [True, False, False, False, False]  # the step's tokenize job, then three models, then again
+    assert shipped == []
+    for g, w in zip(got, want):
+        assert g.failure is None and g.losses == pytest.approx(w.losses, rel=1e-6) and g.n_tokens == w.n_tokens

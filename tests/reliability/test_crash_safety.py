@@ -117,8 +117,10 @@ def test_real_validator_killed_mid_step_resumes(real_field, real_hub, chain_with
     deadline = time.monotonic() + 120
     while worker is None and time.monotonic() < deadline and proc.poll() is None:
         for c in psutil.Process(proc.pid).children(recursive=True):
-            try:
-                if "validator.scoring.worker" in " ".join(c.cmdline()):
+            try:  # a spawned worker, or one forked from the fork server (its child)
+                parent = c.parent()
+                if ("validator.scoring.worker" in " ".join(c.cmdline())
+                        or (parent is not None and "validator.scoring.forkserver" in " ".join(parent.cmdline()))):
                     worker = c
             except psutil.NoSuchProcess:
                 continue

@@ -63,6 +63,7 @@ class ScoreResult:
     tokenizer_reason: str | None = None  # why that one (validator.scoring.tokens.choose_tokenizer)
     notes: list[str] = field(default_factory=list)  # not the model's fault, e.g. "token cache not saved: ..."
     placement: str | None = None  # where it was scored on a cluster ("<node> <gpu type>"); None: this machine
+    phases: dict[str, float] = field(default_factory=dict)  # seconds in "tokenize", "load", "score" (forward + loss)
 
 
 def result_to_json(result: ScoreResult) -> dict:
@@ -70,7 +71,8 @@ def result_to_json(result: ScoreResult) -> dict:
     return {"losses": {k: encode_float(v) for k, v in result.losses.items()},
             "n_tokens": dict(result.n_tokens), "failure": result.failure, "seconds": result.seconds,
             "detail": result.detail, "engine": result.engine, "tokenizer": result.tokenizer,
-            "tokenizer_reason": result.tokenizer_reason, "notes": list(result.notes), "placement": result.placement}
+            "tokenizer_reason": result.tokenizer_reason, "notes": list(result.notes), "placement": result.placement,
+            "phases": dict(result.phases)}
 
 
 def result_from_json(data: dict) -> ScoreResult:
@@ -79,4 +81,5 @@ def result_from_json(data: dict) -> ScoreResult:
                        failure=data.get("failure"), seconds=float(data.get("seconds", 0.0)),
                        detail=data.get("detail"), engine=data.get("engine"), tokenizer=data.get("tokenizer"),
                        tokenizer_reason=data.get("tokenizer_reason"), notes=list(data.get("notes") or []),
-                       placement=data.get("placement"))
+                       placement=data.get("placement"),
+                       phases={k: float(v) for k, v in (data.get("phases") or {}).items()})

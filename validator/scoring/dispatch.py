@@ -14,6 +14,7 @@ box for the model's own tokenizer (TOKENIZE_TIME_SHARE of timeout_s).
 """
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from pathlib import Path
@@ -22,9 +23,13 @@ from typing import Callable, Sequence
 import constants
 from validator.core.competitions import Competition
 from validator.core.scores import ScoreResult, decode_float
+from validator.scoring.token_cache import TokenCacheFile
 from validator.scoring.worker_limits import default_memory_limit, worker_limits
 
+logger = logging.getLogger(__name__)
+
 JOB = "validator.scoring.job:score_model_job"
+TOKENIZE_JOB = "validator.scoring.job:tokenize_step_job"
 
 
 # What a warm spare imports before its job (validator.scoring.workerpool): the bulk of a job's start-up
@@ -66,13 +71,14 @@ def decode_value(value: dict) -> ScoreResult:
                        failure=failure, seconds=float(value.get("seconds") or 0.0), detail=detail,
                        tokenizer=value.get("tokenizer"), tokenizer_reason=value.get("tokenizer_reason"),
                        notes=list(value.get("notes") or []),
-                       engine=value.get("engine"))  # "engine (...)", "reference: ...", "streamed (N groups)"
+                       engine=value.get("engine"),  # "engine (...)", "reference: ...", "streamed (N groups)"
+                       phases={k: float(v) for k, v in (value.get("phases") or {}).items()})
 
 
 class Scorer:
-    """The loop's score port: `scorer(model_path, samples, comp, step_samples=None) -> dict`, and
-    `score_many(jobs) -> [dict]` (in job order) to score several models at once, one per device.
-    `close()` stops the worker pool (also done at exit)."""
+    """The loop's score port: `scorer(model_path, samples, comp, step_samples=None) -> ScoreResult`, and
+    `score_many(jobs) -> [ScoreResult]` (in job order) to score several models at once, one per device.
+    It is the one writer of the token cache (`token_cache`). `close()` stops the worker pool (also done at exit)."""
 
     def __init__(self, devices: list[str], cache_dir: Path, endpoint: str | None, isolate: bool, warm: bool,
                  timeout_s: float, engine: bool, memory_limit_bytes: int | None,
@@ -86,6 +92,8 @@ class Scorer:
             memory_limit_bytes = default_memory_limit()
         self.memory_limit_bytes = memory_limit_bytes
         self._tokenizers: dict[str, Path] = {}
+        # one writer of tokens.npz: jobs write their new ids to a delta each, merged as each model ends
+        self.token_cache = TokenCacheFile(self.cache_dir / "tokens.npz")
         self._tok_lock = threading.Lock()
         self._pool = None
         if isolate and (warm or len(self.devices) > 1):
@@ -110,11 +118,12 @@ class Scorer:
                                                                        endpoint=self.endpoint)
             return str(self._tokenizers[comp.tokenizer])
 
-    def _kwargs(self, job: ScoreJob, tok: str | None, device: str) -> dict:
+    def _kwargs(self, job: ScoreJob, tok: str | None, device: str, delta: Path) -> dict:
         model_path, samples, comp, step_samples = job
         kwargs = {"model_path": str(model_path), "samples": [list(s) for s in samples],
                   "competition": comp.model_dump(mode="json"), "device": device, "tokenizer_path": tok,
-                  "engine": self.engine, "token_cache_path": str(self.cache_dir / "tokens.npz"),
+                  "engine": self.engine, "token_cache_path": str(self.token_cache.path),
+                  "token_cache_out": str(delta),
                   "step_samples": None if step_samples is None else [list(s) for s in step_samples]}
         if self.tokenize_timeout_s is not None:
             kwargs["tokenize_timeout_s"] = self.tokenize_timeout_s
@@ -122,13 +131,58 @@ class Scorer:
             kwargs["max_device_bytes"] = int(self.max_device_bytes)
         return kwargs
 
-    def _worker_job(self, kwargs_of: Callable[[str], dict]):
+    def _worker_job(self, kwargs_of: Callable[[str], dict], fn: str = JOB):
         from validator.scoring.workerpool import Job
 
         def job_for(device: str) -> Job:
-            return Job(JOB, kwargs_of(device), self.timeout_s, **worker_limits(device, self.memory_limit_bytes))
+            return Job(fn, kwargs_of(device), self.timeout_s, **worker_limits(device, self.memory_limit_bytes))
 
         return job_for
+
+    def pretokenize(self, jobs: list[ScoreJob]) -> list[bytes]:
+        """Tokenize each competition's step samples once under its tokenizer, in an isolated job, before
+        the models are dispatched (lanes then find the ids in the token cache instead of each making
+        them at once). Returns the new entries as token cache files' bytes (merged here already; the
+        Ray scorer ships them to its nodes). A failed job costs nothing: the models tokenize themselves."""
+        groups: dict[tuple, tuple[Competition, str, dict]] = {}
+        for model_path, samples, comp, step_samples in jobs:
+            try:
+                tok = self._tokenizer_for(comp)
+            except Exception:  # noqa: BLE001 - the model's own job reports it
+                continue
+            if tok is None:
+                continue
+            _, _, want = groups.setdefault((tok, comp.model_dump_json()), (comp, tok, {}))
+            for sid, text in (step_samples if step_samples is not None else samples):
+                want.setdefault(sid, text)
+        shipped = []
+        for comp, tok, want in groups.values():
+            delta = self.token_cache.delta_path()
+            kw = {"samples": [[k, v] for k, v in want.items()], "competition": comp.model_dump(mode="json"),
+                  "tokenizer_path": tok, "token_cache_path": str(self.token_cache.path), "token_cache_out": str(delta)}
+            res = self._run_one(TOKENIZE_JOB, kw)
+            if not res.ok:
+                logger.warning("tokenizing the step under %s failed (each model tokenizes itself): %s",
+                               comp.tokenizer, res.describe())
+            if delta.exists():
+                shipped.append(delta.read_bytes())
+            for note in self.token_cache.merge(delta):
+                logger.warning("%s", note)
+        return shipped
+
+    def _run_one(self, fn: str, kwargs: dict):
+        """One job on this scorer's workers (a WorkerResult), as its models run."""
+        from validator.scoring.worker import WorkerResult, run_isolated
+
+        if self._pool is not None:
+            return self._pool.run(self._worker_job(lambda device: kwargs, fn))
+        if self.isolate:
+            return run_isolated(fn, kwargs, timeout_s=self.timeout_s,
+                                **worker_limits(self.devices[0], self.memory_limit_bytes))
+        import importlib
+
+        module, _, name = fn.partition(":")
+        return WorkerResult(True, getattr(importlib.import_module(module), name)(**kwargs), None, 0.0)
 
     def __call__(self, model_path: Path, samples: list[tuple[str, str]], comp: Competition,
                  step_samples: list[tuple[str, str]] | None = None) -> ScoreResult:
@@ -136,15 +190,17 @@ class Scorer:
         assert res is not None  # nothing stops a single model but an exception
         return res
 
-    def score_many(self, jobs: list[ScoreJob], on_result: Callable[[int, dict], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> list[dict | None]:
+    def score_many(self, jobs: list[ScoreJob], on_result: Callable[[int, ScoreResult], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> list[ScoreResult | None]:
         """Score every job, each on the next free device, the costliest (job_cost) first;
         results in job order, equal to scoring them one after another. on_result(index, result)
         runs in this thread as each model ends (save it: a kill loses only the models in flight);
         once should_stop() is true no further model starts (None in its place)."""
-        results: list[dict | None] = [None] * len(jobs)
+        results: list[ScoreResult | None] = [None] * len(jobs)
+        deltas = [self.token_cache.delta_path() for _ in jobs]
 
-        def done(i: int, res: dict) -> None:
+        def done(i: int, res: ScoreResult) -> None:
+            res.notes.extend(self.token_cache.merge(deltas[i]))
             results[i] = res
             if on_result is not None:
                 on_result(i, res)
@@ -157,8 +213,10 @@ class Scorer:
             except Exception as e:  # noqa: BLE001 - reported per model, the step goes on
                 done(i, ScoreResult({}, {}, f"tokenizer: cannot fetch {comp.tokenizer!r}: {e}", 0.0))
         runnable.sort(key=lambda it: -job_cost(jobs[it[0]][0], len(jobs[it[0]][1])))
+        if len(self.devices) > 1 and self._pool is not None and runnable:
+            self.pretokenize([jobs[i] for i, _ in runnable])
         if self._pool is not None:
-            job_fors = [self._worker_job(lambda device, i=i, tok=tok: self._kwargs(jobs[i], tok, device))
+            job_fors = [self._worker_job(lambda device, i=i, tok=tok: self._kwargs(jobs[i], tok, device, deltas[i]))
                         for i, tok in runnable]
             self._pool.run_many(job_fors, on_done=lambda k, res: done(runnable[k][0], self._decode(res)),
                                 should_stop=should_stop)
@@ -166,7 +224,7 @@ class Scorer:
         for i, tok in runnable:  # one after another: in this process, or a cold worker per model
             if should_stop is not None and should_stop():
                 break
-            kw = self._kwargs(jobs[i], tok, self.devices[0])
+            kw = self._kwargs(jobs[i], tok, self.devices[0], deltas[i])
             if not self.isolate:
                 from validator.scoring.job import score_model_job
 
@@ -191,7 +249,7 @@ def make_score_fn(device: str, cache_dir: Path, endpoint: str | None = None, iso
                   tokenize_timeout_s: float | None = None, max_device_bytes: int | None = None,
                   warm: bool = True, devices: Sequence[str] | None = None, spares: int = 1,
                   fork: bool = True) -> Scorer:
-    """The loop's score(model_path, samples, comp, step_samples=None) -> dict (a `Scorer`).
+    """The loop's score(model_path, samples, comp, step_samples=None) -> ScoreResult (a `Scorer`).
 
     memory_limit_bytes: None = default_memory_limit(), 0 = none (isolate=False has none either).
     tokenize_timeout_s: the model's own tokenizer's time box; None = the job's default,

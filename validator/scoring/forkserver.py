@@ -38,6 +38,16 @@ logger = logging.getLogger(__name__)
 FORK_REPLY_S = 600.0  # the most a fork request waits: the server may still be importing its preloads
 _MSG_BYTES = 4096
 REAP_POLL_S = 0.05  # how often the server reaps its children between requests
+EXIT_REPORT_S = 2.0  # the most poll() waits for the server to report a child it sees dead
+
+
+def _ended(pid: int) -> bool:
+    """Whether process `pid` has ended (gone, or a zombie its server has not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
 
 
 def supported() -> bool:
@@ -61,6 +71,8 @@ class ForkedProcess:
         self._ended.set()
 
     def poll(self) -> int | None:
+        if not self._ended.is_set() and _ended(self.pid):
+            self._ended.wait(EXIT_REPORT_S)  # dead, not yet reaped: the server reports it within REAP_POLL_S
         return self.returncode if self._ended.is_set() else None
 
     def wait(self, timeout: float | None = None) -> int:

@@ -37,7 +37,7 @@ from validator.core.scores import ScoreResult, result_to_json
 from validator.scoring.engine import ScoringError, _engine_run, _is_oom, reference_losses
 from validator.scoring.model_load import load_model, model_config
 from validator.scoring.sample_tokens import (CompetitionLike, as_competition, check_max_token_id,
-                                             choose_step_tokens, pick_tokenizer_dir)
+                                             choose_step_tokens, pick_tokenizer_dir, tokenize_step)
 from validator.scoring.stream_plan import Unsupported, should_stream
 from validator.scoring.token_cache import TokenCache, save_token_cache
 
@@ -80,9 +80,19 @@ def score_model(model_path: str | os.PathLike, samples: Sequence[tuple[str, str]
     step += [(str(sid), text) for sid, text in (step_samples or ()) if str(sid) not in wanted]
     used = None
     choice = None
+    phases: dict[str, float] = {}  # where the time went (benchmarks/bench_step.py)
+    mark = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        phases[name] = round(phases.get(name, 0.0) + now - mark, 4)
+        mark = now
+
     try:
         choice = choose_step_tokens(model_path, comp, pick_tokenizer_dir(comp, tokenizer_path), step, token_cache,
                                     tokenize_timeout_s)
+        phase("tokenize")
         tokenized = [choice.step.rows[sid] for sid in ids_of]
         token_lists = [t.ids for t in tokenized]
         streamed = None
@@ -100,7 +110,9 @@ def score_model(model_path: str | os.PathLike, samples: Sequence[tuple[str, str]
                 except Exception as e:  # corrupt or mismatched weights are the model's fault
                     raise ScoringError("load", f"cannot load model from {model_path}: {type(e).__name__}: {e}") \
                         from e
+                phase("load")
             losses, used = _resident_losses(model, token_lists, device, engine, choice.step.max_token_id, used)
+        phase("score")  # streamed: loading layer by layer is part of it
     except ScoringError as e:
         log.warning("model %s failed scoring: %s", model_path, e)
         return ScoreResult({sid: INF for sid in ids_of}, {sid: 0 for sid in ids_of}, e.reason,
@@ -112,7 +124,7 @@ def score_model(model_path: str | os.PathLike, samples: Sequence[tuple[str, str]
         losses={t.sample_id: float(loss) for t, loss in zip(tokenized, losses)},
         n_tokens={t.sample_id: (max(len(t.ids) - 1, 0) if t.ids is not None else 0) for t in tokenized},
         failure=None, seconds=time.monotonic() - t0, engine=used, tokenizer=choice.used,
-        tokenizer_reason=choice.reason)
+        tokenizer_reason=choice.reason, phases=phases)
 
 
 def _try_streamed(model_path: Path, token_lists: list, device: str, max_device_bytes: int | None,
@@ -165,7 +177,7 @@ def score_model_job(model_path: str, samples: list, competition: dict, device: s
                     tokenizer_path: str | None = None, engine: bool = True,
                     token_cache_path: str | None = None, step_samples: list | None = None,
                     tokenize_timeout_s: float | None = DEFAULT_TOKENIZE_TIMEOUT_S,
-                    max_device_bytes: int | None = None) -> dict:
+                    max_device_bytes: int | None = None, token_cache_out: str | None = None) -> dict:
     """Worker entry point ("validator.scoring.job:score_model_job"): JSON-able in and out.
 
     samples: [[sample_id, text], ...]; competition: Competition.model_dump(mode="json") (or a dict
@@ -174,26 +186,54 @@ def score_model_job(model_path: str, samples: list, competition: dict, device: s
     detail, engine, tokenizer ("model" | "competition" | None when no tokenizer was chosen),
     tokenizer_reason.
     token_cache_path: a TokenCache file loaded before and saved after (a failed save is a note,
-    see save_token_cache). step_samples: [[sample_id, text], ...], the step's whole evaluation
+    see save_token_cache). token_cache_out: save only the entries this job added there instead (the
+    parent merges them: token_cache.TokenCacheFile, one writer). step_samples: [[sample_id, text], ...], the step's whole evaluation
     set (see score_model). tokenize_timeout_s: the model's own tokenizer's time box.
     max_device_bytes: the device memory cap (see score_model: streamed scoring).
     """
-    cache = None
-    notes = []
-    if token_cache_path:
-        try:
-            cache = TokenCache.load(token_cache_path)
-        except ValueError as e:  # a damaged cache must not fail every model: rebuild it
-            log.warning("%s; starting an empty token cache", e)
-            notes.append(f"token cache rebuilt: {e}")
-            cache = TokenCache()
+    cache, notes = _load_cache(token_cache_path)
     result = score_model(model_path, [(str(s[0]), s[1]) for s in samples], competition, device=device,
                          tokenizer_path=tokenizer_path, engine=engine, token_cache=cache,
                          step_samples=None if step_samples is None else [(str(s[0]), s[1]) for s in step_samples],
                          tokenize_timeout_s=tokenize_timeout_s, max_device_bytes=max_device_bytes)
-    if cache is not None and cache.dirty:
-        note = save_token_cache(cache, token_cache_path)
-        if note:
-            notes.append(note)
-    result.notes.extend(notes)
+    result.notes.extend(notes + _save_cache(cache, token_cache_path, token_cache_out))
     return result_to_json(result)
+
+
+def tokenize_step_job(samples: list, competition: dict, tokenizer_path: str | None,
+                      token_cache_path: str, token_cache_out: str) -> dict:
+    """Worker entry point ("validator.scoring.job:tokenize_step_job"): the step's samples under the
+    competition's tokenizer into the token cache (its new entries to token_cache_out), once per step
+    before its models are dispatched, so lanes and cluster nodes find them instead of each
+    tokenizing them again. The same rules and keys as a scoring job's (sample_tokens.tokenize_step).
+    Returns {"samples", "failed", "notes"}; a broken competition tokenizer raises, as it fails every model."""
+    comp = as_competition(competition)
+    tok_dir = pick_tokenizer_dir(comp, tokenizer_path)
+    cache, notes = _load_cache(token_cache_path)
+    step = [(str(s[0]), s[1]) for s in samples]
+    rows = tokenize_step(tok_dir, "competition", comp, step, cache).rows if tok_dir is not None else {}
+    notes += _save_cache(cache, token_cache_path, token_cache_out)
+    return {"samples": len(rows), "failed": sum(1 for r in rows.values() if r.failure), "notes": notes}
+
+
+def _load_cache(path: str | None) -> tuple[TokenCache | None, list[str]]:
+    if not path:
+        return None, []
+    try:
+        return TokenCache.load(path), []
+    except ValueError as e:  # a damaged cache must not fail every model: rebuild it
+        log.warning("%s; starting an empty token cache", e)
+        return TokenCache(), [f"token cache rebuilt: {e}"]
+
+
+def _save_cache(cache: TokenCache | None, path: str | None, out: str | None) -> list[str]:
+    """Save what the job added (to `out`: the parent merges it) or, without `out`, the whole cache."""
+    if cache is None or not cache.dirty:
+        return []
+    if out:  # a hand-over file, not the validator's state: outside the crash test's numbered save points
+        from validator.adapters.files import atomic_write_bytes
+
+        note = save_token_cache(cache.added(), out, write_bytes=lambda p, b: atomic_write_bytes(p, b, crash_points=False))
+    else:
+        note = save_token_cache(cache, path)
+    return [note] if note else []

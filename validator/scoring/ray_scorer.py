@@ -58,24 +58,49 @@ class _ScoringActor:
         where = f"ray-{self.node[:12]}"  # a node's own store, also when nodes share a file system
         self.model_dir, self.endpoint = Path(model_dir) / where, endpoint
         self.device = "cuda" if ray.get_gpu_ids() else device
-        self.scorer = make_score_fn(self.device, Path(cache_dir) / where, endpoint=endpoint, warm=False, **scorer_kw)
+        # warm: the actor's jobs run in workers forked from its own fork server (the actor imports no torch)
+        self.scorer = make_score_fn(self.device, Path(cache_dir) / where, endpoint=endpoint, warm=True, **scorer_kw)
         self.held: set[str] = set()
         self.jobs = 0
+        self.tokens_in: dict[str, int] = {}  # shipped token ids merged: object id -> entries
 
     def info(self) -> dict:
-        return {"node": self.node, "gpu_type": self.gpu_type, "held": sorted(self.held), "jobs": self.jobs}
+        return {"node": self.node, "gpu_type": self.gpu_type, "held": sorted(self.held), "jobs": self.jobs,
+                "tokens_in": sum(self.tokens_in.values())}
+
+    def _take_tokens(self, ref) -> None:
+        """Merge a step's token ids (made once on the driver) into this node's token cache, once."""
+        import ray
+
+        from validator.scoring.token_cache import TokenCache
+
+        if ref.hex() in self.tokens_in:
+            return
+        n = 0
+        for data in ray.get(ref):
+            delta = self.scorer.token_cache.delta_path()
+            delta.parent.mkdir(parents=True, exist_ok=True)
+            delta.write_bytes(data)
+            n += len(TokenCache.load(delta))
+            for note in self.scorer.token_cache.merge(delta):
+                log.warning("node %s: %s", self.node[:8], note)
+        self.tokens_in[ref.hex()] = n
 
     def imported(self, module: str) -> bool:
         import sys
 
         return module in sys.modules
 
-    def score(self, model: dict, competition: dict, samples: list, step_samples: list | None) -> dict:
+    def score(self, model: dict, competition: dict, samples: list, step_samples: list | None,
+              tokens: list | None = None) -> dict:
+        """tokens: [a ref to the step's token ids as token cache files' bytes] (a list: resolved here, once)."""
         from validator.adapters import hub
         from validator.core.failures import FetchError
         from validator.core.identity import ModelId
 
         self.jobs += 1
+        if tokens:
+            self._take_tokens(tokens[0])
         comp = Competition.model_validate(competition)
         mid = ModelId(model["namespace"], model["name"], model["commit"], model["hash"], comp.id)
         reused = hub.snapshot_path(self.model_dir, model["hotkey"], mid).is_dir()
@@ -165,6 +190,9 @@ class RayScorer:
 
         if not remote:
             return
+        # the step's ids under each competition tokenizer, made once here and put in the object store once
+        shipped = self.local.pretokenize([jobs[i] for i, _ in remote]) if self.local is not None else []
+        tokens = [ray.put(shipped)] if shipped else None
         costs = [float(job_cost(jobs[i][0], len(jobs[i][1]))) for i, _ in remote]
         ks = ray_place.shard(costs, [len(jobs[i][1]) for i, _ in remote], len(self.actors))
         step_ref = {}  # one copy of each step sample list in the object store
@@ -215,7 +243,8 @@ class RayScorer:
                 i, model, part = parts[job.key]
                 comp, step_samples = jobs[i][2], jobs[i][3]
                 ref = self.actors[a].score.remote(model, comp.model_dump(mode="json"), part,
-                                                  None if step_samples is None else step_ref[id(step_samples)])
+                                                  None if step_samples is None else step_ref[id(step_samples)],
+                                                  tokens)
                 running[ref] = (a, job)
                 free.remove(a)
             if not running:

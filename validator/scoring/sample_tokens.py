@@ -160,6 +160,18 @@ def pick_tokenizer_dir(comp: Competition, tokenizer_path: str | os.PathLike | No
                                     "directory; pass tokenizer_path (see hub.fetch_tokenizer)")
 
 
+def tokenize_step(tok_dir: Path, role: tokens.Role, comp: Competition, step: Sequence[tuple[str, str]],
+                  cache: TokenCache | None = None, tokenize_timeout_s: float | None = None) -> tokens.StepTokens:
+    """The step's ids under one tokenizer (through the cache); a model's own tokenizer gets
+    tokenize_timeout_s (rule T7), the competition's none."""
+    plan = tokens.plan_tokenizer(tok_dir, role=role)
+    rows = tokenize_samples(LazyTokenizer(plan), step, comp, cache=cache,
+                            tokenizer_key=plan.key if cache is not None else None,
+                            stop_after_fails=comp.max_tokenize_fails,
+                            time_limit_s=tokenize_timeout_s if role == "model" else None)
+    return tokens.StepTokens({r.sample_id: r for r in rows}, tokens.max_token_id(rows), plan.describe(), plan.key)
+
+
 def choose_step_tokens(model_path: Path, comp: Competition, tokenizer_dir: Path | None,
                        step: Sequence[tuple[str, str]], cache: TokenCache | None = None,
                        tokenize_timeout_s: float | None = None) -> tokens.TokenizerChoice:
@@ -167,16 +179,11 @@ def choose_step_tokens(model_path: Path, comp: Competition, tokenizer_dir: Path 
     C1-C5 of validator.scoring.tokens over T1-T5, and T7: the model's own tokenizer gets
     tokenize_timeout_s); raises ScoringError("tokenizer") when there is none."""
 
-    def tokenize_step(tok_dir: Path, role: tokens.Role) -> tokens.StepTokens:
-        plan = tokens.plan_tokenizer(tok_dir, role=role)
-        rows = tokenize_samples(LazyTokenizer(plan), step, comp, cache=cache,
-                                tokenizer_key=plan.key if cache is not None else None,
-                                stop_after_fails=comp.max_tokenize_fails,
-                                time_limit_s=tokenize_timeout_s if role == "model" else None)
-        return tokens.StepTokens({r.sample_id: r for r in rows}, tokens.max_token_id(rows), plan.describe(), plan.key)
+    def tokenize(tok_dir: Path, role: tokens.Role) -> tokens.StepTokens:
+        return tokenize_step(tok_dir, role, comp, step, cache, tokenize_timeout_s)
 
     try:
-        return tokens.choose_tokenizer(model_path, tokenizer_dir, comp.free_tokenizer, tokenize_step)
+        return tokens.choose_tokenizer(model_path, tokenizer_dir, comp.free_tokenizer, tokenize)
     except tokens.NoTokenizer as e:
         raise ScoringError("tokenizer", str(e)) from e
     except tokens.TokenizerError as e:  # live: the competition's whole evaluation fails

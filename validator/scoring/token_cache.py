@@ -44,6 +44,7 @@ class TokenCache:
         self._entries: dict[str, tuple[str, Any, str | None, bool]] = {}
         self.max_entries = max_entries
         self.dirty = False
+        self._added: set[str] = set()  # keys put since load: what `added` hands the parent
 
     @staticmethod
     def _key(tokenizer_key: str, comp: Competition, sample_id: str) -> str:
@@ -68,9 +69,30 @@ class TokenCache:
         ids = None if ts.ids is None else _token_array(ts.ids)
         self._entries.pop(key, None)  # re-inserted last: the oldest entries are the first to go
         self._entries[key] = (self._digest(text), ids, ts.failure, ts.capped)
-        while len(self._entries) > self.max_entries:
-            self._entries.pop(next(iter(self._entries)))
+        self._added.add(key)
+        self._trim()
         self.dirty = True
+
+    def _trim(self) -> None:
+        while len(self._entries) > self.max_entries:
+            self._added.discard(old := next(iter(self._entries)))
+            self._entries.pop(old)
+
+    def added(self) -> "TokenCache":
+        """Only the entries put since this cache was made or loaded (a job's share, for `merge`)."""
+        new = TokenCache(self.max_entries)
+        new._entries = {k: v for k, v in self._entries.items() if k in self._added}
+        new.dirty = bool(new._entries)
+        return new
+
+    def merge(self, other: "TokenCache") -> None:
+        """Take every entry of `other` (newest last, so the oldest of ours go first beyond max_entries)."""
+        for k, v in other._entries.items():
+            self._entries.pop(k, None)
+            self._entries[k] = v
+        if other._entries:
+            self._trim()
+            self.dirty = True
 
     def save(self, path: str | os.PathLike, *, write_bytes: Callable[[Path, bytes], None] | None = None) -> None:
         """Write the cache atomically (write_bytes: state.atomic_write_bytes unless given); OSError
@@ -137,6 +159,51 @@ class TokenCache:
             # (a truncated or damaged .npz is a BadZipFile, which is none of the others)
             raise ValueError(f"token cache {p} is not a valid cache file: {e}") from e
         return cache
+
+
+class TokenCacheFile:
+    """The token cache file of a scorer, with one writer: the parent. Each job reads the file as it is
+    and writes only what it added to a file of its own (a delta); `merge` folds a delta in and saves,
+    so jobs on several devices never overwrite each other's entries. The merged cache stays in memory.
+    Deltas a killed validator left next to the file are folded in at the first merge: nothing is lost."""
+
+    DELTA_GLOB = "tokens-new-*.npz"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._cache: TokenCache | None = None
+
+    def delta_path(self) -> Path:
+        """A fresh path for one job's new entries, beside the file."""
+        import uuid
+
+        return self.path.parent / f"tokens-new-{uuid.uuid4().hex}.npz"
+
+    def merge(self, delta: str | os.PathLike) -> list[str]:
+        """Fold a job's delta (if it wrote one) into the file; notes for the operator when something
+        could not be read or saved (never the model's fault)."""
+        notes: list[str] = []
+        todo = [Path(delta)] if Path(delta).exists() else []
+        if self._cache is None:
+            todo = sorted(set(self.path.parent.glob(self.DELTA_GLOB)) - set(todo)) + todo
+            try:
+                self._cache = TokenCache.load(self.path)
+            except ValueError as e:  # damaged: rebuilt from what the jobs add
+                log.warning("%s; starting an empty token cache", e)
+                notes.append(f"token cache rebuilt: {e}")
+                self._cache = TokenCache()
+        for d in todo:
+            try:
+                self._cache.merge(TokenCache.load(d))
+            except ValueError as e:
+                notes.append(f"token cache: a job's new entries were unreadable: {e}")
+            finally:
+                d.unlink(missing_ok=True)
+        if self._cache.dirty:
+            note = save_token_cache(self._cache, self.path)
+            if note:
+                notes.append(note)
+        return notes
 
 
 def save_token_cache(cache: TokenCache, path: str | os.PathLike, *,
