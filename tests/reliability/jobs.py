@@ -13,7 +13,7 @@ FIRED_SUFFIX = ".fired"  # <model dir>.fired: written by a job just before its f
 
 
 def score(model_path: str, samples: list, competition: dict, device: str = "cpu", tokenizer_path=None,
-          engine: bool = True, token_cache_path=None, step_samples=None) -> dict:
+          engine: bool = True, token_cache_path=None, step_samples=None, token_cache_out=None) -> dict:
     name = Path(model_path).name
     if name.startswith(("segv", "oom", "hang", "raise")):  # the fault is about to fire: say so first
         Path(model_path + FIRED_SUFFIX).write_text(name)

@@ -131,11 +131,11 @@ class Scorer:
             kwargs["max_device_bytes"] = int(self.max_device_bytes)
         return kwargs
 
-    def _worker_job(self, kwargs_of: Callable[[str], dict], fn: str = JOB):
+    def _worker_job(self, kwargs_of: Callable[[str], dict], fn: str | None = None):
         from validator.scoring.workerpool import Job
 
-        def job_for(device: str) -> Job:
-            return Job(fn, kwargs_of(device), self.timeout_s, **worker_limits(device, self.memory_limit_bytes))
+        def job_for(device: str) -> Job:  # JOB read at call time: tests put a fault job in its place
+            return Job(fn or JOB, kwargs_of(device), self.timeout_s, **worker_limits(device, self.memory_limit_bytes))
 
         return job_for
 
