@@ -94,8 +94,11 @@ def _step(field, state: Path, score) -> dict:
 
 
 def test_a_step_on_the_cluster_gives_the_single_machine_losses_and_weights(cluster, field, tmp_path):
-    local = make_score_fn("cpu", tmp_path / "one_tok", endpoint=field["endpoint"], warm=False)
-    one = _step(field, tmp_path / "one", local)
+    local = make_score_fn("cpu", tmp_path / "one_tok", endpoint=field["endpoint"])  # forked workers, on this machine
+    try:
+        one = _step(field, tmp_path / "one", local)
+    finally:
+        local.close()
     scorer = _ray_scorer(field, tmp_path)
     try:
         two = _step(field, tmp_path / "two", scorer)
@@ -141,9 +144,12 @@ def test_placement_reuse_and_no_torch_in_actors(cluster, field, tmp_path):
 
 def test_a_node_lost_mid_step_loses_no_model(cluster, field, tmp_path):
     c, nodes = cluster
-    reference = make_score_fn("cpu", tmp_path / "ref_tok", endpoint=field["endpoint"], warm=False)
+    reference = make_score_fn("cpu", tmp_path / "ref_tok", endpoint=field["endpoint"])  # forked workers, no Ray
     samples = Texts().sample(0, 8)
-    want = [r.losses for r in reference.score_many(_jobs(field, samples))]
+    try:
+        want = [r.losses for r in reference.score_many(_jobs(field, samples))]
+    finally:
+        reference.close()
     scorer = _ray_scorer(field, tmp_path)
     killed = []
 
