@@ -39,7 +39,7 @@ from validator.scoring.model_load import load_model, model_config
 from validator.scoring.sample_tokens import (CompetitionLike, as_competition, check_max_token_id,
                                              choose_step_tokens, pick_tokenizer_dir, tokenize_step)
 from validator.scoring.stream_plan import Unsupported, should_stream
-from validator.scoring.token_cache import TokenCache, save_token_cache
+from validator.scoring.token_cache import TokenCache, load_or_rebuild, save_token_cache
 
 log = logging.getLogger(__name__)
 
@@ -217,13 +217,7 @@ def tokenize_step_job(samples: list, competition: dict, tokenizer_path: str | No
 
 
 def _load_cache(path: str | None) -> tuple[TokenCache | None, list[str]]:
-    if not path:
-        return None, []
-    try:
-        return TokenCache.load(path), []
-    except ValueError as e:  # a damaged cache must not fail every model: rebuild it
-        log.warning("%s; starting an empty token cache", e)
-        return TokenCache(), [f"token cache rebuilt: {e}"]
+    return load_or_rebuild(path) if path else (None, [])
 
 
 def _save_cache(cache: TokenCache | None, path: str | None, out: str | None) -> list[str]:

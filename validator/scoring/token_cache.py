@@ -186,12 +186,7 @@ class TokenCacheFile:
         todo = [Path(delta)] if Path(delta).exists() else []
         if self._cache is None:
             todo = sorted(set(self.path.parent.glob(self.DELTA_GLOB)) - set(todo)) + todo
-            try:
-                self._cache = TokenCache.load(self.path)
-            except ValueError as e:  # damaged: rebuilt from what the jobs add
-                log.warning("%s; starting an empty token cache", e)
-                notes.append(f"token cache rebuilt: {e}")
-                self._cache = TokenCache()
+            self._cache, notes = load_or_rebuild(self.path)
         for d in todo:
             try:
                 self._cache.merge(TokenCache.load(d))
@@ -204,6 +199,16 @@ class TokenCacheFile:
             if note:
                 notes.append(note)
         return notes
+
+
+def load_or_rebuild(path: str | os.PathLike) -> tuple[TokenCache, list[str]]:
+    """The cache at `path`, or an empty one and a note when it is damaged (a damaged cache must not
+    fail every model: it is rebuilt from what the jobs add)."""
+    try:
+        return TokenCache.load(path), []
+    except ValueError as e:
+        log.warning("%s; starting an empty token cache", e)
+        return TokenCache(), [f"token cache rebuilt: {e}"]
 
 
 def save_token_cache(cache: TokenCache, path: str | os.PathLike, *,
